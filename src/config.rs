@@ -1,1 +1,1102 @@
-//! TODO
+//! Configuration from the environment and `.env`: defaults, validation, `DATABASE_URL` parsing.
+//!
+//! Every variable is read and validated here, once, into a typed [`Config`], so nothing
+//! downstream parses a string or re-checks a range. The variable names and their defaults
+//! are a contract inherited from the Python worker; [`VARIABLES`] is the single table that
+//! both the loader and `--help` read, so the documented defaults cannot drift from the real
+//! ones.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The validated settings of one worker process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `DATABASE_URL` as given (trimmed), for the log line "Connecting to database: <url>".
+    pub database_url: String,
+    /// The SQLite file named by `database_url`.
+    pub database_path: PathBuf,
+    /// `host:port` entries, each with a port (`:9092` added where none was given).
+    pub bootstrap_servers: Vec<String>,
+    pub topic: String,
+    pub group_id: String,
+    pub provision_delay: Duration,
+    pub worker_threads: usize,
+    pub shutdown_timeout: Duration,
+    pub auto_offset_reset: OffsetReset,
+    /// `None` when `KAFKA_DLQ_TOPIC` is set to the empty string.
+    pub dlq_topic: Option<String>,
+    pub log_level: log::LevelFilter,
+    pub startup_timeout: Duration,
+    pub session_timeout: Duration,
+    /// Always shorter than `session_timeout`.
+    pub heartbeat_interval: Duration,
+    pub rebalance_timeout: Duration,
+    pub commit_interval: Duration,
+    pub fetch_max_wait: Duration,
+    pub client_id: String,
+    /// `None` when `METRICS_ADDR` is empty or unset.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Where a consumer group starts on a partition that has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A variable holds a value outside what it accepts.
+    Invalid {
+        name: &'static str,
+        value: String,
+        /// What the variable accepts, phrased to follow "expected".
+        expected: String,
+    },
+    /// A variable in the process environment is not valid UTF-8.
+    NotUnicode { name: &'static str },
+    /// The `.env` file exists but could not be read.
+    DotenvRead { path: PathBuf, reason: String },
+    /// The `.env` file has a line dotenvy cannot parse; `line` is 1-based when it could be located.
+    DotenvSyntax { path: PathBuf, line: Option<usize> },
+    /// The `.env` file starts with a UTF-8 byte-order mark, which dotenvy reads as part of the first name.
+    DotenvByteOrderMark { path: PathBuf },
+}
+
+/// One row per variable: (name, default shown to users, description); used by `--help` and the README.
+///
+/// An empty default means the feature is off unless the variable is set.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    DATABASE_URL,
+    KAFKA_BOOTSTRAP_SERVERS,
+    KAFKA_TOPIC,
+    KAFKA_GROUP_ID,
+    MOCK_PROVISION_DELAY_SECONDS,
+    WORKER_THREADS,
+    SHUTDOWN_TIMEOUT_SECONDS,
+    KAFKA_AUTO_OFFSET_RESET,
+    KAFKA_DLQ_TOPIC,
+    LOG_LEVEL,
+    KAFKA_STARTUP_TIMEOUT_SECONDS,
+    KAFKA_SESSION_TIMEOUT_MS,
+    KAFKA_HEARTBEAT_INTERVAL_MS,
+    KAFKA_REBALANCE_TIMEOUT_MS,
+    COMMIT_INTERVAL_MS,
+    KAFKA_FETCH_MAX_WAIT_MS,
+    KAFKA_CLIENT_ID,
+    METRICS_ADDR,
+];
+
+impl Config {
+    /// Reads the process environment, then `.env` in the working directory for variables the
+    /// environment lacks. The process environment is never modified.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        // `from_sources` sees variables through an `Option`, which cannot tell "unset" from
+        // "not UTF-8"; check for the latter first so a mangled value is reported, not ignored.
+        for &(name, _, _) in VARIABLES {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
+                return Err(ConfigError::NotUnicode { name });
+            }
+        }
+        Config::from_sources(&|name| std::env::var(name).ok(), Some(Path::new(".env")))
+    }
+
+    /// Same as [`Config::from_env`] with explicit sources (tests): `env` wins over the file at
+    /// `dotenv_path`. A missing file is fine; `None` skips the file altogether.
+    pub fn from_sources(
+        env: &dyn Fn(&str) -> Option<String>,
+        dotenv_path: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let dotenv = match dotenv_path {
+            Some(path) => read_dotenv(path)?,
+            None => HashMap::new(),
+        };
+        let sources = Sources { env, dotenv };
+
+        let database_url = sources.value(DATABASE_URL);
+        let database_path = parse_database_url(&database_url)?;
+        let bootstrap_servers = parse_bootstrap_servers(&sources.value(KAFKA_BOOTSTRAP_SERVERS))?;
+        let topic = parse_topic(KAFKA_TOPIC, &sources.value(KAFKA_TOPIC))?;
+        let group_id = sources.value(KAFKA_GROUP_ID);
+        let provision_delay = parse_seconds(
+            MOCK_PROVISION_DELAY_SECONDS,
+            &sources.value(MOCK_PROVISION_DELAY_SECONDS),
+        )?;
+        let worker_threads = parse_whole(
+            WORKER_THREADS,
+            &sources.value(WORKER_THREADS),
+            1,
+            1024,
+            "a whole number",
+        )?;
+        let shutdown_timeout = parse_seconds(
+            SHUTDOWN_TIMEOUT_SECONDS,
+            &sources.value(SHUTDOWN_TIMEOUT_SECONDS),
+        )?;
+        let auto_offset_reset = parse_offset_reset(&sources.value(KAFKA_AUTO_OFFSET_RESET))?;
+        let dlq_topic = parse_dlq_topic(sources.raw(KAFKA_DLQ_TOPIC), &topic)?;
+        let log_level = parse_log_level(&sources.value(LOG_LEVEL))?;
+        let startup_timeout = parse_seconds(
+            KAFKA_STARTUP_TIMEOUT_SECONDS,
+            &sources.value(KAFKA_STARTUP_TIMEOUT_SECONDS),
+        )?;
+        let session_ms = parse_ms(
+            KAFKA_SESSION_TIMEOUT_MS,
+            &sources.value(KAFKA_SESSION_TIMEOUT_MS),
+            1000,
+            3_600_000,
+        )?;
+        let heartbeat_ms =
+            parse_heartbeat_ms(&sources.value(KAFKA_HEARTBEAT_INTERVAL_MS), session_ms)?;
+        let rebalance_ms = parse_ms(
+            KAFKA_REBALANCE_TIMEOUT_MS,
+            &sources.value(KAFKA_REBALANCE_TIMEOUT_MS),
+            1000,
+            MAX_WIRE_MS,
+        )?;
+        let commit_ms = parse_ms(
+            COMMIT_INTERVAL_MS,
+            &sources.value(COMMIT_INTERVAL_MS),
+            10,
+            60_000,
+        )?;
+        let fetch_max_wait_ms = parse_ms(
+            KAFKA_FETCH_MAX_WAIT_MS,
+            &sources.value(KAFKA_FETCH_MAX_WAIT_MS),
+            1,
+            10_000,
+        )?;
+        let client_id = sources.value(KAFKA_CLIENT_ID);
+        let metrics_addr = parse_metrics_addr(&sources.value(METRICS_ADDR))?;
+
+        Ok(Config {
+            database_url,
+            database_path,
+            bootstrap_servers,
+            topic,
+            group_id,
+            provision_delay,
+            // Invariant: at most 1024, so the conversion cannot truncate.
+            worker_threads: worker_threads as usize,
+            shutdown_timeout,
+            auto_offset_reset,
+            dlq_topic,
+            log_level,
+            startup_timeout,
+            session_timeout: Duration::from_millis(session_ms),
+            heartbeat_interval: Duration::from_millis(heartbeat_ms),
+            rebalance_timeout: Duration::from_millis(rebalance_ms),
+            commit_interval: Duration::from_millis(commit_ms),
+            fetch_max_wait: Duration::from_millis(fetch_max_wait_ms),
+            client_id,
+            metrics_addr,
+        })
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Invalid {
+                name,
+                value,
+                expected,
+            } => write!(f, "invalid {name}={value:?}: expected {expected}"),
+            ConfigError::NotUnicode { name } => write!(
+                f,
+                "invalid {name}: the value is not valid UTF-8; set it to plain text"
+            ),
+            ConfigError::DotenvRead { path, reason } => write!(
+                f,
+                "cannot read {}: {reason}; fix its permissions or remove it",
+                path.display()
+            ),
+            ConfigError::DotenvSyntax {
+                path,
+                line: Some(line),
+            } => write!(
+                f,
+                "cannot parse {} at line {line}: expected NAME=value with any quotes closed; fix or remove the line",
+                path.display()
+            ),
+            ConfigError::DotenvSyntax { path, line: None } => write!(
+                f,
+                "cannot parse {}: a line is not NAME=value or has an unclosed quote; fix or remove it",
+                path.display()
+            ),
+            ConfigError::DotenvByteOrderMark { path } => write!(
+                f,
+                "cannot parse {}: it starts with a byte-order mark; save it as UTF-8 without BOM",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Turns a SQLAlchemy SQLite URL into the database file path.
+///
+/// Accepts the schemes `sqlite`, `sqlite+aiosqlite` and `sqlite+pysqlite` followed by `:///`
+/// and a path (`sqlite:////abs.db` for an absolute one); drops a `?query`; decodes `%XX`.
+/// In-memory databases are refused because the worker must share a file with the backend.
+pub fn parse_database_url(url: &str) -> Result<PathBuf, ConfigError> {
+    let invalid = |expected: &str| ConfigError::Invalid {
+        name: DATABASE_URL.0,
+        value: url.to_string(),
+        expected: expected.to_string(),
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(invalid(&format!(
+            "a SQLite URL like {DATABASE_URL_EXAMPLE} (a bare path needs the sqlite:/// prefix)"
+        )));
+    };
+    let scheme_ok = ["sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"]
+        .iter()
+        .any(|known| scheme.eq_ignore_ascii_case(known));
+    if !scheme_ok {
+        return Err(invalid(&format!(
+            "a SQLite URL like {DATABASE_URL_EXAMPLE} (scheme sqlite, sqlite+aiosqlite or sqlite+pysqlite); \
+             the worker only speaks SQLite"
+        )));
+    }
+    // A query (`?timeout=5`) configures SQLAlchemy's driver, not the file; a `?` that belongs
+    // to the file name would be written %3F, so the first `?` always starts the query.
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let in_memory = || {
+        invalid(&format!(
+            "a database file like {DATABASE_URL_EXAMPLE}, not an in-memory database: \
+             the worker must share the file with the backend"
+        ))
+    };
+    if rest.is_empty() {
+        return Err(in_memory());
+    }
+    let Some(path) = rest.strip_prefix('/') else {
+        return Err(invalid(&format!(
+            "a SQLite URL with no host, like {DATABASE_URL_EXAMPLE} (three slashes for a relative path, four for an absolute one)"
+        )));
+    };
+    let path = percent_decode(path).ok_or_else(|| {
+        invalid(&format!(
+            "a SQLite URL like {DATABASE_URL_EXAMPLE} whose %-escapes decode to UTF-8 text without NUL"
+        ))
+    })?;
+    if path.is_empty() || path == ":memory:" {
+        return Err(in_memory());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// The URL form shown in every `DATABASE_URL` error, so the fix is one copy away.
+const DATABASE_URL_EXAMPLE: &str = "sqlite:///./poc.db";
+
+/// The largest number of seconds any `*_SECONDS` variable accepts. A day is far beyond any
+/// sensible delay or timeout, and the bound keeps `Duration` conversion from overflowing.
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// Kafka's protocol carries timeouts as signed 32-bit milliseconds.
+const MAX_WIRE_MS: u64 = i32::MAX as u64;
+
+/// Kafka refuses topic names longer than this.
+const MAX_TOPIC_CHARS: usize = 249;
+
+/// One row of [`VARIABLES`]: (name, default, description). The loader reads each variable
+/// through its row, so a default cannot differ from the one `--help` shows.
+type Var = (&'static str, &'static str, &'static str);
+
+const DATABASE_URL: Var = (
+    "DATABASE_URL",
+    "sqlite+aiosqlite:///./poc.db",
+    "SQLite URL of the database shared with the backend (sqlite:///relative.db, sqlite:////absolute.db)",
+);
+const KAFKA_BOOTSTRAP_SERVERS: Var = (
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "localhost:9092",
+    "comma-separated Kafka brokers as host:port (port 9092 when omitted)",
+);
+const KAFKA_TOPIC: Var = (
+    "KAFKA_TOPIC",
+    "provision-requests",
+    "topic to consume provisioning requests from",
+);
+const KAFKA_GROUP_ID: Var = (
+    "KAFKA_GROUP_ID",
+    "provision-worker-group",
+    "consumer group shared by all workers",
+);
+const MOCK_PROVISION_DELAY_SECONDS: Var = (
+    "MOCK_PROVISION_DELAY_SECONDS",
+    "5",
+    "simulated provisioning time per request, in seconds (fractions allowed, at most 86400)",
+);
+const WORKER_THREADS: Var = (
+    "WORKER_THREADS",
+    "8",
+    "requests provisioned at the same time (1 to 1024)",
+);
+const SHUTDOWN_TIMEOUT_SECONDS: Var = (
+    "SHUTDOWN_TIMEOUT_SECONDS",
+    "30",
+    "how long a shutdown waits for requests in progress, in seconds",
+);
+const KAFKA_AUTO_OFFSET_RESET: Var = (
+    "KAFKA_AUTO_OFFSET_RESET",
+    "earliest",
+    "where to start when the group has no committed offset: earliest or latest",
+);
+const KAFKA_DLQ_TOPIC: Var = (
+    "KAFKA_DLQ_TOPIC",
+    "provision-requests.dlq",
+    "topic for messages that are not valid requests; empty disables it",
+);
+const LOG_LEVEL: Var = (
+    "LOG_LEVEL",
+    "INFO",
+    "TRACE, DEBUG, INFO, WARNING, ERROR or CRITICAL",
+);
+const KAFKA_STARTUP_TIMEOUT_SECONDS: Var = (
+    "KAFKA_STARTUP_TIMEOUT_SECONDS",
+    "30",
+    "how long startup waits for the broker before giving up, in seconds",
+);
+const KAFKA_SESSION_TIMEOUT_MS: Var = (
+    "KAFKA_SESSION_TIMEOUT_MS",
+    "10000",
+    "consumer group session timeout, in milliseconds (1000 to 3600000)",
+);
+const KAFKA_HEARTBEAT_INTERVAL_MS: Var = (
+    "KAFKA_HEARTBEAT_INTERVAL_MS",
+    "3000",
+    "consumer group heartbeat interval, in milliseconds (at least 100, below the session timeout)",
+);
+const KAFKA_REBALANCE_TIMEOUT_MS: Var = (
+    "KAFKA_REBALANCE_TIMEOUT_MS",
+    "60000",
+    "how long the group waits for members to rejoin during a rebalance, in milliseconds",
+);
+const COMMIT_INTERVAL_MS: Var = (
+    "COMMIT_INTERVAL_MS",
+    "1000",
+    "how often finished offsets are committed, in milliseconds (10 to 60000)",
+);
+const KAFKA_FETCH_MAX_WAIT_MS: Var = (
+    "KAFKA_FETCH_MAX_WAIT_MS",
+    "40",
+    "how long the broker may hold a fetch open waiting for data, in milliseconds (1 to 10000)",
+);
+const KAFKA_CLIENT_ID: Var = (
+    "KAFKA_CLIENT_ID",
+    "provision-worker",
+    "client id the broker shows in its logs and metrics",
+);
+const METRICS_ADDR: Var = (
+    "METRICS_ADDR",
+    "",
+    "address for the metrics endpoint, such as 127.0.0.1:9464; empty turns it off",
+);
+
+/// The process environment and the `.env` entries, with the environment taking precedence.
+struct Sources<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    dotenv: HashMap<String, String>,
+}
+
+impl Sources<'_> {
+    /// The trimmed value, or `None` when the variable is set nowhere. A variable present in the
+    /// environment hides the `.env` entry even when empty, as dotenvy's own loader does.
+    fn raw(&self, var: Var) -> Option<String> {
+        (self.env)(var.0)
+            .or_else(|| self.dotenv.get(var.0).cloned())
+            .map(|value| value.trim().to_string())
+    }
+
+    /// The value to parse: the trimmed value, or the default when unset or empty.
+    fn value(&self, var: Var) -> String {
+        match self.raw(var) {
+            Some(value) if !value.is_empty() => value,
+            _ => var.1.to_string(),
+        }
+    }
+}
+
+fn invalid(var: Var, value: &str, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name: var.0,
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+/// Reads `.env` without touching the process environment.
+fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let read_error = |err: dotenvy::Error| ConfigError::DotenvRead {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    };
+    let entries = match dotenvy::from_path_iter(path) {
+        Ok(entries) => entries,
+        Err(err) if err.not_found() => return Ok(HashMap::new()),
+        Err(err) => return Err(read_error(err)),
+    };
+    let mut vars = HashMap::new();
+    for entry in entries {
+        match entry {
+            // dotenvy's own loader lets the first declaration of a name win; so do we.
+            Ok((name, value)) => {
+                vars.entry(name).or_insert(value);
+            }
+            Err(dotenvy::Error::LineParse(bad_line, _)) => {
+                return Err(dotenv_syntax_error(path, &bad_line));
+            }
+            Err(err) => return Err(read_error(err)),
+        }
+    }
+    Ok(vars)
+}
+
+/// Builds the error for a line dotenvy rejected. dotenvy reports the line's text but not its
+/// number, so the file is read again to find it; the text itself is not shown because `.env`
+/// files hold secrets.
+fn dotenv_syntax_error(path: &Path, bad_line: &str) -> ConfigError {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // `from_path_iter`, unlike dotenvy's loaders, keeps a byte-order mark, which then makes
+    // the first line unparseable; name the real cause instead of "line 1".
+    if text.starts_with('\u{feff}') && bad_line.starts_with('\u{feff}') {
+        return ConfigError::DotenvByteOrderMark {
+            path: path.to_path_buf(),
+        };
+    }
+    // A multi-line (quoted) entry is reported as a whole; its first line is where it starts.
+    let first = bad_line.lines().next().unwrap_or_default();
+    let line = text
+        .lines()
+        .position(|candidate| candidate.trim_end() == first.trim_end())
+        .map(|index| index + 1);
+    ConfigError::DotenvSyntax {
+        path: path.to_path_buf(),
+        line,
+    }
+}
+
+/// Splits, trims and completes `host[:port]` entries; IPv6 hosts go in brackets.
+fn parse_bootstrap_servers(value: &str) -> Result<Vec<String>, ConfigError> {
+    let expected = "comma-separated host:port entries like broker1:9092,broker2:9092 \
+                    (port 1 to 65535, 9092 when omitted; IPv6 as [::1]:9092)";
+    let mut servers = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        let (host, port) = split_host_port(entry)
+            .ok_or_else(|| invalid(KAFKA_BOOTSTRAP_SERVERS, value, expected))?;
+        let port = match port {
+            None => 9092,
+            Some(port) => match port.parse::<u16>() {
+                Ok(port) if port != 0 => port,
+                _ => return Err(invalid(KAFKA_BOOTSTRAP_SERVERS, value, expected)),
+            },
+        };
+        servers.push(format!("{host}:{port}"));
+    }
+    Ok(servers)
+}
+
+/// Splits one bootstrap entry into a host and an optional port, or `None` if it is malformed.
+fn split_host_port(entry: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(bracketed) = entry.strip_prefix('[') {
+        let (inside, after) = bracketed.split_once(']')?;
+        inside.parse::<std::net::Ipv6Addr>().ok()?;
+        let host = &entry[..inside.len() + 2];
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(after.strip_prefix(':')?))),
+        };
+    }
+    let (host, port) = match entry.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (entry, None),
+    };
+    // Host names and IPv4 addresses only; this also catches `kafka://...` and unbracketed IPv6.
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    host_ok.then_some((host, port))
+}
+
+/// A Kafka topic name as the broker accepts it.
+fn parse_topic(var: Var, value: &str) -> Result<String, ConfigError> {
+    let legal = value.chars().count() <= MAX_TOPIC_CHARS
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !legal {
+        return Err(invalid(
+            var,
+            value,
+            "a Kafka topic name: 1 to 249 characters from A-Z a-z 0-9 . _ -",
+        ));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_dlq_topic(raw: Option<String>, topic: &str) -> Result<Option<String>, ConfigError> {
+    let value = match raw {
+        None => KAFKA_DLQ_TOPIC.1.to_string(),
+        Some(value) if value.is_empty() => return Ok(None),
+        Some(value) => value,
+    };
+    let dlq = parse_topic(KAFKA_DLQ_TOPIC, &value).map_err(|_| {
+        invalid(
+            KAFKA_DLQ_TOPIC,
+            &value,
+            "a Kafka topic name (1 to 249 characters from A-Z a-z 0-9 . _ -), or empty to disable dead-lettering",
+        )
+    })?;
+    // Dead letters written to the topic we consume would come straight back, forever.
+    if dlq == topic {
+        return Err(invalid(
+            KAFKA_DLQ_TOPIC,
+            &value,
+            "a topic other than KAFKA_TOPIC, or empty to disable dead-lettering",
+        ));
+    }
+    Ok(Some(dlq))
+}
+
+/// Seconds as a float (`5`, `0.25`), from 0 to [`MAX_SECONDS`].
+fn parse_seconds(var: Var, value: &str) -> Result<Duration, ConfigError> {
+    match value.parse::<f64>() {
+        // The range check also rejects NaN and the infinities.
+        Ok(seconds) if (0.0..=MAX_SECONDS).contains(&seconds) => {
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        _ => Err(invalid(
+            var,
+            value,
+            "a number of seconds from 0 to 86400, fractions allowed",
+        )),
+    }
+}
+
+/// A whole number in `min..=max`; `unit` names it in the error ("a whole number of milliseconds").
+fn parse_whole(var: Var, value: &str, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+    match value.parse::<u64>() {
+        Ok(number) if (min..=max).contains(&number) => Ok(number),
+        _ => Err(invalid(var, value, format!("{unit} from {min} to {max}"))),
+    }
+}
+
+fn parse_ms(var: Var, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    parse_whole(var, value, min, max, "a whole number of milliseconds")
+}
+
+/// The heartbeat must be shorter than the session, or the coordinator expires the member
+/// between two heartbeats.
+fn parse_heartbeat_ms(value: &str, session_ms: u64) -> Result<u64, ConfigError> {
+    let max = session_ms - 1;
+    match value.parse::<u64>() {
+        Ok(ms) if (100..=max).contains(&ms) => Ok(ms),
+        _ => Err(invalid(
+            KAFKA_HEARTBEAT_INTERVAL_MS,
+            value,
+            format!(
+                "a whole number of milliseconds from 100 to {max} (less than KAFKA_SESSION_TIMEOUT_MS={session_ms})"
+            ),
+        )),
+    }
+}
+
+fn parse_offset_reset(value: &str) -> Result<OffsetReset, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "earliest" => Ok(OffsetReset::Earliest),
+        "latest" => Ok(OffsetReset::Latest),
+        _ => Err(invalid(
+            KAFKA_AUTO_OFFSET_RESET,
+            value,
+            "earliest or latest",
+        )),
+    }
+}
+
+/// Python's level names, plus `TRACE` and `WARN`; `CRITICAL` has no `log` equivalent and maps
+/// to `ERROR`.
+fn parse_log_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
+    match value.to_ascii_uppercase().as_str() {
+        "TRACE" => Ok(log::LevelFilter::Trace),
+        "DEBUG" => Ok(log::LevelFilter::Debug),
+        "INFO" => Ok(log::LevelFilter::Info),
+        "WARNING" | "WARN" => Ok(log::LevelFilter::Warn),
+        "ERROR" | "CRITICAL" => Ok(log::LevelFilter::Error),
+        _ => Err(invalid(
+            LOG_LEVEL,
+            value,
+            "one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        )),
+    }
+}
+
+fn parse_metrics_addr(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse::<SocketAddr>().map(Some).map_err(|_| {
+        invalid(
+            METRICS_ADDR,
+            value,
+            "an IP address and port like 127.0.0.1:9464, or empty to turn metrics off",
+        )
+    })
+}
+
+/// Decodes `%XX` escapes as SQLAlchemy does, leaving malformed ones as they are; `None` when
+/// the result is not UTF-8 or holds a NUL, which no file name can.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = match bytes.get(i..i + 3) {
+            Some([b'%', high, low]) => hex_value(*high).zip(hex_value(*low)),
+            _ => None,
+        };
+        match escape {
+            Some((high, low)) => {
+                decoded.push(high << 4 | low);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded)
+        .ok()
+        .filter(|decoded| !decoded.contains('\0'))
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|value| value as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_sources(&|name| vars.get(name).cloned(), None)
+    }
+
+    fn load_with_dotenv(
+        vars: &[(&str, &str)],
+        dotenv: &str,
+    ) -> (Result<Config, ConfigError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(dotenv.as_bytes())
+            .unwrap();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let result = Config::from_sources(&|name| vars.get(name).cloned(), Some(&path));
+        (result, dir)
+    }
+
+    fn check_url(input: &str, expected: Result<&str, &str>) {
+        let actual = parse_database_url(input);
+        match (expected, actual) {
+            (Ok(path), Ok(actual)) => assert_eq!(actual, PathBuf::from(path), "input {input:?}"),
+            (Err(fragment), Err(err)) => {
+                let message = err.to_string();
+                assert!(
+                    message.starts_with(&format!("invalid DATABASE_URL={input:?}: expected")),
+                    "{message}"
+                );
+                assert!(message.contains(fragment), "{input:?}: {message}");
+            }
+            (expected, actual) => panic!("{input:?}: expected {expected:?}, got {actual:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_python_worker() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.database_url, "sqlite+aiosqlite:///./poc.db");
+        assert_eq!(config.database_path, PathBuf::from("./poc.db"));
+        assert_eq!(config.bootstrap_servers, vec!["localhost:9092"]);
+        assert_eq!(config.topic, "provision-requests");
+        assert_eq!(config.group_id, "provision-worker-group");
+        assert_eq!(config.provision_delay, Duration::from_secs(5));
+        assert_eq!(config.worker_threads, 8);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(config.auto_offset_reset, OffsetReset::Earliest);
+        assert_eq!(config.dlq_topic.as_deref(), Some("provision-requests.dlq"));
+        assert_eq!(config.log_level, log::LevelFilter::Info);
+        assert_eq!(config.startup_timeout, Duration::from_secs(30));
+        assert_eq!(config.session_timeout, Duration::from_millis(10_000));
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(3_000));
+        assert_eq!(config.rebalance_timeout, Duration::from_millis(60_000));
+        assert_eq!(config.commit_interval, Duration::from_millis(1_000));
+        assert_eq!(config.fetch_max_wait, Duration::from_millis(40));
+        assert_eq!(config.client_id, "provision-worker");
+        assert_eq!(config.metrics_addr, None);
+    }
+
+    #[test]
+    fn variables_table_lists_every_variable_once_with_the_contract_defaults() {
+        let expected = [
+            ("DATABASE_URL", "sqlite+aiosqlite:///./poc.db"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            ("KAFKA_TOPIC", "provision-requests"),
+            ("KAFKA_GROUP_ID", "provision-worker-group"),
+            ("MOCK_PROVISION_DELAY_SECONDS", "5"),
+            ("WORKER_THREADS", "8"),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "30"),
+            ("KAFKA_AUTO_OFFSET_RESET", "earliest"),
+            ("KAFKA_DLQ_TOPIC", "provision-requests.dlq"),
+            ("LOG_LEVEL", "INFO"),
+            ("KAFKA_STARTUP_TIMEOUT_SECONDS", "30"),
+            ("KAFKA_SESSION_TIMEOUT_MS", "10000"),
+            ("KAFKA_HEARTBEAT_INTERVAL_MS", "3000"),
+            ("KAFKA_REBALANCE_TIMEOUT_MS", "60000"),
+            ("COMMIT_INTERVAL_MS", "1000"),
+            ("KAFKA_FETCH_MAX_WAIT_MS", "40"),
+            ("KAFKA_CLIENT_ID", "provision-worker"),
+            ("METRICS_ADDR", ""),
+        ];
+        let actual: Vec<(&str, &str)> = VARIABLES.iter().map(|&(n, d, _)| (n, d)).collect();
+        assert_eq!(actual, expected);
+        assert!(
+            VARIABLES
+                .iter()
+                .all(|(_, _, description)| !description.is_empty())
+        );
+    }
+
+    #[test]
+    fn every_variable_set_to_a_valid_value_is_used() {
+        let config = load(&[
+            ("DATABASE_URL", "sqlite:////var/lib/poc.db"),
+            ("KAFKA_BOOTSTRAP_SERVERS", " a:1 , b , [::1]:9093 "),
+            ("KAFKA_TOPIC", "t.1"),
+            ("KAFKA_GROUP_ID", "g"),
+            ("MOCK_PROVISION_DELAY_SECONDS", "0.25"),
+            ("WORKER_THREADS", "1024"),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "0"),
+            ("KAFKA_AUTO_OFFSET_RESET", "LATEST"),
+            ("KAFKA_DLQ_TOPIC", "dead"),
+            ("LOG_LEVEL", "warning"),
+            ("KAFKA_STARTUP_TIMEOUT_SECONDS", "1.5"),
+            ("KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("KAFKA_HEARTBEAT_INTERVAL_MS", "5999"),
+            ("KAFKA_REBALANCE_TIMEOUT_MS", "1000"),
+            ("COMMIT_INTERVAL_MS", "10"),
+            ("KAFKA_FETCH_MAX_WAIT_MS", "10000"),
+            ("KAFKA_CLIENT_ID", "me"),
+            ("METRICS_ADDR", "127.0.0.1:9464"),
+        ])
+        .unwrap();
+        assert_eq!(config.database_path, PathBuf::from("/var/lib/poc.db"));
+        assert_eq!(config.bootstrap_servers, ["a:1", "b:9092", "[::1]:9093"]);
+        assert_eq!(config.topic, "t.1");
+        assert_eq!(config.group_id, "g");
+        assert_eq!(config.provision_delay, Duration::from_millis(250));
+        assert_eq!(config.worker_threads, 1024);
+        assert_eq!(config.shutdown_timeout, Duration::ZERO);
+        assert_eq!(config.auto_offset_reset, OffsetReset::Latest);
+        assert_eq!(config.dlq_topic.as_deref(), Some("dead"));
+        assert_eq!(config.log_level, log::LevelFilter::Warn);
+        assert_eq!(config.startup_timeout, Duration::from_millis(1500));
+        assert_eq!(config.session_timeout, Duration::from_millis(6000));
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(5999));
+        assert_eq!(config.rebalance_timeout, Duration::from_millis(1000));
+        assert_eq!(config.commit_interval, Duration::from_millis(10));
+        assert_eq!(config.fetch_max_wait, Duration::from_millis(10_000));
+        assert_eq!(config.client_id, "me");
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_variable_and_value() {
+        let cases: &[(&str, &str)] = &[
+            ("DATABASE_URL", "postgresql://localhost/db"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "host:0"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "host:65536"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "host:"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "a,,b"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "a,"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "kafka://a:9092"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "::1"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "[::1"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "[nonsense]:9092"),
+            ("KAFKA_TOPIC", "bad topic"),
+            ("KAFKA_TOPIC", ".."),
+            ("MOCK_PROVISION_DELAY_SECONDS", "abc"),
+            ("MOCK_PROVISION_DELAY_SECONDS", "-1"),
+            ("MOCK_PROVISION_DELAY_SECONDS", "NaN"),
+            ("MOCK_PROVISION_DELAY_SECONDS", "inf"),
+            ("MOCK_PROVISION_DELAY_SECONDS", "86400.5"),
+            ("WORKER_THREADS", "abc"),
+            ("WORKER_THREADS", "0"),
+            ("WORKER_THREADS", "1025"),
+            ("WORKER_THREADS", "2.5"),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "-0.1"),
+            ("KAFKA_AUTO_OFFSET_RESET", "none"),
+            ("KAFKA_DLQ_TOPIC", "bad/topic"),
+            ("KAFKA_DLQ_TOPIC", "provision-requests"),
+            ("LOG_LEVEL", "VERBOSE"),
+            ("KAFKA_STARTUP_TIMEOUT_SECONDS", "soon"),
+            ("KAFKA_SESSION_TIMEOUT_MS", "999"),
+            ("KAFKA_SESSION_TIMEOUT_MS", "3600001"),
+            ("KAFKA_HEARTBEAT_INTERVAL_MS", "99"),
+            ("KAFKA_HEARTBEAT_INTERVAL_MS", "10000"),
+            ("KAFKA_REBALANCE_TIMEOUT_MS", "999"),
+            ("KAFKA_REBALANCE_TIMEOUT_MS", "2147483648"),
+            ("COMMIT_INTERVAL_MS", "9"),
+            ("COMMIT_INTERVAL_MS", "60001"),
+            ("KAFKA_FETCH_MAX_WAIT_MS", "0"),
+            ("KAFKA_FETCH_MAX_WAIT_MS", "10001"),
+            ("METRICS_ADDR", "localhost:9464"),
+        ];
+        for &(name, value) in cases {
+            let err = load(&[(name, value)]).expect_err(&format!("{name}={value} accepted"));
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("invalid {name}={value:?}: expected ")),
+                "{name}={value}: {message}"
+            );
+            assert!(!message.ends_with('.'), "{message}");
+        }
+    }
+
+    #[test]
+    fn error_message_says_what_is_accepted() {
+        let err = load(&[("WORKER_THREADS", "abc")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid WORKER_THREADS=\"abc\": expected a whole number from 1 to 1024"
+        );
+        let err = load(&[
+            ("KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("KAFKA_HEARTBEAT_INTERVAL_MS", "6000"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid KAFKA_HEARTBEAT_INTERVAL_MS=\"6000\": expected a whole number of \
+             milliseconds from 100 to 5999 (less than KAFKA_SESSION_TIMEOUT_MS=6000)"
+        );
+    }
+
+    #[test]
+    fn empty_or_blank_values_mean_the_default() {
+        let config = load(&[
+            ("WORKER_THREADS", ""),
+            ("KAFKA_TOPIC", "   "),
+            ("LOG_LEVEL", "\t"),
+        ])
+        .unwrap();
+        assert_eq!(config.worker_threads, 8);
+        assert_eq!(config.topic, "provision-requests");
+        assert_eq!(config.log_level, log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn seconds_accept_any_float_spelling_in_range() {
+        for (value, expected) in [
+            ("0.001", Duration::from_millis(1)),
+            ("-0", Duration::ZERO),
+            ("1e2", Duration::from_secs(100)),
+            ("86400", Duration::from_secs(86_400)),
+        ] {
+            let config = load(&[("MOCK_PROVISION_DELAY_SECONDS", value)]).unwrap();
+            assert_eq!(config.provision_delay, expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn empty_dlq_topic_disables_dead_lettering() {
+        assert_eq!(load(&[("KAFKA_DLQ_TOPIC", "")]).unwrap().dlq_topic, None);
+        assert_eq!(load(&[("KAFKA_DLQ_TOPIC", "  ")]).unwrap().dlq_topic, None);
+    }
+
+    #[test]
+    fn values_are_trimmed() {
+        let config = load(&[("WORKER_THREADS", " 4 "), ("KAFKA_GROUP_ID", " g ")]).unwrap();
+        assert_eq!(config.worker_threads, 4);
+        assert_eq!(config.group_id, "g");
+    }
+
+    #[test]
+    fn log_levels_accept_python_names_in_any_case() {
+        for (value, level) in [
+            ("trace", log::LevelFilter::Trace),
+            ("Debug", log::LevelFilter::Debug),
+            ("INFO", log::LevelFilter::Info),
+            ("WARN", log::LevelFilter::Warn),
+            ("warning", log::LevelFilter::Warn),
+            ("ERROR", log::LevelFilter::Error),
+            ("critical", log::LevelFilter::Error),
+        ] {
+            assert_eq!(load(&[("LOG_LEVEL", value)]).unwrap().log_level, level);
+        }
+    }
+
+    #[test]
+    fn environment_wins_over_dotenv() {
+        let (config, _dir) = load_with_dotenv(
+            &[("WORKER_THREADS", "3")],
+            "WORKER_THREADS=5\nKAFKA_TOPIC=from-file\n",
+        );
+        let config = config.unwrap();
+        assert_eq!(config.worker_threads, 3);
+        assert_eq!(config.topic, "from-file");
+    }
+
+    #[test]
+    fn dotenv_alone_configures_the_worker() {
+        let (config, _dir) = load_with_dotenv(
+            &[],
+            "# comment\nexport KAFKA_TOPIC=\"quoted\"\nKAFKA_DLQ_TOPIC=\nDATABASE_URL='sqlite:///x.db'\n",
+        );
+        let config = config.unwrap();
+        assert_eq!(config.topic, "quoted");
+        assert_eq!(config.dlq_topic, None);
+        assert_eq!(config.database_path, PathBuf::from("x.db"));
+    }
+
+    #[test]
+    fn first_declaration_in_dotenv_wins_like_dotenvy() {
+        let (config, _dir) = load_with_dotenv(&[], "WORKER_THREADS=2\nWORKER_THREADS=7\n");
+        assert_eq!(config.unwrap().worker_threads, 2);
+    }
+
+    #[test]
+    fn missing_dotenv_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_sources(&|_| None, Some(&dir.path().join(".env"))).unwrap();
+        assert_eq!(config.worker_threads, 8);
+    }
+
+    #[test]
+    fn malformed_dotenv_names_the_file_and_line() {
+        let (result, dir) = load_with_dotenv(&[], "KAFKA_TOPIC=a\n\n# ok\nnot a line\n");
+        let err = result.unwrap_err();
+        let path = dir.path().join(".env");
+        assert_eq!(
+            err,
+            ConfigError::DotenvSyntax {
+                path: path.clone(),
+                line: Some(4)
+            }
+        );
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("line 4"), "{message}");
+    }
+
+    #[test]
+    fn dotenv_with_unclosed_quote_is_an_error() {
+        let (result, _dir) = load_with_dotenv(&[], "KAFKA_TOPIC=\"open\n");
+        assert!(
+            matches!(result, Err(ConfigError::DotenvSyntax { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn dotenv_byte_order_mark_is_named() {
+        let (result, _dir) = load_with_dotenv(&[], "\u{feff}KAFKA_TOPIC=a\n");
+        assert!(
+            matches!(result, Err(ConfigError::DotenvByteOrderMark { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_dotenv_is_an_error() {
+        // A directory where the file should be: opening works, reading fails.
+        let dir = tempfile::tempdir().unwrap();
+        let result = Config::from_sources(&|_| None, Some(dir.path()));
+        assert!(
+            matches!(result, Err(ConfigError::DotenvRead { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn database_urls() {
+        check_url("sqlite:///relative.db", Ok("relative.db"));
+        check_url("sqlite+aiosqlite:///./poc.db", Ok("./poc.db"));
+        check_url(
+            "sqlite+pysqlite:///../backend/poc.db",
+            Ok("../backend/poc.db"),
+        );
+        check_url("sqlite:////abs/path.db", Ok("/abs/path.db"));
+        check_url("SQLite:///upper.db", Ok("upper.db"));
+        check_url("sqlite:///poc.db?timeout=5&uri=true", Ok("poc.db"));
+        check_url("sqlite:///my%20data.db", Ok("my data.db"));
+        check_url("sqlite:///what%3F.db", Ok("what?.db"));
+        check_url("sqlite:///caf%C3%A9.db", Ok("café.db"));
+        check_url("sqlite:///100%.db", Ok("100%.db"));
+        check_url("sqlite:///bad%zz.db", Ok("bad%zz.db"));
+        check_url("sqlite://", Err("not an in-memory database"));
+        check_url("sqlite:///", Err("not an in-memory database"));
+        check_url("sqlite:///:memory:", Err("not an in-memory database"));
+        check_url("sqlite+aiosqlite://", Err("not an in-memory database"));
+        check_url("sqlite:///?mode=memory", Err("not an in-memory database"));
+        check_url("sqlite://host/poc.db", Err("sqlite:///./poc.db"));
+        check_url("sqlite:///nul%00.db", Err("sqlite:///./poc.db"));
+        check_url("sqlite:///bad%FF.db", Err("sqlite:///./poc.db"));
+        check_url("postgresql://user@localhost/db", Err("sqlite:///./poc.db"));
+        check_url("mysql://localhost/db", Err("sqlite:///./poc.db"));
+        check_url("sqlite+asyncpg:///x.db", Err("sqlite:///./poc.db"));
+        check_url("./poc.db", Err("sqlite:///./poc.db"));
+        check_url("/abs/poc.db", Err("sqlite:///./poc.db"));
+        check_url("sqlite:poc.db", Err("sqlite:///./poc.db"));
+    }
+
+    #[test]
+    fn database_url_is_kept_as_given_for_the_log_line() {
+        let config = load(&[("DATABASE_URL", " sqlite:///./x.db ")]).unwrap();
+        assert_eq!(config.database_url, "sqlite:///./x.db");
+    }
+
+    #[test]
+    fn dotenv_and_read_errors_end_without_a_period() {
+        let errors = [
+            ConfigError::NotUnicode { name: "LOG_LEVEL" },
+            ConfigError::DotenvRead {
+                path: PathBuf::from(".env"),
+                reason: "denied".into(),
+            },
+            ConfigError::DotenvSyntax {
+                path: PathBuf::from(".env"),
+                line: None,
+            },
+            ConfigError::DotenvByteOrderMark {
+                path: PathBuf::from(".env"),
+            },
+        ];
+        for err in errors {
+            let message = err.to_string();
+            assert!(!message.ends_with('.'), "{message}");
+            assert!(message.starts_with(char::is_lowercase), "{message}");
+        }
+    }
+}

@@ -4,11 +4,25 @@
 //! # Layout
 //! - `config`: environment and `.env`, defaults, validation, `DATABASE_URL` parsing.
 //! - `cli`: the command line (`run`, `--help`, `--version`, and the operator commands).
+//! - `logging`: log lines in the Python worker's format.
 //! - `request`: one provisioning request, validated once from the raw message bytes.
 //! - `kubeconfig`: rendering the mock kubeconfig (pure).
 //! - `store`: SQLite: schema from `sql/`, the pool, the state transitions as named functions.
+//! - `kafka`: the Kafka layer (group membership, fetch, commits, produce); knows nothing
+//!   about provisioning.
+//! - `provision`: what a worker does with one request.
+//! - `pipeline`: the poller thread, the worker pool, the offset tracker; `run`.
+//! - `tools`: the operator commands (`send`, `status`, `check`, `offsets`).
+//!
+//! Dependencies point one way: `main` → `pipeline` → (`kafka`, `provision` → (`store`,
+//! `kubeconfig`, `request`)). `kafka` and `store` never import each other.
 pub mod cli;
 pub mod config;
+pub mod kafka;
 pub mod kubeconfig;
+pub mod logging;
+pub mod pipeline;
+pub mod provision;
 pub mod request;
 pub mod store;
+pub mod tools;

@@ -1,1 +1,67 @@
-fn main() {}
+//! `provision-worker`: parse the command line and configuration, set up logging and the
+//! shutdown signal, run, and map the result to an exit code (0 ok, 1 runtime error,
+//! 2 bad configuration or usage, 130 a second signal).
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use provision_worker::cli::{self, Command};
+use provision_worker::config::Config;
+use provision_worker::{logging, pipeline, tools};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let command = match cli::parse(args) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    match command {
+        Command::Help => {
+            print!("{}", cli::help_text());
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("provision-worker {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    logging::init(config.log_level);
+    if !matches!(command, Command::Run) {
+        return tools::run(&config, command);
+    }
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(1);
+    let signalled = AtomicBool::new(false);
+    let handler = ctrlc::set_handler(move || {
+        if signalled.swap(true, Ordering::SeqCst) {
+            log::warn!("Second signal received; exiting at once");
+            std::process::exit(130);
+        }
+        log::info!(
+            "Shutdown signal received; finishing in-flight requests (send it again to exit at once)"
+        );
+        let _ = shutdown_tx.try_send(());
+    });
+    if let Err(e) = handler {
+        log::error!("cannot install the signal handler: {e}");
+        return ExitCode::from(1);
+    }
+    match pipeline::run(&config, shutdown_rx) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("provision-worker: {message}");
+    ExitCode::from(2)
+}

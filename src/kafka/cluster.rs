@@ -1,0 +1,178 @@
+//! Bootstrap, metadata and one connection per broker.
+//!
+//! The cluster knows which broker leads each partition of the worker's topic and keeps a
+//! connection to each broker it talks to. A failed connection is dropped and opened again
+//! on next use, so every caller's retry is also a reconnect.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kafka_protocol::messages::{
+    ApiKey, MetadataRequest, MetadataResponse, TopicName, metadata_request::MetadataRequestTopic,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::conn::Connection;
+use super::{KafkaError, Partition};
+
+const METADATA_VERSIONS: (i16, i16) = (1, 9);
+
+/// What the cluster says about the worker's topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicState {
+    /// The topic does not exist (yet).
+    Missing,
+    /// The topic's partitions, sorted.
+    Partitions(Vec<Partition>),
+}
+
+pub struct Cluster {
+    bootstrap: Vec<String>,
+    client_id: String,
+    timeout: Duration,
+    /// Broker id to "host:port", from the last metadata answer.
+    brokers: HashMap<i32, String>,
+    /// Partition to the id of its leader, from the last metadata answer.
+    leaders: HashMap<Partition, i32>,
+    /// Open connections by "host:port"; removed when they fail.
+    conns: HashMap<String, Connection>,
+}
+
+impl Cluster {
+    pub fn new(bootstrap: Vec<String>, client_id: &str, timeout: Duration) -> Cluster {
+        Cluster {
+            bootstrap,
+            client_id: client_id.to_owned(),
+            timeout,
+            brokers: HashMap::new(),
+            leaders: HashMap::new(),
+            conns: HashMap::new(),
+        }
+    }
+
+    pub fn servers(&self) -> String {
+        self.bootstrap.join(",")
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A connection to any broker: an open one, else each known broker, else each
+    /// bootstrap server in turn. Fails with `Unreachable` naming the servers.
+    pub fn any(&mut self) -> Result<&mut Connection, KafkaError> {
+        if let Some(addr) = self.conns.keys().next().cloned() {
+            return self.to(&addr);
+        }
+        let mut candidates: Vec<String> = self.brokers.values().cloned().collect();
+        candidates.extend(self.bootstrap.iter().cloned());
+        let mut details = Vec::new();
+        for addr in candidates {
+            match Connection::open(&addr, &self.client_id, self.timeout) {
+                Ok(conn) => {
+                    self.conns.insert(addr.clone(), conn);
+                    return self.to(&addr);
+                }
+                Err(e) => details.push(short_reason(&addr, &e)),
+            }
+        }
+        Err(KafkaError::Unreachable {
+            servers: self.servers(),
+            detail: details.join("; "),
+        })
+    }
+
+    /// The connection to one broker, opened if needed.
+    pub fn to(&mut self, addr: &str) -> Result<&mut Connection, KafkaError> {
+        if !self.conns.contains_key(addr) {
+            let conn = Connection::open(addr, &self.client_id, self.timeout)?;
+            self.conns.insert(addr.to_owned(), conn);
+        }
+        self.conns
+            .get_mut(addr)
+            .ok_or_else(|| KafkaError::Protocol {
+                broker: addr.to_owned(),
+                detail: "connection vanished".into(),
+            })
+    }
+
+    /// Forgets a connection after an error, so the next use reconnects.
+    pub fn drop_conn(&mut self, addr: &str) {
+        self.conns.remove(addr);
+    }
+
+    /// Forgets every connection (after a broker outage, say).
+    pub fn drop_all(&mut self) {
+        self.conns.clear();
+    }
+
+    /// Asks for the topic's partitions and their leaders, and remembers the brokers.
+    pub fn refresh(&mut self, topic: &str) -> Result<TopicState, KafkaError> {
+        let conn = self.any()?;
+        let addr = conn.addr().to_owned();
+        let result = (|| {
+            let version = conn.version(ApiKey::Metadata, METADATA_VERSIONS)?;
+            let request = MetadataRequest::default()
+                .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                    TopicName(StrBytes::from_string(topic.to_owned())),
+                ))]))
+                // The worker must never create the topic by typo: a missing topic is reported.
+                .with_allow_auto_topic_creation(false);
+            conn.call::<_, MetadataResponse>(ApiKey::Metadata, version, &request)
+        })();
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_conn(&addr);
+                return Err(e);
+            }
+        };
+        self.brokers = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        let Some(t) = response
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+        else {
+            return Ok(TopicState::Missing);
+        };
+        // UNKNOWN_TOPIC_OR_PARTITION (3): the topic is not there. Anything else is an error.
+        if t.error_code == 3 {
+            return Ok(TopicState::Missing);
+        }
+        super::check_code("Metadata", t.error_code)?;
+        self.leaders = t
+            .partitions
+            .iter()
+            .map(|p| (Partition(p.partition_index), p.leader_id.0))
+            .collect();
+        let mut partitions: Vec<Partition> = self.leaders.keys().copied().collect();
+        partitions.sort();
+        if partitions.is_empty() {
+            return Ok(TopicState::Missing);
+        }
+        Ok(TopicState::Partitions(partitions))
+    }
+
+    /// "host:port" of the partition's leader, if the last metadata named a live one.
+    pub fn leader(&self, partition: Partition) -> Option<String> {
+        let id = self.leaders.get(&partition)?;
+        self.brokers.get(id).cloned()
+    }
+
+    /// "host:port" of a broker by id, from the last metadata or a coordinator answer.
+    pub fn remember_broker(&mut self, id: i32, addr: String) {
+        self.brokers.insert(id, addr);
+    }
+}
+
+/// "host:port: reason" without the advice, for the list inside `Unreachable`.
+fn short_reason(addr: &str, e: &KafkaError) -> String {
+    match e {
+        KafkaError::Io { source, .. } => format!("{addr}: {source}"),
+        KafkaError::Timeout { after, .. } => format!("{addr}: no answer within {after:?}"),
+        other => format!("{addr}: {other}"),
+    }
+}

@@ -1,0 +1,240 @@
+//! One TCP connection to one broker, carrying typed `kafka-protocol` requests.
+//!
+//! Requests are strictly one at a time (send, then read the answer), which is all a single
+//! poller thread needs and keeps correlation trivial. Every read and write has a deadline,
+//! so a broker that stops answering turns into an error the caller retries, never a hang.
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use super::KafkaError;
+
+/// The largest response we accept; anything bigger is a corrupt length prefix.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+pub struct Connection {
+    addr: String,
+    stream: TcpStream,
+    client_id: StrBytes,
+    correlation_id: i32,
+    /// The broker's supported version range per API key, learned once with ApiVersions.
+    versions: HashMap<i16, (i16, i16)>,
+    /// Read/write deadline for requests that are not long-polls.
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Connects and learns the broker's API versions.
+    pub fn open(addr: &str, client_id: &str, timeout: Duration) -> Result<Connection, KafkaError> {
+        let io = |source| KafkaError::Io {
+            broker: addr.to_owned(),
+            what: "connect",
+            source,
+        };
+        let mut last = None;
+        let mut stream = None;
+        for sock in addr.to_socket_addrs().map_err(io)? {
+            match TcpStream::connect_timeout(&sock, timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = match (stream, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(io(e)),
+            (None, None) => {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the host name resolved to no address",
+                )));
+            }
+        };
+        // Requests are small and latency matters more than packet count.
+        stream.set_nodelay(true).map_err(io)?;
+        let mut conn = Connection {
+            addr: addr.to_owned(),
+            stream,
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            correlation_id: 0,
+            versions: HashMap::new(),
+            timeout,
+        };
+        conn.learn_versions()?;
+        Ok(conn)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The highest version of `key` that both we (`ours`, inclusive) and the broker speak.
+    pub fn version(&self, key: ApiKey, ours: (i16, i16)) -> Result<i16, KafkaError> {
+        let theirs = self.versions.get(&(key as i16)).copied();
+        match theirs {
+            Some((lo, hi)) if lo <= ours.1 && ours.0 <= hi => Ok(hi.min(ours.1)),
+            _ => Err(KafkaError::UnsupportedVersion {
+                broker: self.addr.clone(),
+                api: api_name(key),
+                ours,
+                theirs,
+            }),
+        }
+    }
+
+    /// Sends one request and waits for its answer, within the connection's timeout.
+    pub fn call<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Result<Resp, KafkaError>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        self.call_with_timeout(key, version, request, self.timeout)
+    }
+
+    /// Like `call`, for requests the broker may hold (fetch long-polls, group joins).
+    pub fn call_with_timeout<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, KafkaError>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        let what = api_name(key);
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let correlation_id = self.correlation_id;
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+        let frame = encode_frame(&header, Req::header_version(version), request, version)
+            .map_err(|detail| self.protocol(format!("encoding {what} v{version}: {detail}")))?;
+
+        self.stream
+            .set_write_timeout(Some(timeout))
+            .and_then(|()| self.stream.set_read_timeout(Some(timeout)))
+            .map_err(|source| self.io_error(what, timeout, source))?;
+        self.stream
+            .write_all(&frame)
+            .map_err(|source| self.io_error(what, timeout, source))?;
+
+        let mut len = [0u8; 4];
+        self.stream
+            .read_exact(&mut len)
+            .map_err(|source| self.io_error(what, timeout, source))?;
+        let len = i32::from_be_bytes(len);
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= MAX_RESPONSE_BYTES)
+            .ok_or_else(|| self.protocol(format!("{what} response with length {len}")))?;
+        let mut body = vec![0u8; len];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|source| self.io_error(what, timeout, source))?;
+        let mut body = Bytes::from(body);
+
+        let response_header = ResponseHeader::decode(&mut body, Resp::header_version(version))
+            .map_err(|e| self.protocol(format!("decoding {what} response header: {e}")))?;
+        if response_header.correlation_id != correlation_id {
+            return Err(self.protocol(format!(
+                "{what} answer carries correlation id {} instead of {correlation_id}",
+                response_header.correlation_id
+            )));
+        }
+        Resp::decode(&mut body, version)
+            .map_err(|e| self.protocol(format!("decoding {what} v{version} response: {e}")))
+    }
+
+    fn learn_versions(&mut self) -> Result<(), KafkaError> {
+        // Version 2 is understood by every broker since Kafka 2.0 and by Kafka 4.x; it is not
+        // "flexible", so a broker that knows nothing newer still answers in a form we decode.
+        let request = ApiVersionsRequest::default();
+        let response: ApiVersionsResponse = self.call(ApiKey::ApiVersions, 2, &request)?;
+        super::check_code("ApiVersions", response.error_code)?;
+        self.versions = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(())
+    }
+
+    fn io_error(&self, what: &'static str, after: Duration, source: std::io::Error) -> KafkaError {
+        match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => KafkaError::Timeout {
+                broker: self.addr.clone(),
+                what,
+                after,
+            },
+            _ => KafkaError::Io {
+                broker: self.addr.clone(),
+                what,
+                source,
+            },
+        }
+    }
+
+    fn protocol(&self, detail: String) -> KafkaError {
+        KafkaError::Protocol {
+            broker: self.addr.clone(),
+            detail,
+        }
+    }
+}
+
+/// Encodes `size | header | body` into one buffer. Public to the crate so tests can decode
+/// what we would send.
+pub(crate) fn encode_frame<Req: Encodable>(
+    header: &RequestHeader,
+    header_version: i16,
+    request: &Req,
+    version: i16,
+) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
+    request
+        .encode(&mut buf, version)
+        .map_err(|e| e.to_string())?;
+    let size = i32::try_from(buf.len() - 4).map_err(|e| e.to_string())?;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+pub(crate) fn api_name(key: ApiKey) -> &'static str {
+    match key {
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        _ => "a Kafka request",
+    }
+}

@@ -1,0 +1,193 @@
+//! The Kafka layer: everything the poller thread needs to be a well-behaved member of a
+//! consumer group, and nothing about provisioning.
+//!
+//! - `conn`: one TCP connection to one broker, typed `kafka-protocol` requests over it.
+//! - `cluster`: bootstrap, metadata (partitions and their leaders), connections per broker.
+//! - `group`: our own consumer-group membership (find coordinator, join with the member-id
+//!   round trip, leader-side range assignment, sync, heartbeat, leave) and offset commits
+//!   with the current generation and member id.
+//! - `fetch`: read_committed fetches of exactly the assigned partitions, record batches
+//!   decoded with pure-Rust codecs (`codec`), control records and aborted transactions hidden.
+//! - `consumer`: the facade the poller drives: join, start positions, fetch, commit, leave.
+//! - `producer`: single records with key, value and headers, acks=all (rustfs-kafka).
+//!
+//! Why not rustfs-kafka for everything: its consumer does not join groups, its commits carry
+//! generation -1 (rejected by real brokers for active groups), its fetch is hard-wired to
+//! read_uncommitted, and its lz4/zstd codecs link C libraries. Its producer works, so we use it.
+mod cluster;
+mod codec;
+mod conn;
+mod consumer;
+mod fetch;
+mod group;
+mod producer;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use cluster::TopicState;
+pub use consumer::{Assignment, Consumer, ConsumerSettings, GroupSignal};
+pub use fetch::Message;
+pub use group::{Generation, assign_range, encode_offset_commit};
+pub use producer::DeadLetterProducer;
+
+/// A partition number of the one topic the worker consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Partition(pub i32);
+
+/// A position in a partition's log: the offset of a record, or the next one to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Offset(pub i64);
+
+/// Where to start when a partition has no committed offset (or it is out of range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What went wrong talking to Kafka. Every variant says what to do about it.
+#[derive(Debug)]
+pub enum KafkaError {
+    /// No bootstrap server answered.
+    Unreachable { servers: String, detail: String },
+    /// A connection to one broker failed or dropped mid-request.
+    Io {
+        broker: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// A broker did not answer within the request timeout.
+    Timeout {
+        broker: String,
+        what: &'static str,
+        after: Duration,
+    },
+    /// A broker answered something we could not encode or decode.
+    Protocol { broker: String, detail: String },
+    /// A broker refused a request with a Kafka error code.
+    Broker { what: &'static str, code: i16 },
+    /// The broker supports none of the versions of an API we speak.
+    UnsupportedVersion {
+        broker: String,
+        api: &'static str,
+        ours: (i16, i16),
+        theirs: Option<(i16, i16)>,
+    },
+    /// A record batch used a codec we cannot decode, or its data was corrupt.
+    Codec { codec: &'static str, detail: String },
+    /// Producing a record failed (rustfs-kafka's producer).
+    Produce {
+        servers: String,
+        topic: String,
+        detail: String,
+    },
+}
+
+impl KafkaError {
+    /// True when the same call may succeed later (broker restart, leader move, rebalance):
+    /// callers retry these with backoff instead of giving up.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            KafkaError::Unreachable { .. }
+            | KafkaError::Io { .. }
+            | KafkaError::Timeout { .. }
+            | KafkaError::Produce { .. } => true,
+            KafkaError::Broker { code, .. } => {
+                kafka_protocol::error::ResponseError::try_from_code(*code)
+                    .is_some_and(|e| e.is_retriable())
+            }
+            KafkaError::Protocol { .. }
+            | KafkaError::UnsupportedVersion { .. }
+            | KafkaError::Codec { .. } => false,
+        }
+    }
+}
+
+impl fmt::Display for KafkaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KafkaError::Unreachable { servers, detail } => write!(
+                f,
+                "cannot reach Kafka at {servers}: {detail} (is the broker running? see README \"Troubleshooting\")"
+            ),
+            KafkaError::Io {
+                broker,
+                what,
+                source,
+            } => write!(
+                f,
+                "connection to Kafka broker {broker} failed during {what}: {source} (will reconnect and retry)"
+            ),
+            KafkaError::Timeout {
+                broker,
+                what,
+                after,
+            } => write!(
+                f,
+                "Kafka broker {broker} did not answer {what} within {after:?} (will reconnect and retry)"
+            ),
+            KafkaError::Protocol { broker, detail } => write!(
+                f,
+                "unexpected answer from Kafka broker {broker}: {detail} (is it a Kafka-compatible broker of version 2.1 or later?)"
+            ),
+            KafkaError::Broker { what, code } => {
+                match kafka_protocol::error::ResponseError::try_from_code(*code) {
+                    Some(e) => write!(f, "Kafka refused {what}: {e:?} (error code {code})"),
+                    None => write!(f, "Kafka refused {what} with error code {code}"),
+                }
+            }
+            KafkaError::UnsupportedVersion {
+                broker,
+                api,
+                ours,
+                theirs,
+            } => match theirs {
+                Some((lo, hi)) => write!(
+                    f,
+                    "Kafka broker {broker} supports {api} versions {lo}..{hi}, this worker needs one of {}..{}: upgrade the broker to Kafka 2.1 or later",
+                    ours.0, ours.1
+                ),
+                None => write!(
+                    f,
+                    "Kafka broker {broker} does not support {api}: upgrade the broker to Kafka 2.1 or later"
+                ),
+            },
+            KafkaError::Produce {
+                servers,
+                topic,
+                detail,
+            } => write!(
+                f,
+                "cannot produce to topic {topic} at {servers}: {detail} (does the topic exist? is the broker running?)"
+            ),
+            KafkaError::Codec { codec, detail } => write!(
+                f,
+                "cannot decode a {codec} record batch: {detail} (supported codecs: none, gzip, snappy, lz4, zstd)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KafkaError {}
+
+/// Turns a Kafka error code into `Ok` or a `KafkaError::Broker` naming the request.
+pub(crate) fn check_code(what: &'static str, code: i16) -> Result<(), KafkaError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(KafkaError::Broker { what, code })
+    }
+}

@@ -1,0 +1,92 @@
+//! Log lines in the Python worker's format, through simplelog:
+//! `2026-02-12 12:00:00 - provision_worker::provision - INFO - Processing ...`
+//!
+//! simplelog always writes the level as `[INFO]` before the target, so it is told to write
+//! only the time; this wrapper puts ` - <module> - <LEVEL> - ` in front of each message.
+use log::{LevelFilter, Log, Metadata, Record};
+use simplelog::{ConfigBuilder, WriteLogger, format_description};
+
+pub fn init(level: LevelFilter) {
+    let mut builder = ConfigBuilder::new();
+    builder
+        .set_time_format_custom(format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second] -"
+        ))
+        .set_level_padding(simplelog::LevelPadding::Off)
+        .set_thread_level(LevelFilter::Off)
+        .set_target_level(LevelFilter::Off)
+        .set_location_level(LevelFilter::Off)
+        .set_max_level(LevelFilter::Off);
+    // The Python worker logged local time. This must happen before any thread starts: the
+    // time crate refuses to read the local offset once a process has several threads.
+    let _ = builder.set_time_offset_to_local();
+    let inner = WriteLogger::new(level, builder.build(), std::io::stdout());
+    let logger = SeedFormat { inner };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+struct SeedFormat {
+    inner: Box<WriteLogger<std::io::Stdout>>,
+}
+
+impl Log for SeedFormat {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        let level = effective_level(record);
+        if !self.inner.enabled(
+            &Metadata::builder()
+                .level(level)
+                .target(record.target())
+                .build(),
+        ) {
+            return;
+        }
+        self.inner.log(
+            &Record::builder()
+                .args(format_args!(
+                    "{} - {} - {}",
+                    record.target(),
+                    level_name(record.level()),
+                    record.args()
+                ))
+                .level(level)
+                .target(record.target())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// rustfs-kafka reports its routine steps (connections, requests) through `tracing` at
+/// info level, and `tracing`'s `log` bridge adds span enter/exit records: useful when
+/// debugging, noise otherwise. They are shown from DEBUG (spans from TRACE); its warnings
+/// and errors keep their level.
+fn effective_level(record: &Record<'_>) -> log::Level {
+    let target = record.target();
+    if target.starts_with("tracing::span") {
+        log::Level::Trace
+    } else if target.starts_with("rustfs_kafka") && record.level() > log::Level::Warn {
+        record.level().max(log::Level::Debug)
+    } else {
+        record.level()
+    }
+}
+
+/// Python's names for the levels.
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "ERROR",
+        log::Level::Warn => "WARNING",
+        log::Level::Info => "INFO",
+        log::Level::Debug => "DEBUG",
+        log::Level::Trace => "TRACE",
+    }
+}

@@ -1,0 +1,193 @@
+//! The running worker: the poller thread, the worker pool, and what connects them.
+//!
+//! ```text
+//! poller ──jobs (bounded)──► worker 1..N ──► SQLite
+//!   ▲                            │
+//!   └────────done(partition, offset)
+//! ```
+//! One direction for work, one for acknowledgements. `run` opens the database and Kafka,
+//! starts both sides, and waits; shutdown is passed in, so tests bring their own.
+mod poller;
+pub mod tracker;
+mod workers;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::config::{Config, OffsetReset};
+use crate::kafka::{
+    Consumer, ConsumerSettings, DeadLetterProducer, KafkaError, StartFrom, TopicState,
+};
+use crate::provision::Provisioner;
+use crate::store::{Store, StoreError};
+use poller::{Poller, PollerSettings};
+use workers::WorkerPool;
+
+/// Why the worker stopped with an error.
+#[derive(Debug)]
+pub enum RunError {
+    Database(StoreError),
+    Kafka(KafkaError),
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Database(e) => write!(f, "database: {e}"),
+            RunError::Kafka(e) => write!(f, "kafka: {e}"),
+            RunError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Deadline of ordinary Kafka requests. Shorter than any sane session timeout, so a broker
+/// that stops answering never keeps the poller from heartbeating for long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the worker until `shutdown` receives (or its sender is dropped), then drains,
+/// commits, leaves the group and returns.
+pub fn run(config: &Config, shutdown: Receiver<()>) -> Result<(), RunError> {
+    log::info!("Connecting to database: {}", config.database_url);
+    // One connection per worker, one spare (tools, start-up checks).
+    let pool_size = u32::try_from(config.worker_threads + 1).unwrap_or(u32::MAX);
+    let store =
+        Arc::new(Store::open(&config.database_path, pool_size).map_err(RunError::Database)?);
+    log::info!("Database connection established");
+    report_stuck_rows(&store, config);
+
+    log::info!(
+        "Connecting to Kafka: {}, topic: {}",
+        config.bootstrap_servers.join(","),
+        config.topic
+    );
+    let mut consumer = Consumer::new(consumer_settings(config));
+    let deadline = Instant::now() + config.startup_timeout;
+    let cancelled = |wait: Duration| shutdown.recv_timeout(wait).is_ok();
+    if !consumer
+        .connect(deadline, &cancelled)
+        .map_err(RunError::Kafka)?
+    {
+        log::info!("Shutdown requested during start-up; exiting");
+        return Ok(());
+    }
+    match consumer.topic_state() {
+        Ok(TopicState::Missing) => log::warn!(
+            "Topic {} does not exist yet; the worker will wait for it (create it with 3 partitions, or set KAFKA_TOPIC)",
+            config.topic
+        ),
+        Ok(TopicState::Partitions(p)) => {
+            log::debug!("Topic {} has {} partition(s)", config.topic, p.len());
+        }
+        Err(e) => log::warn!("Could not read metadata of topic {}: {e}", config.topic),
+    }
+    log::info!("Kafka consumer started successfully");
+
+    // Twice the workers: enough that a worker finishing a job finds the next one waiting,
+    // small enough that a revocation drops little already-fetched work.
+    let (job_tx, job_rx) = crossbeam_channel::bounded(config.worker_threads * 2);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let (abort_tx, abort_rx) = crossbeam_channel::bounded::<()>(0);
+    let accepting = Arc::new(AtomicU64::new(0));
+    let provisioner = Arc::new(Provisioner {
+        store: store.clone(),
+        delay: config.provision_delay,
+        abort: abort_rx,
+    });
+    let pool = WorkerPool::start(
+        config.worker_threads,
+        provisioner,
+        job_rx,
+        done_tx,
+        accepting.clone(),
+    )
+    .map_err(RunError::Thread)?;
+
+    let poller = Poller {
+        settings: PollerSettings {
+            topic: config.topic.clone(),
+            group_id: config.group_id.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            commit_interval: config.commit_interval,
+            shutdown_timeout: config.shutdown_timeout,
+            rebalance_timeout: config.rebalance_timeout,
+        },
+        consumer,
+        store,
+        jobs: job_tx,
+        done: done_rx,
+        shutdown,
+        abort: Some(abort_tx),
+        accepting,
+        dead_letters: config.dlq_topic.as_ref().map(|_| {
+            DeadLetterProducer::new(
+                config.bootstrap_servers.clone(),
+                &config.client_id,
+                REQUEST_TIMEOUT,
+            )
+        }),
+    };
+    log::info!("\u{1f680} Worker started - waiting for provision requests...");
+    let handle = std::thread::Builder::new()
+        .name("poller".into())
+        .spawn(move || poller.run())
+        .map_err(RunError::Thread)?;
+    let result = match handle.join() {
+        Ok(r) => r.map_err(RunError::Kafka),
+        Err(_) => {
+            log::error!("the poller thread panicked");
+            Ok(())
+        }
+    };
+    // The poller dropped the only job sender when it returned: workers finish and exit.
+    pool.join();
+    log::info!("Worker stopped");
+    result
+}
+
+pub fn consumer_settings(config: &Config) -> ConsumerSettings {
+    ConsumerSettings {
+        bootstrap: config.bootstrap_servers.clone(),
+        client_id: config.client_id.clone(),
+        group_id: config.group_id.clone(),
+        topic: config.topic.clone(),
+        session_timeout: config.session_timeout,
+        rebalance_timeout: config.rebalance_timeout,
+        heartbeat_interval: config.heartbeat_interval,
+        fetch_max_wait: config.fetch_max_wait,
+        request_timeout: REQUEST_TIMEOUT,
+        start_from: match config.auto_offset_reset {
+            OffsetReset::Earliest => StartFrom::Earliest,
+            OffsetReset::Latest => StartFrom::Latest,
+        },
+    }
+}
+
+/// Rows `provisioning` for longer than a request can take: a crash left them, and their
+/// messages will be redelivered (their offsets were never committed). Reported at start.
+fn report_stuck_rows(store: &Store, config: &Config) {
+    let older_than = config.provision_delay + config.shutdown_timeout;
+    match store.stale_provisioning(older_than) {
+        Ok(rows) if rows.is_empty() => {}
+        Ok(rows) => {
+            let ids: Vec<&str> = rows
+                .iter()
+                .take(10)
+                .map(|r| r.request_id.as_str())
+                .collect();
+            log::warn!(
+                "{} request(s) have been provisioning for more than {} s (e.g. {}); a crash interrupted them and Kafka will redeliver their messages",
+                rows.len(),
+                crate::provision::format_seconds(older_than),
+                ids.join(", ")
+            );
+        }
+        Err(e) => log::warn!("Could not check for stuck requests: {e}"),
+    }
+}

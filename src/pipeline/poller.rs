@@ -1,0 +1,697 @@
+//! The poller thread: the one owner of the Kafka consumer.
+//!
+//! Architecture Invariant: only this thread touches Kafka, and all offset bookkeeping
+//! happens here, so it needs no locks. Offsets are committed only from the tracker's
+//! committable position, and only after `Store::make_durable`.
+//!
+//! The loop never blocks for longer than the next heartbeat: when the job channel is full
+//! it stops fetching but keeps heartbeating and committing (a full channel pauses the
+//! consumer, never the group session).
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
+
+use super::tracker::OffsetTracker;
+use super::workers::{Done, Job, JobResult, Work};
+use crate::kafka::{Consumer, DeadLetterProducer, GroupSignal, KafkaError, Message, Partition};
+use crate::request::ProvisionRequest;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct PollerSettings {
+    pub topic: String,
+    pub group_id: String,
+    pub dlq_topic: Option<String>,
+    pub commit_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub rebalance_timeout: Duration,
+}
+
+/// Everything the poller owns. Lifecycles: `jobs` is the only job sender; when the poller
+/// returns it is dropped, which tells the workers to finish. `abort` is dropped when the
+/// shutdown deadline passes, which interrupts the workers' delays.
+pub struct Poller {
+    pub settings: PollerSettings,
+    pub consumer: Consumer,
+    pub store: Arc<Store>,
+    pub jobs: Sender<Job>,
+    pub done: Receiver<Done>,
+    pub shutdown: Receiver<()>,
+    pub abort: Option<Sender<()>>,
+    /// The assignment epoch workers may start jobs of; 0 while revoking or shutting down.
+    pub accepting: Arc<AtomicU64>,
+    pub dead_letters: Option<DeadLetterProducer>,
+}
+
+/// Longest the loop waits without looking at the group.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the topic is checked for new partitions (or for existing at all).
+const TOPIC_CHECK: Duration = Duration::from_secs(30);
+const TOPIC_CHECK_WHILE_EMPTY: Duration = Duration::from_secs(5);
+/// How often "still unreachable" and "topic missing" are repeated.
+const REMINDER: Duration = Duration::from_secs(30);
+/// After the shutdown deadline aborts the workers, how long to wait for their reports.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+
+enum State {
+    Joining {
+        retry_at: Instant,
+        backoff: Duration,
+    },
+    Running,
+    Draining {
+        why: Drain,
+        deadline: Instant,
+        aborted_at: Option<Instant>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    Rebalance,
+    Shutdown,
+}
+
+struct DeadLetter {
+    partition: Partition,
+    offset: crate::kafka::Offset,
+    epoch: u64,
+    reason: String,
+    key: Option<bytes::Bytes>,
+    value: bytes::Bytes,
+}
+
+/// The loop's own state, separate from what it was given.
+struct Run {
+    p: Poller,
+    tracker: OffsetTracker,
+    state: State,
+    /// The current assignment's epoch (jobs and reports carry it).
+    epoch: u64,
+    buffer: VecDeque<Job>,
+    pending_dead_letters: VecDeque<DeadLetter>,
+    dead_letter_retry_at: Instant,
+    dead_letter_backoff: Duration,
+    last_commit: Instant,
+    next_topic_check: Instant,
+    topic_missing_said: Option<Instant>,
+    kafka_down: Option<(Instant, Instant)>,
+    shutdown_seen: bool,
+    fetch_retry_at: Instant,
+}
+
+impl Poller {
+    /// Runs until shutdown has drained, committed and left the group.
+    pub fn run(self) -> Result<(), KafkaError> {
+        let now = Instant::now();
+        let mut run = Run {
+            p: self,
+            tracker: OffsetTracker::new(),
+            state: State::Joining {
+                retry_at: now,
+                backoff: Duration::from_millis(500),
+            },
+            epoch: 0,
+            buffer: VecDeque::new(),
+            pending_dead_letters: VecDeque::new(),
+            dead_letter_retry_at: now,
+            dead_letter_backoff: Duration::from_millis(500),
+            last_commit: now,
+            next_topic_check: now + TOPIC_CHECK,
+            topic_missing_said: None,
+            kafka_down: None,
+            shutdown_seen: false,
+            fetch_retry_at: now,
+        };
+        run.run()
+    }
+}
+
+impl Run {
+    fn run(&mut self) -> Result<(), KafkaError> {
+        loop {
+            self.collect_done();
+            self.send_dead_letters();
+            if !self.shutdown_seen && self.shutdown_requested() {
+                self.shutdown_seen = true;
+            }
+            if self.shutdown_seen && !self.draining(Drain::Shutdown) {
+                self.begin_drain(Drain::Shutdown, "shutdown requested");
+            }
+            match self.state {
+                State::Joining { retry_at, backoff } => {
+                    if Instant::now() >= retry_at {
+                        self.join(backoff)?;
+                    } else {
+                        self.wait_until(retry_at);
+                    }
+                }
+                State::Running => self.run_once()?,
+                State::Draining { .. } => {
+                    if self.drain_once() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn join(&mut self, backoff: Duration) -> Result<(), KafkaError> {
+        log::info!("Joining consumer group {}", self.p.settings.group_id);
+        match self.p.consumer.join() {
+            Ok(assignment) => {
+                self.kafka_ok();
+                self.epoch += 1;
+                self.tracker.clear();
+                for (p, start) in &assignment.partitions {
+                    self.tracker.assign(*p, *start);
+                }
+                self.p.accepting.store(self.epoch, Ordering::Release);
+                let list: Vec<String> = assignment
+                    .partitions
+                    .iter()
+                    .map(|(p, o)| format!("{p}@{o}"))
+                    .collect();
+                log::info!(
+                    "Partitions assigned: [{}] (topic {}, partition@start offset)",
+                    list.join(", "),
+                    self.p.settings.topic
+                );
+                if assignment.topic_partitions == 0 {
+                    self.say_topic_missing(true);
+                } else if assignment.partitions.is_empty() {
+                    log::info!(
+                        "No partitions assigned: the group has more members than topic {} has partitions",
+                        self.p.settings.topic
+                    );
+                }
+                let check = if assignment.partitions.is_empty() {
+                    TOPIC_CHECK_WHILE_EMPTY
+                } else {
+                    TOPIC_CHECK
+                };
+                self.next_topic_check = Instant::now() + check;
+                self.last_commit = Instant::now();
+                self.state = State::Running;
+                // Record where each partition starts, so a reset position sticks.
+                self.commit(true);
+                Ok(())
+            }
+            Err(e) if e.is_retriable() => {
+                self.kafka_error(&e, "joining the consumer group");
+                self.state = State::Joining {
+                    retry_at: Instant::now() + backoff,
+                    backoff: (backoff * 2).min(Duration::from_secs(5)),
+                };
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn run_once(&mut self) -> Result<(), KafkaError> {
+        match self.p.consumer.heartbeat() {
+            Ok(GroupSignal::Fine) => {}
+            Ok(GroupSignal::Rejoin(why)) => {
+                self.begin_drain(Drain::Rebalance, why);
+                return Ok(());
+            }
+            Err(e) => self.kafka_error(&e, "heartbeating"),
+        }
+        self.commit(false);
+        let now = Instant::now();
+        if now >= self.next_topic_check {
+            self.next_topic_check = now + TOPIC_CHECK;
+            match self.p.consumer.topic_changed() {
+                Ok(true) => {
+                    self.begin_drain(Drain::Rebalance, "the topic's partitions changed");
+                    return Ok(());
+                }
+                Ok(false) => {
+                    if self.tracker_is_empty() {
+                        self.next_topic_check = now + TOPIC_CHECK_WHILE_EMPTY;
+                        self.say_topic_missing(false);
+                    }
+                }
+                Err(e) => self.kafka_error(&e, "reading topic metadata"),
+            }
+        }
+
+        let room = self.p.jobs.capacity().unwrap_or(usize::MAX) > self.p.jobs.len();
+        if self.buffer.is_empty() && room && !self.tracker_is_empty() {
+            if Instant::now() < self.fetch_retry_at {
+                self.wait_until(self.fetch_retry_at);
+                return Ok(());
+            }
+            match self.p.consumer.fetch(&[]) {
+                Ok(messages) => {
+                    self.kafka_ok();
+                    self.accept(messages);
+                }
+                Err(e) => {
+                    self.kafka_error(&e, "fetching");
+                    self.fetch_retry_at = Instant::now() + Duration::from_millis(500);
+                    return Ok(());
+                }
+            }
+        }
+        if self.tracker_is_empty() {
+            self.wait_until(Instant::now() + TICK);
+        } else {
+            self.dispatch();
+        }
+        Ok(())
+    }
+
+    /// Turns fetched messages into jobs; validation happens here, once.
+    fn accept(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            self.tracker.fetched(m.partition, m.offset);
+            let value = m.value.unwrap_or_default();
+            let work = match ProvisionRequest::parse(&value) {
+                Ok(req) => Work::Provision(req),
+                Err(rejected) => Work::Reject {
+                    request_id: rejected.request_id,
+                    reason: rejected.reason.to_string(),
+                    key: m.key,
+                    value,
+                },
+            };
+            self.buffer.push_back(Job {
+                partition: m.partition,
+                offset: m.offset,
+                epoch: self.epoch,
+                work,
+            });
+        }
+        for p in self.p.consumer.assigned() {
+            if let Some(next) = self.p.consumer.position(p) {
+                self.tracker.position(p, next);
+            }
+        }
+    }
+
+    /// Hands buffered jobs to the workers; when the channel is full, waits for room, a
+    /// report, or the next tick, whichever comes first.
+    fn dispatch(&mut self) {
+        while let Some(job) = self.buffer.pop_front() {
+            match self.p.jobs.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job)) => {
+                    self.buffer.push_front(job);
+                    break;
+                }
+                Err(TrySendError::Disconnected(job)) => {
+                    // Workers are gone (they only stop when we drop the sender): keep the
+                    // job unfinished so its offset is never committed.
+                    log::error!("worker threads are gone; cannot dispatch jobs");
+                    self.tracker.dropped(job.partition, job.offset);
+                }
+            }
+        }
+        if self.buffer.is_empty() {
+            return;
+        }
+        let deadline = self.next_tick();
+        let mut sel = Select::new();
+        let send = sel.send(&self.p.jobs);
+        let done = sel.recv(&self.p.done);
+        let shutdown = sel.recv(&self.p.shutdown);
+        let Ok(op) = sel.select_deadline(deadline) else {
+            return;
+        };
+        match op.index() {
+            i if i == send => {
+                if let Some(job) = self.buffer.pop_front()
+                    && let Err(e) = op.send(&self.p.jobs, job)
+                {
+                    self.tracker.dropped(e.0.partition, e.0.offset);
+                }
+            }
+            i if i == done => {
+                if let Ok(d) = op.recv(&self.p.done) {
+                    self.on_done(d);
+                }
+            }
+            i if i == shutdown => {
+                let _ = op.recv(&self.p.shutdown);
+                self.shutdown_seen = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn begin_drain(&mut self, why: Drain, reason: &str) {
+        // Workers must start nothing more: queued jobs come back as dropped.
+        self.p.accepting.store(0, Ordering::Release);
+        for job in self.buffer.drain(..) {
+            self.tracker.dropped(job.partition, job.offset);
+        }
+        let in_flight = self.tracker.in_flight();
+        let assigned: Vec<String> = self
+            .p
+            .consumer
+            .assigned()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let (deadline, aborted_at) = match (why, &self.state) {
+            // A shutdown during a revocation keeps waiting for the same in-flight work.
+            (
+                Drain::Shutdown,
+                State::Draining {
+                    deadline,
+                    aborted_at,
+                    ..
+                },
+            ) => (
+                (*deadline).min(Instant::now() + self.p.settings.shutdown_timeout),
+                *aborted_at,
+            ),
+            (Drain::Shutdown, _) => (Instant::now() + self.p.settings.shutdown_timeout, None),
+            // Leave a quarter of the rebalance timeout for the commit and the join itself.
+            (Drain::Rebalance, _) => (
+                Instant::now() + self.p.settings.rebalance_timeout * 3 / 4,
+                None,
+            ),
+        };
+        match why {
+            Drain::Shutdown => log::info!(
+                "Shutting down: stopped fetching; waiting up to {} s for {in_flight} in-flight request(s)",
+                crate::provision::format_seconds(self.p.settings.shutdown_timeout)
+            ),
+            Drain::Rebalance => log::info!(
+                "Rebalance ({reason}): finishing {in_flight} in-flight request(s) before revoking partitions [{}]",
+                assigned.join(", ")
+            ),
+        }
+        self.state = State::Draining {
+            why,
+            deadline,
+            aborted_at,
+        };
+    }
+
+    /// One step of a drain; true when the worker may exit.
+    fn drain_once(&mut self) -> bool {
+        let State::Draining {
+            why,
+            deadline,
+            aborted_at,
+        } = self.state
+        else {
+            return false;
+        };
+        if why == Drain::Shutdown {
+            // Keep the session while in-flight work finishes, so nobody else takes over
+            // our partitions and redoes it.
+            if let Err(e) = self.p.consumer.heartbeat() {
+                self.kafka_error(&e, "heartbeating");
+            }
+        }
+        self.commit(false);
+        let now = Instant::now();
+        let mut aborted_at = aborted_at;
+        if why == Drain::Shutdown && now >= deadline && aborted_at.is_none() {
+            log::warn!(
+                "Shutdown timeout reached: interrupting {} in-flight request(s); they stay provisioning and will be redelivered",
+                self.tracker.in_flight()
+            );
+            self.p.abort = None;
+            aborted_at = Some(now);
+            self.state = State::Draining {
+                why,
+                deadline,
+                aborted_at,
+            };
+        }
+        let finished = self.tracker.in_flight() == 0;
+        let gave_up = match why {
+            Drain::Rebalance => now >= deadline,
+            Drain::Shutdown => aborted_at.is_some_and(|t| now >= t + ABORT_GRACE),
+        };
+        if !(finished || gave_up) {
+            self.wait_until(self.next_tick());
+            return false;
+        }
+        if gave_up && !finished {
+            log::warn!(
+                "{} request(s) still unfinished; their offsets stay uncommitted",
+                self.tracker.in_flight()
+            );
+        }
+        self.commit(true);
+        let revoked: Vec<String> = self
+            .p
+            .consumer
+            .assigned()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        self.tracker.clear();
+        self.pending_dead_letters.clear();
+        self.p.consumer.revoke();
+        match why {
+            Drain::Rebalance => {
+                log::info!("Partitions revoked: [{}]", revoked.join(", "));
+                self.state = State::Joining {
+                    retry_at: Instant::now(),
+                    backoff: Duration::from_millis(500),
+                };
+                false
+            }
+            Drain::Shutdown => {
+                match self.p.consumer.leave() {
+                    Ok(()) => log::info!("Left consumer group {}", self.p.settings.group_id),
+                    Err(e) => log::warn!(
+                        "Could not leave consumer group {} ({e}); the broker will notice after the session timeout",
+                        self.p.settings.group_id
+                    ),
+                }
+                true
+            }
+        }
+    }
+
+    fn on_done(&mut self, d: Done) {
+        if d.epoch != self.epoch {
+            // A report from before a revocation: that partition's offsets were settled then.
+            return;
+        }
+        match d.result {
+            JobResult::Finished(outcome) => {
+                log::debug!(
+                    "partition {} offset {} finished: {outcome:?}",
+                    d.partition,
+                    d.offset
+                );
+                self.tracker.finished(d.partition, d.offset);
+            }
+            JobResult::Dropped => self.tracker.dropped(d.partition, d.offset),
+            JobResult::Rejected { reason, key, value } => {
+                if self.p.settings.dlq_topic.is_some() {
+                    self.pending_dead_letters.push_back(DeadLetter {
+                        partition: d.partition,
+                        offset: d.offset,
+                        epoch: d.epoch,
+                        reason,
+                        key,
+                        value,
+                    });
+                } else {
+                    log::warn!(
+                        "Dropping invalid message at partition {} offset {} (dead-letter topic disabled): {reason}",
+                        d.partition,
+                        d.offset
+                    );
+                    self.tracker.finished(d.partition, d.offset);
+                }
+            }
+        }
+    }
+
+    fn collect_done(&mut self) {
+        loop {
+            match self.p.done.try_recv() {
+                Ok(d) => self.on_done(d),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Produces pending dead letters in order; on failure retries later with backoff (their
+    /// offsets stay uncommitted meanwhile).
+    fn send_dead_letters(&mut self) {
+        let (Some(topic), Some(producer)) = (
+            self.p.settings.dlq_topic.clone(),
+            self.p.dead_letters.as_mut(),
+        ) else {
+            return;
+        };
+        if self.pending_dead_letters.is_empty() || Instant::now() < self.dead_letter_retry_at {
+            return;
+        }
+        while let Some(dl) = self.pending_dead_letters.front() {
+            if dl.epoch != self.epoch {
+                self.pending_dead_letters.pop_front();
+                continue;
+            }
+            let partition = dl.partition.to_string();
+            let offset = dl.offset.to_string();
+            let headers: [(&str, &[u8]); 4] = [
+                ("x-dlq-reason", dl.reason.as_bytes()),
+                ("x-original-topic", self.p.settings.topic.as_bytes()),
+                ("x-original-partition", partition.as_bytes()),
+                ("x-original-offset", offset.as_bytes()),
+            ];
+            match producer.send(&topic, dl.key.as_deref(), &dl.value, &headers) {
+                Ok(()) => {
+                    log::warn!(
+                        "Dead-lettered invalid message at partition {} offset {} to {topic}: {}",
+                        dl.partition,
+                        dl.offset,
+                        dl.reason
+                    );
+                    self.tracker.finished(dl.partition, dl.offset);
+                    self.pending_dead_letters.pop_front();
+                    self.dead_letter_backoff = Duration::from_millis(500);
+                }
+                Err(e) => {
+                    log::error!(
+                        "Could not dead-letter the message at partition {} offset {}: {e}; retrying in {:?} (its offset stays uncommitted)",
+                        dl.partition,
+                        dl.offset,
+                        self.dead_letter_backoff
+                    );
+                    self.dead_letter_retry_at = Instant::now() + self.dead_letter_backoff;
+                    self.dead_letter_backoff =
+                        (self.dead_letter_backoff * 2).min(Duration::from_secs(10));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Commits what the tracker allows, when due (or now, when `force`). Durability first:
+    /// the database's writes reach the disk before Kafka hears that they are done.
+    fn commit(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force && now < self.last_commit + self.p.settings.commit_interval {
+            return;
+        }
+        self.last_commit = now;
+        let offsets = self.tracker.to_commit();
+        if offsets.is_empty() {
+            return;
+        }
+        if let Err(e) = self.p.store.make_durable() {
+            log::error!("Cannot make database writes durable ({e}); not committing offsets");
+            return;
+        }
+        let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}@{o}")).collect();
+        match self.p.consumer.commit(&offsets) {
+            Ok(()) => {
+                self.tracker.committed(&offsets);
+                log::debug!("Committed offsets [{}]", list.join(", "));
+            }
+            Err(e) => {
+                self.kafka_error(&e, "committing offsets");
+            }
+        }
+    }
+
+    fn say_topic_missing(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force && self.topic_missing_said.is_some_and(|t| now < t + REMINDER) {
+            return;
+        }
+        self.topic_missing_said = Some(now);
+        let topic = &self.p.settings.topic;
+        if matches!(
+            self.p.consumer.topic_state(),
+            Ok(crate::kafka::TopicState::Missing)
+        ) {
+            log::warn!(
+                "Topic {topic} does not exist yet; waiting for it. Create it, e.g. `kafka-topics.sh --bootstrap-server {} --create --topic {topic} --partitions 3`, or set KAFKA_TOPIC to the backend's topic",
+                self.p.consumer.settings().bootstrap.join(",")
+            );
+        }
+    }
+
+    fn kafka_error(&mut self, e: &KafkaError, during: &str) {
+        let now = Instant::now();
+        match self.kafka_down {
+            None => {
+                log::error!("Kafka error while {during}: {e}");
+                self.kafka_down = Some((now, now));
+            }
+            Some((since, said)) if now >= said + REMINDER => {
+                log::error!(
+                    "Kafka still failing after {} s (while {during}): {e}",
+                    (now - since).as_secs()
+                );
+                self.kafka_down = Some((since, now));
+            }
+            Some(_) => log::debug!("Kafka error while {during}: {e}"),
+        }
+    }
+
+    fn kafka_ok(&mut self) {
+        if let Some((since, _)) = self.kafka_down.take() {
+            log::info!(
+                "Kafka connection recovered after {:.1} s",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn draining(&self, which: Drain) -> bool {
+        matches!(self.state, State::Draining { why, .. } if why == which)
+    }
+
+    fn tracker_is_empty(&self) -> bool {
+        self.p.consumer.assigned().is_empty()
+    }
+
+    fn shutdown_requested(&self) -> bool {
+        match self.p.shutdown.try_recv() {
+            Ok(()) => true,
+            Err(TryRecvError::Empty) => false,
+            // Nobody can ask for shutdown any more; the owner of the sender is gone.
+            Err(TryRecvError::Disconnected) => true,
+        }
+    }
+
+    /// The next moment the loop must look at the group or commit.
+    fn next_tick(&self) -> Instant {
+        let now = Instant::now();
+        (now + TICK)
+            .min(self.p.consumer.next_heartbeat().max(now))
+            .min((self.last_commit + self.p.settings.commit_interval).max(now))
+    }
+
+    /// Waits for a report or a shutdown request, at most until `until`.
+    fn wait_until(&mut self, until: Instant) {
+        let until = until.min(
+            self.next_tick()
+                .max(Instant::now() + Duration::from_millis(1)),
+        );
+        let mut sel = Select::new();
+        let done = sel.recv(&self.p.done);
+        let shutdown = sel.recv(&self.p.shutdown);
+        let Ok(op) = sel.select_deadline(until) else {
+            return;
+        };
+        if op.index() == done {
+            if let Ok(d) = op.recv(&self.p.done) {
+                self.on_done(d);
+            }
+        } else if op.index() == shutdown {
+            let _ = op.recv(&self.p.shutdown);
+            self.shutdown_seen = true;
+        }
+    }
+}
