@@ -97,6 +97,21 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
+    /// True when the broker could not be reached or the connection failed: an outage,
+    /// as opposed to an answer we did not like.
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            KafkaError::Unreachable { .. } | KafkaError::Io { .. } | KafkaError::Timeout { .. }
+        )
+    }
+
+    /// True when the group moved on without us (rebalance, stale generation, unknown
+    /// member): a commit refused for this is expected during a rebalance.
+    pub fn is_membership_change(&self) -> bool {
+        matches!(self, KafkaError::Broker { code: 22 | 25 | 27, .. })
+    }
+
     /// True when the same call may succeed later (broker restart, leader move, rebalance):
     /// callers retry these with backoff instead of giving up.
     pub fn is_retriable(&self) -> bool {

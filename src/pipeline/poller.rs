@@ -597,9 +597,11 @@ impl Run {
                 self.tracker.committed(&offsets);
                 log::debug!("Committed offsets [{}]", list.join(", "));
             }
-            Err(e) => {
-                self.kafka_error(&e, "committing offsets");
-            }
+            Err(e) if e.is_membership_change() => log::info!(
+                "Offsets [{}] not committed: {e}; the group is rebalancing and whoever owns these partitions next resumes from the last commit",
+                list.join(", ")
+            ),
+            Err(e) => self.kafka_error(&e, "committing offsets"),
         }
     }
 
@@ -621,11 +623,17 @@ impl Run {
         }
     }
 
+    /// Logs a Kafka error. Connection failures are an outage: logged once at its start,
+    /// then reminded every half minute, and its end is logged by `kafka_ok`.
     fn kafka_error(&mut self, e: &KafkaError, during: &str) {
+        if !e.is_connection() {
+            log::warn!("Kafka error while {during}: {e}");
+            return;
+        }
         let now = Instant::now();
         match self.kafka_down {
             None => {
-                log::error!("Kafka error while {during}: {e}");
+                log::error!("Lost connection to Kafka while {during}: {e}");
                 self.kafka_down = Some((now, now));
             }
             Some((since, said)) if now >= said + REMINDER => {
@@ -642,7 +650,7 @@ impl Run {
     fn kafka_ok(&mut self) {
         if let Some((since, _)) = self.kafka_down.take() {
             log::info!(
-                "Kafka connection recovered after {:.1} s",
+                "Reconnected to Kafka after {:.1} s",
                 since.elapsed().as_secs_f64()
             );
         }
