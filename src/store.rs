@@ -92,6 +92,12 @@ pub struct Store {
     /// file would have a directory entry nobody fsynced. While this connection is open the
     /// `-wal` file keeps the entry that `open` made durable. The mutex only makes `Store` `Sync`.
     _wal_keeper: Mutex<Connection>,
+    /// Held by each of our write transactions. SQLite admits one writer at a time, and a
+    /// connection that finds the write lock taken sleeps in its busy handler (1 ms, 2 ms,
+    /// 5 ms, ...) instead of waking when the lock frees: with eight workers writing at once
+    /// most of their time went to those sleeps. Queueing our own writers on a mutex hands
+    /// the lock over at once; the busy timeout still covers other processes (the backend).
+    writer: Mutex<()>,
 }
 
 /// Why a store operation failed. See [`StoreError::is_transient`] for which ones to retry.
@@ -329,6 +335,7 @@ impl Store {
             path: path.to_owned(),
             wal_path,
             _wal_keeper: Mutex::new(setup),
+            writer: Mutex::new(()),
         })
     }
 
@@ -338,6 +345,7 @@ impl Store {
     /// as it was and reported as [`Claim::AlreadyFinal`].
     pub fn claim(&self, req: &ProvisionRequest) -> Result<Claim, StoreError> {
         let mut conn = self.conn()?;
+        let _writer = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = utc_now();
         let changed = tx.prepare_cached(CLAIM_SQL)?.execute(params![
@@ -373,6 +381,7 @@ impl Store {
     /// row is missing, still `pending`, or already final.
     pub fn complete(&self, request_id: &str, kubeconfig: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
+        let _writer = self.writer();
         let changed = conn.prepare_cached(COMPLETE_SQL)?.execute(params![
             request_id,
             kubeconfig,
@@ -385,6 +394,7 @@ impl Store {
     /// row is missing or already final.
     pub fn fail(&self, request_id: &str, reason: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
+        let _writer = self.writer();
         let changed =
             conn.prepare_cached(FAIL_SQL)?
                 .execute(params![request_id, reason, utc_now()])?;
@@ -460,6 +470,14 @@ impl Store {
 
     fn conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StoreError> {
         self.pool.get().map_err(StoreError::Pool)
+    }
+
+    /// Our side of the one-writer rule (see `writer`). A writer that panicked left nothing
+    /// half-done behind the lock (SQLite rolls its transaction back), so poisoning is ignored.
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
