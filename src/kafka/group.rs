@@ -135,6 +135,9 @@ impl Group {
         if now < self.next_heartbeat {
             return Ok(Heartbeat::Fine);
         }
+        // Paced by the interval even when it fails, so an outage is not a busy loop of
+        // reconnection attempts.
+        self.next_heartbeat = now + self.settings.heartbeat_interval;
         let request = HeartbeatRequest::default()
             .with_group_id(GroupId(str_bytes(&self.settings.group_id)))
             .with_generation_id(generation.0)
@@ -146,8 +149,6 @@ impl Group {
             |_| request.clone(),
             None,
         )?;
-        // Even a failed heartbeat is not retried at once: the interval paces them.
-        self.next_heartbeat = now + self.settings.heartbeat_interval;
         match response.error_code {
             0 => Ok(Heartbeat::Fine),
             REBALANCE_IN_PROGRESS => Ok(Heartbeat::Rejoin("the group is rebalancing")),

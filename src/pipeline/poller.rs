@@ -405,12 +405,11 @@ impl Run {
         else {
             return false;
         };
-        if why == Drain::Shutdown {
-            // Keep the session while in-flight work finishes, so nobody else takes over
-            // our partitions and redoes it.
-            if let Err(e) = self.p.consumer.heartbeat() {
-                self.kafka_error(&e, "heartbeating");
-            }
+        // Keep the session while in-flight work finishes, so nobody else takes over our
+        // partitions and redoes it. During a rebalance the coordinator answers "rebalancing"
+        // but still counts the heartbeat, so the session survives a long revocation.
+        if let Err(e) = self.p.consumer.heartbeat() {
+            self.kafka_error(&e, "heartbeating");
         }
         self.commit(false);
         let now = Instant::now();
