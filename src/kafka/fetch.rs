@@ -24,8 +24,10 @@ const FETCH_VERSIONS: (i16, i16) = (4, 12);
 const LIST_OFFSETS_VERSIONS: (i16, i16) = (1, 7);
 const READ_COMMITTED: i8 = 1;
 /// Per-partition byte budget of one fetch; a larger batch still comes whole (KIP-74).
-const PARTITION_MAX_BYTES: i32 = 1024 * 1024;
-const FETCH_MAX_BYTES: i32 = 16 * 1024 * 1024;
+/// A quarter MiB is a few thousand requests, more than the job channel holds, while it
+/// keeps one fetch's memory small on an edge host.
+const PARTITION_MAX_BYTES: i32 = 256 * 1024;
+const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
 /// The smallest record batch: its fixed header (61 bytes).
 const BATCH_HEADER_LEN: usize = 61;
 
