@@ -13,6 +13,8 @@
 //! - `provision`: what a worker does with one request.
 //! - `pipeline`: the poller thread, the worker pool, the offset tracker; `run`.
 //! - `tools`: the operator commands (`send`, `status`, `check`, `offsets`).
+//! - `metrics`: counters, gauges and histograms on atomics, and the optional HTTP listener
+//!   (`METRICS_ADDR`) serving `/metrics` and `/healthz`.
 //!
 //! Dependencies point one way: `main` → `pipeline` → (`kafka`, `provision` → (`store`,
 //! `kubeconfig`, `request`)). `kafka` and `store` never import each other.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod kafka;
 pub mod kubeconfig;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod provision;
 pub mod request;

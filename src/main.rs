@@ -30,6 +30,8 @@ fn main() -> ExitCode {
     }
     let config = match Config::from_env() {
         Ok(c) => c,
+        // `check` reports a bad configuration as its first failed check.
+        Err(e) if command == Command::Check => return tools::check_bad_config(&e),
         Err(e) => return usage_error(&e.to_string()),
     };
     logging::init(config.log_level);

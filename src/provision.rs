@@ -10,6 +10,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::kubeconfig;
+use crate::metrics::Metrics;
 use crate::request::ProvisionRequest;
 use crate::store::{Claim, Status, Store, StoreError};
 
@@ -33,6 +34,8 @@ pub struct Provisioner {
     /// Never sent on: it is disconnected (its sender dropped) when shutdown's deadline
     /// passes, which wakes every delay and backoff at once.
     pub abort: Receiver<()>,
+    /// Counts jobs and database retries; shared with the poller and the metrics listener.
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 /// Longest wait between two attempts of a failing database step.
@@ -44,7 +47,7 @@ impl Provisioner {
         log::info!(
             "Processing provision request: {} (user={}, gpus={}, duration={}h)",
             req.request_id,
-            req.user_id,
+            printable(&req.user_id),
             req.gpu_count,
             req.duration_hours
         );
@@ -89,7 +92,7 @@ impl Provisioner {
                 log::info!(
                     "\u{2705} Successfully provisioned request {} for user {}",
                     req.request_id,
-                    req.user_id
+                    printable(&req.user_id)
                 );
                 Outcome::Completed
             }
@@ -136,6 +139,7 @@ impl Provisioner {
             match f() {
                 Ok(v) => return Some(v),
                 Err(e) => {
+                    self.metrics.db_retry(is_busy(&e));
                     if e.is_transient() {
                         log::warn!(
                             "Database unavailable during {step} of request {request_id}: {e}; retrying in {backoff:?}"
@@ -163,6 +167,23 @@ impl Provisioner {
     }
 }
 
+/// A user-supplied string made safe for one log line: control characters (a newline could
+/// forge a whole log line) are written as escapes; everything else is kept as it is.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// "5", "0.5", "1.25": seconds as a person writes them (and as the Python worker printed).
 pub fn format_seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -174,9 +195,23 @@ pub fn format_seconds(d: Duration) -> String {
     }
 }
 
+/// SQLite said busy or locked: another writer held the database (for the metrics).
+fn is_busy(e: &StoreError) -> bool {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    matches!(e, StoreError::Sqlite(s) if matches!(s.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_cannot_forge_log_lines() {
+        assert_eq!(printable("alice"), "alice");
+        assert_eq!(printable("o'brien \"x\" ü"), "o'brien \"x\" ü");
+        assert_eq!(printable("a\n2001-01-01 - x"), "a\\n2001-01-01 - x");
+        assert_eq!(printable("a\r\u{1b}[31m"), "a\\r\\u{1b}[31m");
+    }
 
     #[test]
     fn seconds_read_like_the_python_worker() {

@@ -118,6 +118,12 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// Another process (the backend) held the database locked past the busy timeout during
+    /// start-up: transient, the caller retries.
+    Busy {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     /// `provision_requests` exists without some columns the worker needs.
     MissingColumns {
         path: PathBuf,
@@ -258,9 +264,18 @@ impl Store {
             return Err(StoreError::ZeroPoolSize);
         }
         let busy_timeout = options.busy_timeout;
-        let open_error = |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
+        let open_error = |source: rusqlite::Error| {
+            if is_busy(&source) {
+                StoreError::Busy {
+                    path: path.to_owned(),
+                    source,
+                }
+            } else {
+                StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         };
 
         // Set up on a plain connection first, so a bad path fails at once with SQLite's own
@@ -296,9 +311,18 @@ impl Store {
         // succeeds (seen with a read-only header and with `chattr +i`).
         setup
             .execute_batch("UPDATE provision_requests SET status = status WHERE 0")
-            .map_err(|source| StoreError::NotWritable {
-                path: path.to_owned(),
-                source,
+            .map_err(|source| {
+                if is_busy(&source) {
+                    StoreError::Busy {
+                        path: path.to_owned(),
+                        source,
+                    }
+                } else {
+                    StoreError::NotWritable {
+                        path: path.to_owned(),
+                        source,
+                    }
+                }
             })?;
 
         // SQLite names the WAL after the full path with symlinks resolved; do the same.
@@ -491,7 +515,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sqlite(e) => is_transient_sqlite(e),
-            StoreError::Pool(_) => true,
+            StoreError::Pool(_) | StoreError::Busy { .. } => true,
             StoreError::ZeroPoolSize
             | StoreError::Open { .. }
             | StoreError::NotWal { .. }
@@ -522,6 +546,11 @@ impl fmt::Display for StoreError {
                 f,
                 "database {} stays in journal mode {mode:?} instead of wal; put it on a local \
                  filesystem (network filesystems lack the shared memory wal needs)",
+                path.display()
+            ),
+            StoreError::Busy { path, source } => write!(
+                f,
+                "database {} is locked by another process ({source}); retrying until it is free",
                 path.display()
             ),
             StoreError::NotWritable { path, source } => write!(
@@ -588,9 +617,9 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StoreError::Open { source, .. } | StoreError::NotWritable { source, .. } => {
-                Some(source)
-            }
+            StoreError::Open { source, .. }
+            | StoreError::NotWritable { source, .. }
+            | StoreError::Busy { source, .. } => Some(source),
             StoreError::Sqlite(e) => Some(e),
             StoreError::Pool(e) => Some(e),
             StoreError::Resolve { source, .. } | StoreError::Sync { source, .. } => Some(source),
@@ -712,7 +741,12 @@ fn configure(conn: &mut Connection, busy_timeout: Duration) -> rusqlite::Result<
 /// A read-only file shows up during set-up as SQLITE_READONLY (from switching to WAL or
 /// creating the table); name it as such.
 fn setup_error(path: &Path, source: rusqlite::Error) -> StoreError {
-    if source.sqlite_error_code() == Some(ErrorCode::ReadOnly) {
+    if is_busy(&source) {
+        StoreError::Busy {
+            path: path.to_owned(),
+            source,
+        }
+    } else if source.sqlite_error_code() == Some(ErrorCode::ReadOnly) {
         StoreError::NotWritable {
             path: path.to_owned(),
             source,
@@ -777,6 +811,14 @@ fn is_transient_sqlite(e: &rusqlite::Error) -> bool {
                 | ErrorCode::ReadOnly
                 | ErrorCode::CannotOpen
         )
+    )
+}
+
+/// Another connection holds the lock we need (past the busy timeout).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
     )
 }
 

@@ -80,7 +80,10 @@ impl Consumer {
     }
 
     /// Reaches a broker, retrying with backoff until `deadline`; the error names the servers.
-    /// Returns `Ok(false)` when `cancelled` said stop before a broker answered.
+    /// Between attempts it calls `cancelled(backoff)`, which must itself wait up to `backoff`
+    /// (e.g. on a shutdown channel) and say whether to stop; `Ok(false)` then. One attempt
+    /// to an address that neither answers nor refuses can overrun the deadline by up to the
+    /// request timeout.
     pub fn connect(
         &mut self,
         deadline: Instant,

@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::records::Compression;
 
 use super::cluster::Cluster;
 use super::{KafkaError, Offset, Partition, StartFrom, codec};
@@ -256,7 +256,7 @@ pub(crate) fn decode_partition(
                 ),
             });
         }
-        let mut batch = records.split_to(total);
+        let batch = records.split_to(total);
         let attributes = be_i16(&batch[21..23]);
         let last = base + i64::from(be_i32(&batch[23..27]));
         let producer_id = be_i64(&batch[43..51]);
@@ -274,48 +274,145 @@ pub(crate) fn decode_partition(
             next = last + 1;
             continue;
         }
-        let set = RecordBatchDecoder::decode_with_custom_compression(
-            &mut batch,
-            Some(|data: &mut Bytes, compression| {
-                codec::decompress(data, compression).map_err(anyhow_from)
-            }),
-        )
-        .map_err(|e| corrupt(partition, e.to_string()))?;
-        for record in set.records {
-            if record.control {
+        let records = decode_records(partition, &batch)?;
+        for record in records {
+            if control {
                 // Control record key: version (i16), type (i16: 0 abort, 1 commit).
                 let is_abort = record
                     .key
                     .as_ref()
                     .is_some_and(|k| k.len() >= 4 && be_i16(&k[2..4]) == 0);
                 if is_abort {
-                    aborting.remove(&record.producer_id);
+                    aborting.remove(&producer_id);
                 }
                 continue;
             }
-            if record.offset < next {
+            if record.offset.0 < next {
                 continue;
             }
-            out.push(Message {
-                partition,
-                offset: Offset(record.offset),
-                key: record.key,
-                value: record.value,
-                headers: record
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-                timestamp_ms: record.timestamp,
-            });
+            out.push(record);
         }
         next = last + 1;
     }
     Ok(Offset(next))
 }
 
-fn anyhow_from(e: KafkaError) -> anyhow::Error {
-    anyhow::Error::msg(e.to_string())
+/// Decodes the records of one complete v2 batch (CRC checked, decompressed).
+///
+/// Our own decoding rather than kafka-protocol's `RecordBatchDecoder`: that one keeps headers
+/// in a map, so a record carrying the same header name twice (legal, and kept by brokers and
+/// librdkafka) would lose one; and this one slices keys and values out of the batch without
+/// copying them.
+fn decode_records(partition: Partition, batch: &Bytes) -> Result<Vec<Message>, KafkaError> {
+    let base_offset = be_i64(&batch[0..8]);
+    let crc = u32::from_be_bytes([batch[17], batch[18], batch[19], batch[20]]);
+    if crc32c::crc32c(&batch[21..]) != crc {
+        return Err(corrupt(partition, "CRC mismatch".into()));
+    }
+    let attributes = be_i16(&batch[21..23]);
+    let log_append_time = attributes & (1 << 3) != 0;
+    let base_timestamp = be_i64(&batch[27..35]);
+    let max_timestamp = be_i64(&batch[35..43]);
+    let count = be_i32(&batch[57..61]);
+    let compression = match attributes & 0x7 {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        other => {
+            return Err(KafkaError::Codec {
+                codec: "unknown",
+                detail: format!("compression type {other} in partition {partition}"),
+            });
+        }
+    };
+    let data = codec::decompress(&batch.slice(BATCH_HEADER_LEN..), compression)?;
+    let mut r = Reader {
+        data: &data,
+        at: 0,
+        partition,
+    };
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(4096));
+    for _ in 0..count {
+        let len = r.varint()?;
+        let end = r.at + usize::try_from(len).map_err(|_| r.bad("negative record length"))?;
+        let _attributes = r.bytes(1)?;
+        let timestamp_delta = r.varint()?;
+        let offset_delta = r.varint()?;
+        let key = r.nullable()?;
+        let value = r.nullable()?;
+        let header_count = r.varint()?;
+        let mut headers = Vec::with_capacity(usize::try_from(header_count).unwrap_or(0).min(64));
+        for _ in 0..header_count {
+            let name = r.nullable()?.unwrap_or_default();
+            let value = r.nullable()?;
+            headers.push((String::from_utf8_lossy(&name).into_owned(), value));
+        }
+        if r.at != end {
+            return Err(r.bad("record length does not match its fields"));
+        }
+        out.push(Message {
+            partition,
+            offset: Offset(base_offset + offset_delta),
+            key,
+            value,
+            headers,
+            timestamp_ms: if log_append_time {
+                max_timestamp
+            } else {
+                base_timestamp + timestamp_delta
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// A cursor over decompressed records, reading Kafka's zigzag varints.
+struct Reader<'a> {
+    data: &'a Bytes,
+    at: usize,
+    partition: Partition,
+}
+
+impl Reader<'_> {
+    fn varint(&mut self) -> Result<i64, KafkaError> {
+        let mut raw: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = *self
+                .data
+                .get(self.at)
+                .ok_or_else(|| self.bad("record cut short"))?;
+            self.at += 1;
+            raw |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+            }
+        }
+        Err(self.bad("varint longer than 10 bytes"))
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<Bytes, KafkaError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.data.len());
+        let end = end.ok_or_else(|| self.bad("record cut short"))?;
+        let b = self.data.slice(self.at..end);
+        self.at = end;
+        Ok(b)
+    }
+
+    /// A varint length, then that many bytes; -1 is null.
+    fn nullable(&mut self) -> Result<Option<Bytes>, KafkaError> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let n = usize::try_from(len).map_err(|_| self.bad("length too large"))?;
+        self.bytes(n).map(Some)
+    }
+
+    fn bad(&self, what: &str) -> KafkaError {
+        corrupt(self.partition, what.to_owned())
+    }
 }
 
 fn corrupt(partition: Partition, detail: String) -> KafkaError {

@@ -14,6 +14,7 @@
 //! Why not rustfs-kafka for everything: its consumer does not join groups, its commits carry
 //! generation -1 (rejected by real brokers for active groups), its fetch is hard-wired to
 //! read_uncommitted, and its lz4/zstd codecs link C libraries. Its producer works, so we use it.
+pub mod admin;
 mod cluster;
 mod codec;
 mod conn;
@@ -109,7 +110,13 @@ impl KafkaError {
     /// True when the group moved on without us (rebalance, stale generation, unknown
     /// member): a commit refused for this is expected during a rebalance.
     pub fn is_membership_change(&self) -> bool {
-        matches!(self, KafkaError::Broker { code: 22 | 25 | 27, .. })
+        matches!(
+            self,
+            KafkaError::Broker {
+                code: 22 | 25 | 27,
+                ..
+            }
+        )
     }
 
     /// True when the same call may succeed later (broker restart, leader move, rebalance):

@@ -22,6 +22,7 @@ use crate::config::{Config, OffsetReset};
 use crate::kafka::{
     Consumer, ConsumerSettings, DeadLetterProducer, KafkaError, StartFrom, TopicState,
 };
+use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
 use crate::store::{Store, StoreError};
 use poller::{Poller, PollerSettings};
@@ -33,6 +34,11 @@ pub enum RunError {
     Database(StoreError),
     Kafka(KafkaError),
     Thread(std::io::Error),
+    /// The metrics listener could not bind `METRICS_ADDR`.
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -41,6 +47,10 @@ impl fmt::Display for RunError {
             RunError::Database(e) => write!(f, "database: {e}"),
             RunError::Kafka(e) => write!(f, "kafka: {e}"),
             RunError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            RunError::Metrics { addr, source } => write!(
+                f,
+                "cannot serve metrics on METRICS_ADDR={addr}: {source} (pick a free port, or leave METRICS_ADDR empty to turn the listener off)"
+            ),
         }
     }
 }
@@ -57,10 +67,32 @@ pub fn run(config: &Config, shutdown: Receiver<()>) -> Result<(), RunError> {
     log::info!("Connecting to database: {}", config.database_url);
     // One connection per worker, one spare (tools, start-up checks).
     let pool_size = u32::try_from(config.worker_threads + 1).unwrap_or(u32::MAX);
-    let store =
-        Arc::new(Store::open(&config.database_path, pool_size).map_err(RunError::Database)?);
+    let Some(store) = open_store(config, pool_size, &shutdown)? else {
+        log::info!("Shutdown requested during start-up; exiting");
+        return Ok(());
+    };
+    let store = Arc::new(store);
     log::info!("Database connection established");
     report_stuck_rows(&store, config);
+    let metrics = Arc::new(Metrics::new(
+        &config.topic,
+        &config.group_id,
+        config.session_timeout,
+    ));
+    // Started before Kafka so that /healthz explains a slow start; dropped (stopped and
+    // joined) when `run` returns, whichever way.
+    let _metrics_server = match config.metrics_addr {
+        Some(addr) => {
+            let store = store.clone();
+            // Any query proves the file opens and reads; a row that cannot exist keeps it cheap.
+            let db = Box::new(move || store.get("").map(drop).map_err(|e| e.to_string()));
+            Some(
+                MetricsServer::start(addr, metrics.clone(), db)
+                    .map_err(|source| RunError::Metrics { addr, source })?,
+            )
+        }
+        None => None,
+    };
 
     log::info!(
         "Connecting to Kafka: {}, topic: {}",
@@ -99,6 +131,7 @@ pub fn run(config: &Config, shutdown: Receiver<()>) -> Result<(), RunError> {
         store: store.clone(),
         delay: config.provision_delay,
         abort: abort_rx,
+        metrics: metrics.clone(),
     });
     let pool = WorkerPool::start(
         config.worker_threads,
@@ -125,6 +158,7 @@ pub fn run(config: &Config, shutdown: Receiver<()>) -> Result<(), RunError> {
         shutdown,
         abort: Some(abort_tx),
         accepting,
+        metrics,
         dead_letters: config.dlq_topic.as_ref().map(|_| {
             DeadLetterProducer::new(
                 config.bootstrap_servers.clone(),
@@ -149,6 +183,30 @@ pub fn run(config: &Config, shutdown: Receiver<()>) -> Result<(), RunError> {
     pool.join();
     log::info!("Worker stopped");
     result
+}
+
+/// Opens the database, waiting out a lock held by another process (the backend in the middle
+/// of a long write) instead of failing: a busy database delays the worker, never stops it.
+/// `None` when shutdown was requested meanwhile.
+fn open_store(
+    config: &Config,
+    pool_size: u32,
+    shutdown: &Receiver<()>,
+) -> Result<Option<Store>, RunError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match Store::open(&config.database_path, pool_size) {
+            Ok(store) => return Ok(Some(store)),
+            Err(e) if e.is_transient() => {
+                log::warn!("{e}");
+                if shutdown.recv_timeout(backoff).is_ok() {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(RunError::Database(e)),
+        }
+    }
 }
 
 pub fn consumer_settings(config: &Config) -> ConsumerSettings {

@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use super::tracker::OffsetTracker;
 use super::workers::{Done, Job, JobResult, Work};
 use crate::kafka::{Consumer, DeadLetterProducer, GroupSignal, KafkaError, Message, Partition};
+use crate::metrics::{Leaving, Metrics};
 use crate::request::ProvisionRequest;
 use crate::store::Store;
 
@@ -43,6 +44,8 @@ pub struct Poller {
     pub abort: Option<Sender<()>>,
     /// The assignment epoch workers may start jobs of; 0 while revoking or shutting down.
     pub accepting: Arc<AtomicU64>,
+    /// Written here (membership, commits, queue depth, lag); read by the metrics listener.
+    pub metrics: Arc<Metrics>,
     pub dead_letters: Option<DeadLetterProducer>,
 }
 
@@ -101,6 +104,10 @@ struct Run {
     kafka_down: Option<(Instant, Instant)>,
     shutdown_seen: bool,
     fetch_retry_at: Instant,
+    /// Set when the topic's partitions changed: the next rejoin first leaves the group.
+    /// A coordinator may answer a member that rejoins with unchanged metadata with the old
+    /// generation and assignment (tansu does); a fresh member forces a real rebalance.
+    leave_before_join: bool,
 }
 
 impl Poller {
@@ -125,6 +132,7 @@ impl Poller {
             kafka_down: None,
             shutdown_seen: false,
             fetch_retry_at: now,
+            leave_before_join: false,
         };
         run.run()
     }
@@ -135,6 +143,10 @@ impl Run {
         loop {
             self.collect_done();
             self.send_dead_letters();
+            // Every pass, and a pass is at most a tick apart: a cheap store keeps it current.
+            self.p
+                .metrics
+                .set_queue_depth(self.buffer.len() + self.p.jobs.len());
             if !self.shutdown_seen && self.shutdown_requested() {
                 self.shutdown_seen = true;
             }
@@ -170,6 +182,7 @@ impl Run {
                     self.tracker.assign(*p, *start);
                 }
                 self.p.accepting.store(self.epoch, Ordering::Release);
+                self.p.metrics.joined(&assignment.partitions);
                 let list: Vec<String> = assignment
                     .partitions
                     .iter()
@@ -184,8 +197,9 @@ impl Run {
                     self.say_topic_missing(true);
                 } else if assignment.partitions.is_empty() {
                     log::info!(
-                        "No partitions assigned: the group has more members than topic {} has partitions",
-                        self.p.settings.topic
+                        "No partitions assigned to this worker (topic {} has {}; the group's other members own them)",
+                        self.p.settings.topic,
+                        assignment.topic_partitions
                     );
                 }
                 let check = if assignment.partitions.is_empty() {
@@ -214,19 +228,35 @@ impl Run {
 
     fn run_once(&mut self) -> Result<(), KafkaError> {
         match self.p.consumer.heartbeat() {
-            Ok(GroupSignal::Fine) => {}
+            Ok(GroupSignal::Fine) => self.p.metrics.group_fine(),
             Ok(GroupSignal::Rejoin(why)) => {
                 self.begin_drain(Drain::Rebalance, why);
                 return Ok(());
             }
-            Err(e) => self.kafka_error(&e, "heartbeating"),
+            Err(e) => {
+                self.p.metrics.heartbeat_failed(&e);
+                self.kafka_error(&e, "heartbeating");
+            }
         }
         self.commit(false);
+        if self.kafka_down.is_none() && self.p.metrics.log_end_refresh_due() {
+            // For the lag metric; only while metrics are served, every few seconds.
+            let assigned = self.p.consumer.assigned();
+            match self
+                .p
+                .consumer
+                .log_offsets(&assigned, crate::kafka::StartFrom::Latest)
+            {
+                Ok(ends) => self.p.metrics.log_ends(&ends),
+                Err(e) => log::debug!("reading log-end offsets for the lag metric: {e}"),
+            }
+        }
         let now = Instant::now();
         if now >= self.next_topic_check {
             self.next_topic_check = now + TOPIC_CHECK;
             match self.p.consumer.topic_changed() {
                 Ok(true) => {
+                    self.leave_before_join = true;
                     self.begin_drain(Drain::Rebalance, "the topic's partitions changed");
                     return Ok(());
                 }
@@ -284,6 +314,7 @@ impl Run {
                 partition: m.partition,
                 offset: m.offset,
                 epoch: self.epoch,
+                produced_ms: m.timestamp_ms,
                 work,
             });
         }
@@ -347,6 +378,10 @@ impl Run {
     fn begin_drain(&mut self, why: Drain, reason: &str) {
         // Workers must start nothing more: queued jobs come back as dropped.
         self.p.accepting.store(0, Ordering::Release);
+        self.p.metrics.leaving(match why {
+            Drain::Rebalance => Leaving::Rebalance,
+            Drain::Shutdown => Leaving::Shutdown,
+        });
         for job in self.buffer.drain(..) {
             self.tracker.dropped(job.partition, job.offset);
         }
@@ -380,7 +415,7 @@ impl Run {
         };
         match why {
             Drain::Shutdown => log::info!(
-                "Shutting down: stopped fetching; waiting up to {} s for {in_flight} in-flight request(s)",
+                "Shutting down: stopped fetching; waiting up to {} s for requests in progress ({in_flight} fetched and unfinished)",
                 crate::provision::format_seconds(self.p.settings.shutdown_timeout)
             ),
             Drain::Rebalance => log::info!(
@@ -456,6 +491,11 @@ impl Run {
         match why {
             Drain::Rebalance => {
                 log::info!("Partitions revoked: [{}]", revoked.join(", "));
+                if std::mem::take(&mut self.leave_before_join)
+                    && let Err(e) = self.p.consumer.leave()
+                {
+                    log::warn!("Could not leave the group before rejoining: {e}");
+                }
                 self.state = State::Joining {
                     retry_at: Instant::now(),
                     backoff: Duration::from_millis(500),
@@ -555,6 +595,7 @@ impl Run {
                         dl.reason
                     );
                     self.tracker.finished(dl.partition, dl.offset);
+                    self.p.metrics.dead_lettered();
                     self.pending_dead_letters.pop_front();
                     self.dead_letter_backoff = Duration::from_millis(500);
                 }
@@ -594,6 +635,7 @@ impl Run {
         match self.p.consumer.commit(&offsets) {
             Ok(()) => {
                 self.tracker.committed(&offsets);
+                self.p.metrics.committed(&offsets);
                 log::debug!("Committed offsets [{}]", list.join(", "));
             }
             Err(e) if e.is_membership_change() => log::info!(
@@ -648,6 +690,7 @@ impl Run {
 
     fn kafka_ok(&mut self) {
         if let Some((since, _)) = self.kafka_down.take() {
+            self.p.metrics.reconnected();
             log::info!(
                 "Reconnected to Kafka after {:.1} s",
                 since.elapsed().as_secs_f64()

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::kafka::{Offset, Partition};
+use crate::metrics::Final;
 use crate::provision::{Outcome, Provisioner};
 use crate::request::ProvisionRequest;
 
@@ -21,6 +22,8 @@ pub struct Job {
     pub offset: Offset,
     /// The assignment epoch the job was fetched in; a job from an older epoch is dropped.
     pub epoch: u64,
+    /// The message's Kafka timestamp (ms since the Unix epoch), for the end-to-end latency.
+    pub produced_ms: i64,
     pub work: Work,
 }
 
@@ -100,6 +103,7 @@ impl WorkerPool {
 
 fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, epoch: &AtomicU64) {
     for job in jobs.iter() {
+        let timer = provisioner.metrics.job_started();
         // Acquire pairs with the poller's release when it bumps the epoch at revocation, so
         // a job fetched before the revocation is never started after it.
         let result = if job.epoch != epoch.load(Ordering::Acquire) {
@@ -121,6 +125,9 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
                 },
             }
         };
+        if let Some(outcome) = final_of(&result) {
+            timer.finish(outcome, job.produced_ms);
+        }
         let report = Done {
             partition: job.partition,
             offset: job.offset,
@@ -131,5 +138,16 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
             // The poller is gone: nobody can commit anything any more.
             return;
         }
+    }
+}
+
+/// How a job's result counts in the metrics; `None` for a job we did not do.
+fn final_of(result: &JobResult) -> Option<Final> {
+    match result {
+        JobResult::Finished(Outcome::Completed) => Some(Final::Completed),
+        JobResult::Finished(Outcome::Failed) => Some(Final::Failed),
+        JobResult::Finished(Outcome::AlreadyFinal(_)) => Some(Final::AlreadyFinal),
+        JobResult::Rejected { .. } => Some(Final::Invalid),
+        JobResult::Finished(Outcome::Aborted) | JobResult::Dropped => None,
     }
 }

@@ -18,6 +18,8 @@
 // `clippy -D warnings`).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -116,6 +118,17 @@ impl Broker {
     ///
     /// Panics, showing the broker's log, if it isn't ready within 30 seconds.
     pub fn start() -> Broker {
+        Broker::launch(None)
+    }
+
+    /// Like [`Broker::start`], but the broker tells clients (in metadata and coordinator
+    /// answers) to connect to 127.0.0.1:`port` instead of its own port: put a
+    /// [`proxy::Proxy`] there and every connection after bootstrap goes through it.
+    pub fn start_advertising(port: u16) -> Broker {
+        Broker::launch(Some(port))
+    }
+
+    fn launch(advertised_port: Option<u16>) -> Broker {
         // Within one test binary, starts are serialized: between dropping the probe
         // listener that found a free port and tansu binding it, another test could pick
         // the same port. Starting takes ~10 ms, so this costs nothing. (Across processes
@@ -136,6 +149,7 @@ impl Broker {
         for attempt in 1..=ATTEMPTS {
             let port = free_port();
             let url = format!("tcp://127.0.0.1:{port}");
+            let advertised = format!("tcp://127.0.0.1:{}", advertised_port.unwrap_or(port));
             let log_file = File::create(&log).expect("create the broker log");
             let mut cmd = Command::new(&bin);
             cmd.args([
@@ -143,7 +157,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"]);
             let mut child = clean_env(&mut cmd)

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Builds provision-worker as one fully static x86-64 Linux executable: glibc and the bundled
+# SQLite linked in (`-C target-feature=+crt-static` on the gnu target; musl is not needed),
+# LTO, stripped. Checks that the result needs no dynamic loader or shared library, then
+# prints its path and size.
+#
+# Usage:
+#   scripts/build-static.sh          build, check, print "path: ..." and "size: ..."
+#   scripts/build-static.sh --path   the same, but print only the binary's path on stdout
+#
+# Environment:
+#   STATIC_OPT_LEVEL  opt-level for this build (default s: see README "Static binary" for
+#                     the measurements behind it)
+#
+# The build goes to target/static, so it never invalidates the normal debug or release
+# builds in target/.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+readonly TARGET=x86_64-unknown-linux-gnu
+readonly TARGET_DIR=target/static
+readonly BIN="$TARGET_DIR/$TARGET/release/provision-worker"
+OPT_LEVEL="${STATIC_OPT_LEVEL:-s}"
+
+say() { echo "build-static: $*" >&2; }
+die() {
+    echo "build-static: error: $*" >&2
+    exit 1
+}
+
+path_only=false
+case "${1:-}" in
+    "") ;;
+    --path) path_only=true ;;
+    *) die "unknown argument ${1}; use --path or nothing" ;;
+esac
+
+# With an explicit --target, RUSTFLAGS apply to the target only: build scripts and proc
+# macros stay dynamic, as they must (rustc loads proc macros as shared libraries).
+#
+# getrandom_backend="linux_getrandom": by default the getrandom crate (under `rand`, which
+# makes request ids and kubeconfig tokens) finds glibc's getrandom() through dlsym, which a
+# static binary does not have, and falls back to reading /dev/urandom. An empty root or a
+# scratch image may have no /dev, so call getrandom() directly (glibc 2.25, Linux 3.17).
+say "building $TARGET (crt-static, opt-level $OPT_LEVEL) in $TARGET_DIR"
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
+    CARGO_PROFILE_RELEASE_OPT_LEVEL="$OPT_LEVEL" \
+    cargo build --release --locked --target "$TARGET" --target-dir "$TARGET_DIR" >&2
+
+[[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"
+# The release profile already strips; strip again in case a profile override turned it off.
+strip "$BIN"
+
+# Static means: no program interpreter (dynamic loader) and no needed shared library.
+if readelf --program-headers "$BIN" | grep -q INTERP; then
+    die "$BIN asks for a dynamic loader; it is not static"
+fi
+if readelf --dynamic "$BIN" | grep -q NEEDED; then
+    die "$BIN needs shared libraries: $(readelf --dynamic "$BIN" | grep NEEDED)"
+fi
+
+size=$(stat -c %s "$BIN")
+if $path_only; then
+    echo "$(pwd)/$BIN"
+else
+    echo "path: $(pwd)/$BIN"
+    echo "size: $size bytes ($(( (size + 1023) / 1024 )) KiB)"
+fi
+say "static, stripped, $size bytes"
