@@ -9,7 +9,7 @@
 #   scripts/build-static.sh --path   the same, but print only the binary's path on stdout
 #
 # Environment:
-#   STATIC_OPT_LEVEL  opt-level for this build (default s: see README "Static binary" for
+#   STATIC_OPT_LEVEL  opt-level for this build (default 3: see README "Static binary" for
 #                     the measurements behind it)
 #
 # The build goes to target/static, so it never invalidates the normal debug or release
@@ -21,7 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 readonly TARGET=x86_64-unknown-linux-gnu
 readonly TARGET_DIR=target/static
 readonly BIN="$TARGET_DIR/$TARGET/release/provision-worker"
-OPT_LEVEL="${STATIC_OPT_LEVEL:-s}"
+OPT_LEVEL="${STATIC_OPT_LEVEL:-3}"
 
 say() { echo "build-static: $*" >&2; }
 die() {
