@@ -443,10 +443,17 @@ impl Run {
         // Keep the session while in-flight work finishes, so nobody else takes over our
         // partitions and redoes it. During a rebalance the coordinator answers "rebalancing"
         // but still counts the heartbeat, so the session survives a long revocation.
-        if let Err(e) = self.p.consumer.heartbeat() {
-            self.kafka_error(&e, "heartbeating");
+        // While Kafka is down a shutdown does not talk to it until the end: each attempt can
+        // block for the request timeout, and the shutdown deadline is the operator's.
+        let kafka_down = self.kafka_down.is_some();
+        if !(why == Drain::Shutdown && kafka_down) {
+            if let Err(e) = self.p.consumer.heartbeat() {
+                self.kafka_error(&e, "heartbeating");
+            }
+            self.commit(false);
         }
-        self.commit(false);
+        // Reports that arrived while we talked to Kafka count before any deadline decision.
+        self.collect_done();
         let now = Instant::now();
         let mut aborted_at = aborted_at;
         if why == Drain::Shutdown && now >= deadline && aborted_at.is_none() {
@@ -477,7 +484,15 @@ impl Run {
                 self.tracker.in_flight()
             );
         }
-        self.commit(true);
+        // One final commit; during a shutdown with Kafka down it is tried only if it can
+        // still make a difference (something finished), and it is bounded by the request
+        // timeout like every call.
+        if !(why == Drain::Shutdown
+            && self.kafka_down.is_some()
+            && self.tracker.to_commit().is_empty())
+        {
+            self.commit(true);
+        }
         let revoked: Vec<String> = self
             .p
             .consumer
@@ -501,6 +516,13 @@ impl Run {
                     backoff: Duration::from_millis(500),
                 };
                 false
+            }
+            Drain::Shutdown if self.kafka_down.is_some() => {
+                log::warn!(
+                    "Not leaving consumer group {} (Kafka is unreachable); the broker will notice after the session timeout",
+                    self.p.settings.group_id
+                );
+                true
             }
             Drain::Shutdown => {
                 match self.p.consumer.leave() {
