@@ -712,6 +712,9 @@ impl Run {
 
     fn kafka_ok(&mut self) {
         if let Some((since, _)) = self.kafka_down.take() {
+            // Dead letters waiting out a backoff from the outage go now.
+            self.dead_letter_retry_at = Instant::now();
+            self.dead_letter_backoff = Duration::from_millis(500);
             self.p.metrics.reconnected();
             log::info!(
                 "Reconnected to Kafka after {:.1} s",
