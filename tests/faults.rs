@@ -45,8 +45,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::proxy::broker_behind_proxy;
 use common::{
-    Broker, RequestRow, TempDb, WorkerProcess, b64_decode, b64_encode, python_tool, tansu_bin,
-    wait_until,
+    Broker, TempDb, WorkerProcess, b64_decode, b64_encode, python_tool, tansu_bin, wait_until,
 };
 use rusqlite::{Connection, params};
 use rustfs_kafka::client::{FetchOffset, KafkaClient};
@@ -1002,7 +1001,7 @@ fn hostile_input_at_volume_is_sorted_exactly_and_never_stalls() {
     w.signal("TERM");
     assert!(w.wait_exit(Duration::from_secs(30)).success());
 
-    let rows = all_rows(&db);
+    let rows = db.all_rows();
     // Every invalid message was dead-lettered exactly once, byte-exact, with its reason.
     let mut seen: HashMap<(i32, i64), usize> = HashMap::new();
     for d in &dead {
@@ -1354,33 +1353,6 @@ fn assert_each_claimed_once(audit: &[Transition], requests: &[Request]) {
             r.id
         );
     }
-}
-
-/// Every row by request id, in one query.
-fn all_rows(db: &TempDb) -> HashMap<String, RequestRow> {
-    let conn = db.conn();
-    let mut stmt = conn
-        .prepare(
-            "SELECT request_id, user_id, gpu_count, duration_hours, status, kubeconfig,
-                    error_message, created_at, updated_at
-             FROM provision_requests",
-        )
-        .expect("prepare the rows query");
-    stmt.query_map([], |row| {
-        Ok(RequestRow {
-            request_id: row.get(0)?,
-            user_id: row.get(1)?,
-            gpu_count: row.get(2)?,
-            duration_hours: row.get(3)?,
-            status: row.get(4)?,
-            kubeconfig: row.get(5)?,
-            error_message: row.get(6)?,
-            created_at: row.get(7)?,
-            updated_at: row.get(8)?,
-        })
-    })
-    .and_then(|rows| rows.map(|r| r.map(|r| (r.request_id.clone(), r))).collect())
-    .expect("read every row")
 }
 
 fn count_status(db: &TempDb, status: &str) -> usize {

@@ -244,6 +244,11 @@ impl Consumer {
         self.positions.get(&partition).copied()
     }
 
+    /// True when we own no partition (not joined yet, or nothing assigned to us).
+    pub fn owns_nothing(&self) -> bool {
+        self.positions.is_empty()
+    }
+
     /// The partitions we own now.
     pub fn assigned(&self) -> Vec<Partition> {
         self.positions.keys().copied().collect()

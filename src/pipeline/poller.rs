@@ -261,7 +261,7 @@ impl Run {
                     return Ok(());
                 }
                 Ok(false) => {
-                    if self.tracker_is_empty() {
+                    if self.owns_nothing() {
                         self.next_topic_check = now + TOPIC_CHECK_WHILE_EMPTY;
                         self.say_topic_missing(false);
                     }
@@ -271,7 +271,7 @@ impl Run {
         }
 
         let room = self.p.jobs.capacity().unwrap_or(usize::MAX) > self.p.jobs.len();
-        if self.buffer.is_empty() && room && !self.tracker_is_empty() {
+        if self.buffer.is_empty() && room && !self.owns_nothing() {
             if Instant::now() < self.fetch_retry_at {
                 self.wait_until(self.fetch_retry_at);
                 return Ok(());
@@ -288,7 +288,7 @@ impl Run {
                 }
             }
         }
-        if self.tracker_is_empty() {
+        if self.owns_nothing() {
             self.wait_until(Instant::now() + TICK);
         } else {
             self.dispatch();
@@ -727,8 +727,9 @@ impl Run {
         matches!(self.state, State::Draining { why, .. } if why == which)
     }
 
-    fn tracker_is_empty(&self) -> bool {
-        self.p.consumer.assigned().is_empty()
+    /// Checked every pass of the loop, so it must not allocate.
+    fn owns_nothing(&self) -> bool {
+        self.p.consumer.owns_nothing()
     }
 
     fn shutdown_requested(&self) -> bool {

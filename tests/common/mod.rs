@@ -484,19 +484,6 @@ pub fn librdkafka_committed(
 // ------------------------------------------------------------------------------------
 // The database
 
-/// The table, for when `sql/schema.sql` doesn't exist yet.
-const FALLBACK_SCHEMA: &str = "CREATE TABLE provision_requests (
-    request_id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    gpu_count INTEGER NOT NULL,
-    duration_hours INTEGER NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    kubeconfig TEXT,
-    error_message TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);";
-
 /// A SQLite database file (`poc.db`) in its own temporary directory, removed on drop.
 pub struct TempDb {
     dir: tempfile::TempDir,
@@ -514,6 +501,26 @@ pub struct RequestRow {
     pub error_message: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// The columns of [`RequestRow`], in the order `RequestRow::from_sql` reads them.
+const ROW_COLUMNS: &str = "request_id, user_id, gpu_count, duration_hours, status, kubeconfig, \
+                           error_message, created_at, updated_at";
+
+impl RequestRow {
+    fn from_sql(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
+        Ok(RequestRow {
+            request_id: row.get(0)?,
+            user_id: row.get(1)?,
+            gpu_count: row.get(2)?,
+            duration_hours: row.get(3)?,
+            status: row.get(4)?,
+            kubeconfig: row.get(5)?,
+            error_message: row.get(6)?,
+            created_at: row.get(7)?,
+            updated_at: row.get(8)?,
+        })
+    }
 }
 
 impl TempDb {
@@ -567,6 +574,19 @@ impl TempDb {
         .unwrap_or_else(|e| panic!("insert pending request {id}: {e}"));
     }
 
+    /// Every row, by request id (empty when there is no table yet).
+    pub fn all_rows(&self) -> HashMap<String, RequestRow> {
+        let Some(conn) = self.existing_conn() else {
+            return HashMap::new();
+        };
+        let mut stmt = conn
+            .prepare(&format!("SELECT {ROW_COLUMNS} FROM provision_requests"))
+            .expect("prepare the rows query");
+        stmt.query_map([], RequestRow::from_sql)
+            .and_then(|rows| rows.map(|r| r.map(|r| (r.request_id.clone(), r))).collect())
+            .expect("read every row")
+    }
+
     /// The status of request `id`, or `None` if there is no such row (or no table yet).
     pub fn status_of(&self, id: &str) -> Option<String> {
         let conn = self.existing_conn()?;
@@ -583,23 +603,9 @@ impl TempDb {
     pub fn row(&self, id: &str) -> Option<RequestRow> {
         let conn = self.existing_conn()?;
         conn.query_row(
-            "SELECT request_id, user_id, gpu_count, duration_hours, status, kubeconfig,
-                    error_message, created_at, updated_at
-             FROM provision_requests WHERE request_id = ?1",
+            &format!("SELECT {ROW_COLUMNS} FROM provision_requests WHERE request_id = ?1"),
             [id],
-            |row| {
-                Ok(RequestRow {
-                    request_id: row.get(0)?,
-                    user_id: row.get(1)?,
-                    gpu_count: row.get(2)?,
-                    duration_hours: row.get(3)?,
-                    status: row.get(4)?,
-                    kubeconfig: row.get(5)?,
-                    error_message: row.get(6)?,
-                    created_at: row.get(7)?,
-                    updated_at: row.get(8)?,
-                })
-            },
+            RequestRow::from_sql,
         )
         .optional()
         .unwrap_or_else(|e| panic!("read request {id}: {e}"))
@@ -636,7 +642,7 @@ impl TempDb {
             return;
         }
         let schema = std::fs::read_to_string(repo_root().join("sql/schema.sql"))
-            .unwrap_or_else(|_| FALLBACK_SCHEMA.to_owned());
+            .expect("read sql/schema.sql, the worker's own schema");
         // The worker may be creating the same table right now; losing that race is fine.
         if let Err(e) = conn.execute_batch(&schema) {
             assert!(table_exists(conn), "create the schema: {e}");
