@@ -40,6 +40,78 @@ pub struct Config {
     pub client_id: String,
     /// `None` when `METRICS_ADDR` is empty or unset.
     pub metrics_addr: Option<SocketAddr>,
+    /// How every Kafka connection is secured (TLS, SASL): `KAFKA_SECURITY_PROTOCOL` and the
+    /// `KAFKA_SASL_*` and `KAFKA_SSL_*` variables, checked against each other.
+    pub security: SecurityConfig,
+    /// The largest dead letter we produce (`KAFKA_DLQ_MAX_BYTES`); a larger original is cut.
+    pub dlq_max_bytes: usize,
+}
+
+/// `KAFKA_SECURITY_PROTOCOL`: librdkafka's `security.protocol` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+/// `KAFKA_SASL_MECHANISM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+/// A value that must never be shown: `Debug` prints `<redacted>`, and there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// Where the SASL password came from, for `check` ("set" or "from file"), never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// `KAFKA_SASL_PASSWORD`.
+    Variable,
+    /// `KAFKA_SASL_PASSWORD_FILE`, read once at start.
+    File(PathBuf),
+}
+
+/// The validated security settings. Invariant: `sasl` is `Some` exactly when the protocol
+/// is `SASL_PLAINTEXT` or `SASL_SSL`, and `tls` exactly when it is `SSL` or `SASL_SSL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityConfig {
+    pub protocol: SecurityProtocol,
+    pub sasl: Option<SaslConfig>,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslConfig {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+    pub password_source: PasswordSource,
+}
+
+/// TLS files are only named here; they are read and parsed when the connections are set up
+/// at start, and a file that cannot be used is reported then, as a configuration error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `KAFKA_SSL_CA_LOCATION`; `None`: the compiled-in Mozilla roots.
+    pub ca_location: Option<PathBuf>,
+    /// `KAFKA_SSL_CERTIFICATE_LOCATION` and `KAFKA_SSL_KEY_LOCATION`, for mutual TLS; both or
+    /// neither.
+    pub client_identity: Option<ClientIdentity>,
+    /// `KAFKA_SSL_ENDPOINT_IDENTIFICATION=https` (the default): the broker's certificate must
+    /// name the host we connect to. `none` turns that off.
+    pub verify_hostname: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub certificate_location: PathBuf,
+    pub key_location: PathBuf,
 }
 
 /// Where a consumer group starts on a partition that has no committed offset.
@@ -91,6 +163,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     KAFKA_FETCH_MAX_WAIT_MS,
     KAFKA_CLIENT_ID,
     METRICS_ADDR,
+    KAFKA_SECURITY_PROTOCOL,
+    KAFKA_SASL_MECHANISM,
+    KAFKA_SASL_USERNAME,
+    KAFKA_SASL_PASSWORD,
+    KAFKA_SASL_PASSWORD_FILE,
+    KAFKA_SSL_CA_LOCATION,
+    KAFKA_SSL_CERTIFICATE_LOCATION,
+    KAFKA_SSL_KEY_LOCATION,
+    KAFKA_SSL_ENDPOINT_IDENTIFICATION,
+    KAFKA_DLQ_MAX_BYTES,
 ];
 
 impl Config {
@@ -174,6 +256,14 @@ impl Config {
         )?;
         let client_id = sources.value(KAFKA_CLIENT_ID);
         let metrics_addr = parse_metrics_addr(&sources.value(METRICS_ADDR))?;
+        let security = parse_security(&sources)?;
+        let dlq_max_bytes = parse_whole(
+            KAFKA_DLQ_MAX_BYTES,
+            &sources.value(KAFKA_DLQ_MAX_BYTES),
+            MIN_DLQ_MAX_BYTES,
+            MAX_DLQ_MAX_BYTES,
+            "a whole number of bytes",
+        )?;
 
         Ok(Config {
             database_url,
@@ -196,6 +286,9 @@ impl Config {
             fetch_max_wait: Duration::from_millis(fetch_max_wait_ms),
             client_id,
             metrics_addr,
+            security,
+            // Invariant: at most MAX_DLQ_MAX_BYTES, so the conversion cannot truncate.
+            dlq_max_bytes: dlq_max_bytes as usize,
         })
     }
 }
@@ -240,6 +333,68 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The value itself: only for the code that sends it to the broker.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl SecurityProtocol {
+    /// The name as `KAFKA_SECURITY_PROTOCOL` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+impl SaslMechanism {
+    /// The name as Kafka (and `KAFKA_SASL_MECHANISM`) spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// No TLS, no SASL: what the worker does when nothing is configured.
+    pub fn plaintext() -> SecurityConfig {
+        SecurityConfig {
+            protocol: SecurityProtocol::Plaintext,
+            sasl: None,
+            tls: None,
+        }
+    }
+}
 
 /// Turns a SQLAlchemy SQLite URL into the database file path.
 ///
@@ -401,6 +556,62 @@ const METRICS_ADDR: Var = (
     "",
     "address for the metrics endpoint, such as 127.0.0.1:9464; empty turns it off",
 );
+const KAFKA_SECURITY_PROTOCOL: Var = (
+    "KAFKA_SECURITY_PROTOCOL",
+    "PLAINTEXT",
+    "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (any case): TLS and/or SASL on every Kafka connection",
+);
+const KAFKA_SASL_MECHANISM: Var = (
+    "KAFKA_SASL_MECHANISM",
+    "PLAIN",
+    "SASL mechanism when SASL is on: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+);
+const KAFKA_SASL_USERNAME: Var = (
+    "KAFKA_SASL_USERNAME",
+    "",
+    "SASL user name; required when SASL is on",
+);
+const KAFKA_SASL_PASSWORD: Var = (
+    "KAFKA_SASL_PASSWORD",
+    "",
+    "SASL password (or use KAFKA_SASL_PASSWORD_FILE); required when SASL is on",
+);
+const KAFKA_SASL_PASSWORD_FILE: Var = (
+    "KAFKA_SASL_PASSWORD_FILE",
+    "",
+    "file holding the SASL password (trailing newline stripped), instead of KAFKA_SASL_PASSWORD",
+);
+const KAFKA_SSL_CA_LOCATION: Var = (
+    "KAFKA_SSL_CA_LOCATION",
+    "",
+    "PEM file of CA certificates to trust; empty: the built-in Mozilla roots",
+);
+const KAFKA_SSL_CERTIFICATE_LOCATION: Var = (
+    "KAFKA_SSL_CERTIFICATE_LOCATION",
+    "",
+    "PEM client certificate chain for mutual TLS (with KAFKA_SSL_KEY_LOCATION)",
+);
+const KAFKA_SSL_KEY_LOCATION: Var = (
+    "KAFKA_SSL_KEY_LOCATION",
+    "",
+    "PEM private key (PKCS#8, RSA or EC) of the client certificate, for mutual TLS",
+);
+const KAFKA_SSL_ENDPOINT_IDENTIFICATION: Var = (
+    "KAFKA_SSL_ENDPOINT_IDENTIFICATION",
+    "https",
+    "https: the broker certificate must match its host name; none: not checked (testing only)",
+);
+const KAFKA_DLQ_MAX_BYTES: Var = (
+    "KAFKA_DLQ_MAX_BYTES",
+    "1000000",
+    "largest dead letter produced, in bytes (1024 to 16777216); a larger original is cut",
+);
+
+/// Below this a dead letter could not hold its own headers.
+const MIN_DLQ_MAX_BYTES: u64 = 1024;
+/// Every oversized message keeps up to this much in memory while it waits to be
+/// dead-lettered; 16 MiB is already far above any broker's default `max.message.bytes`.
+const MAX_DLQ_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The process environment and the `.env` entries, with the environment taking precedence.
 struct Sources<'a> {
@@ -415,6 +626,11 @@ impl Sources<'_> {
         (self.env)(var.0)
             .or_else(|| self.dotenv.get(var.0).cloned())
             .map(|value| value.trim().to_string())
+    }
+
+    /// The value exactly as set, untrimmed (for passwords, where spaces may matter).
+    fn untrimmed(&self, var: Var) -> Option<String> {
+        (self.env)(var.0).or_else(|| self.dotenv.get(var.0).cloned())
     }
 
     /// The value to parse: the trimmed value, or the default when unset or empty.
@@ -655,6 +871,206 @@ fn parse_metrics_addr(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
     })
 }
 
+/// `KAFKA_SECURITY_PROTOCOL` with the SASL and TLS variables it needs. A SASL or TLS
+/// variable set for a protocol that does not use it is an error: the operator meant to turn
+/// security on, and silently connecting in plaintext would send credentials or data in clear.
+fn parse_security(sources: &Sources<'_>) -> Result<SecurityConfig, ConfigError> {
+    let value = sources.value(KAFKA_SECURITY_PROTOCOL);
+    let protocol = match value.to_ascii_uppercase().as_str() {
+        "PLAINTEXT" => SecurityProtocol::Plaintext,
+        "SSL" => SecurityProtocol::Ssl,
+        "SASL_PLAINTEXT" => SecurityProtocol::SaslPlaintext,
+        "SASL_SSL" => SecurityProtocol::SaslSsl,
+        _ => {
+            return Err(invalid(
+                KAFKA_SECURITY_PROTOCOL,
+                &value,
+                "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+            ));
+        }
+    };
+    let set = |var: Var| sources.raw(var).filter(|v| !v.is_empty());
+    let unused = |var: Var, needs: &str| {
+        let value = if var == KAFKA_SASL_PASSWORD {
+            "<redacted>".to_owned()
+        } else {
+            set(var).unwrap_or_default()
+        };
+        invalid(
+            var,
+            &value,
+            format!(
+                "it unset, since KAFKA_SECURITY_PROTOCOL={} does not use {needs}                  (set KAFKA_SECURITY_PROTOCOL to {} to use it)",
+                protocol.as_str(),
+                if needs == "SASL" {
+                    "SASL_SSL or SASL_PLAINTEXT"
+                } else {
+                    "SSL or SASL_SSL"
+                }
+            ),
+        )
+    };
+
+    let sasl_vars = [
+        KAFKA_SASL_MECHANISM,
+        KAFKA_SASL_USERNAME,
+        KAFKA_SASL_PASSWORD,
+        KAFKA_SASL_PASSWORD_FILE,
+    ];
+    let sasl = if protocol.uses_sasl() {
+        Some(parse_sasl(sources)?)
+    } else {
+        if let Some(var) = sasl_vars.into_iter().find(|v| set(*v).is_some()) {
+            return Err(unused(var, "SASL"));
+        }
+        None
+    };
+
+    let tls_vars = [
+        KAFKA_SSL_CA_LOCATION,
+        KAFKA_SSL_CERTIFICATE_LOCATION,
+        KAFKA_SSL_KEY_LOCATION,
+        KAFKA_SSL_ENDPOINT_IDENTIFICATION,
+    ];
+    let tls = if protocol.uses_tls() {
+        let identification = sources.value(KAFKA_SSL_ENDPOINT_IDENTIFICATION);
+        let verify_hostname = match identification.to_ascii_lowercase().as_str() {
+            "https" => true,
+            "none" => false,
+            _ => {
+                return Err(invalid(
+                    KAFKA_SSL_ENDPOINT_IDENTIFICATION,
+                    &identification,
+                    "https (check the broker's host name against its certificate) or none",
+                ));
+            }
+        };
+        let certificate = set(KAFKA_SSL_CERTIFICATE_LOCATION).map(PathBuf::from);
+        let key = set(KAFKA_SSL_KEY_LOCATION).map(PathBuf::from);
+        let client_identity = match (certificate, key) {
+            (Some(certificate_location), Some(key_location)) => Some(ClientIdentity {
+                certificate_location,
+                key_location,
+            }),
+            (None, None) => None,
+            (Some(c), None) => {
+                return Err(invalid(
+                    KAFKA_SSL_CERTIFICATE_LOCATION,
+                    &c.display().to_string(),
+                    "it together with KAFKA_SSL_KEY_LOCATION (the certificate's private key), or neither",
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(invalid(
+                    KAFKA_SSL_KEY_LOCATION,
+                    &k.display().to_string(),
+                    "it together with KAFKA_SSL_CERTIFICATE_LOCATION (the client certificate), or neither",
+                ));
+            }
+        };
+        Some(TlsConfig {
+            ca_location: set(KAFKA_SSL_CA_LOCATION).map(PathBuf::from),
+            client_identity,
+            verify_hostname,
+        })
+    } else {
+        if let Some(var) = tls_vars.into_iter().find(|v| set(*v).is_some()) {
+            return Err(unused(var, "TLS"));
+        }
+        None
+    };
+    Ok(SecurityConfig {
+        protocol,
+        sasl,
+        tls,
+    })
+}
+
+fn parse_sasl(sources: &Sources<'_>) -> Result<SaslConfig, ConfigError> {
+    let value = sources.value(KAFKA_SASL_MECHANISM);
+    let mechanism = match value.to_ascii_uppercase().as_str() {
+        "PLAIN" => SaslMechanism::Plain,
+        "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
+        "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+        _ => {
+            return Err(invalid(
+                KAFKA_SASL_MECHANISM,
+                &value,
+                "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+            ));
+        }
+    };
+    let username = sources.value(KAFKA_SASL_USERNAME);
+    if username.is_empty() {
+        return Err(invalid(
+            KAFKA_SASL_USERNAME,
+            "",
+            "the SASL user name, since KAFKA_SECURITY_PROTOCOL uses SASL",
+        ));
+    }
+    // The password is taken as it is, untrimmed: spaces may be part of it.
+    let from_variable = sources
+        .untrimmed(KAFKA_SASL_PASSWORD)
+        .filter(|p| !p.is_empty());
+    let file = sources
+        .raw(KAFKA_SASL_PASSWORD_FILE)
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from);
+    let (password, password_source) = match (from_variable, file) {
+        (Some(_), Some(file)) => {
+            return Err(invalid(
+                KAFKA_SASL_PASSWORD_FILE,
+                &file.display().to_string(),
+                "either KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both; unset one",
+            ));
+        }
+        (Some(p), None) => (p, PasswordSource::Variable),
+        (None, Some(file)) => (read_password_file(&file)?, PasswordSource::File(file)),
+        (None, None) => {
+            return Err(invalid(
+                KAFKA_SASL_PASSWORD,
+                "",
+                "the SASL password in KAFKA_SASL_PASSWORD or a file named by                  KAFKA_SASL_PASSWORD_FILE, since KAFKA_SECURITY_PROTOCOL uses SASL",
+            ));
+        }
+    };
+    Ok(SaslConfig {
+        mechanism,
+        username,
+        password: Secret(password),
+        password_source,
+    })
+}
+
+/// Reads the password file once, at start; a trailing newline (as `echo` writes, or a text
+/// editor) is not part of the password.
+fn read_password_file(path: &Path) -> Result<String, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read(path).map_err(|e| {
+        invalid(
+            KAFKA_SASL_PASSWORD_FILE,
+            &shown,
+            format!("a readable file holding the SASL password ({e})"),
+        )
+    })?;
+    let text = String::from_utf8(text).map_err(|_| {
+        invalid(
+            KAFKA_SASL_PASSWORD_FILE,
+            &shown,
+            "a file holding the SASL password as UTF-8 text",
+        )
+    })?;
+    let password = text.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        return Err(invalid(
+            KAFKA_SASL_PASSWORD_FILE,
+            &shown,
+            "a file holding the SASL password; this one is empty",
+        ));
+    }
+    Ok(password)
+}
+
 /// Decodes `%XX` escapes as SQLAlchemy does, leaving malformed ones as they are; `None` when
 /// the result is not UTF-8 or holds a NUL, which no file name can.
 fn percent_decode(text: &str) -> Option<String> {
@@ -755,6 +1171,230 @@ mod tests {
         assert_eq!(config.fetch_max_wait, Duration::from_millis(40));
         assert_eq!(config.client_id, "provision-worker");
         assert_eq!(config.metrics_addr, None);
+        assert_eq!(config.security, SecurityConfig::plaintext());
+        assert_eq!(config.dlq_max_bytes, 1_000_000);
+    }
+
+    #[test]
+    fn sasl_ssl_with_scram_and_mutual_tls() {
+        let config = load(&[
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", " p w "),
+            ("KAFKA_SSL_CA_LOCATION", "/etc/ca.pem"),
+            ("KAFKA_SSL_CERTIFICATE_LOCATION", "/etc/client.pem"),
+            ("KAFKA_SSL_KEY_LOCATION", "/etc/client.key"),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION", "NONE"),
+        ])
+        .unwrap();
+        let security = config.security;
+        assert_eq!(security.protocol, SecurityProtocol::SaslSsl);
+        let sasl = security.sasl.unwrap();
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
+        assert_eq!(sasl.username, "alice");
+        assert_eq!(sasl.password.expose(), " p w ", "passwords are not trimmed");
+        assert_eq!(sasl.password_source, PasswordSource::Variable);
+        let tls = security.tls.unwrap();
+        assert_eq!(tls.ca_location, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            tls.client_identity,
+            Some(ClientIdentity {
+                certificate_location: PathBuf::from("/etc/client.pem"),
+                key_location: PathBuf::from("/etc/client.key"),
+            })
+        );
+        assert!(!tls.verify_hostname);
+    }
+
+    #[test]
+    fn sasl_defaults_to_plain_and_ssl_to_hostname_checks_and_built_in_roots() {
+        let config = load(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("KAFKA_SASL_USERNAME", "bob"),
+            ("KAFKA_SASL_PASSWORD", "pw"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.security.sasl.unwrap().mechanism,
+            SaslMechanism::Plain
+        );
+        assert_eq!(config.security.tls, None);
+        let config = load(&[("KAFKA_SECURITY_PROTOCOL", "SSL")]).unwrap();
+        assert_eq!(config.security.sasl, None);
+        assert_eq!(
+            config.security.tls,
+            Some(TlsConfig {
+                ca_location: None,
+                client_identity: None,
+                verify_hostname: true,
+            })
+        );
+    }
+
+    #[test]
+    fn password_file_is_read_once_with_its_trailing_newline_stripped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret \r\n").unwrap();
+        let path = file.to_str().unwrap();
+        let config = load(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD_FILE", path),
+        ])
+        .unwrap();
+        let sasl = config.security.sasl.unwrap();
+        assert_eq!(sasl.password.expose(), "s3cret ");
+        assert_eq!(sasl.password_source, PasswordSource::File(file.clone()));
+
+        let both = load(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "x"),
+            ("KAFKA_SASL_PASSWORD_FILE", path),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("not both"), "{both}");
+
+        let missing = dir.path().join("absent");
+        let err = load(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD_FILE", missing.to_str().unwrap()),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("invalid KAFKA_SASL_PASSWORD_FILE="),
+            "{err}"
+        );
+        assert!(err.contains("readable file"), "{err}");
+    }
+
+    #[test]
+    fn security_settings_that_do_not_fit_together_are_refused() {
+        // (variables, the variable the error names, a fragment of what it says to do)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
+            (
+                &[("KAFKA_SECURITY_PROTOCOL", "TLS")],
+                "KAFKA_SECURITY_PROTOCOL",
+                "SASL_SSL",
+            ),
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                    ("KAFKA_SASL_PASSWORD", "x"),
+                ],
+                "KAFKA_SASL_USERNAME",
+                "user name",
+            ),
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                    ("KAFKA_SASL_USERNAME", "a"),
+                ],
+                "KAFKA_SASL_PASSWORD",
+                "KAFKA_SASL_PASSWORD_FILE",
+            ),
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                    ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+                ],
+                "KAFKA_SASL_MECHANISM",
+                "SCRAM-SHA-512",
+            ),
+            (
+                &[("KAFKA_SASL_USERNAME", "a")],
+                "KAFKA_SASL_USERNAME",
+                "SASL_SSL",
+            ),
+            (
+                &[("KAFKA_SASL_MECHANISM", "PLAIN")],
+                "KAFKA_SASL_MECHANISM",
+                "SASL",
+            ),
+            (
+                &[("KAFKA_SSL_CA_LOCATION", "/ca.pem")],
+                "KAFKA_SSL_CA_LOCATION",
+                "SSL or SASL_SSL",
+            ),
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+                    ("KAFKA_SASL_USERNAME", "a"),
+                    ("KAFKA_SASL_PASSWORD", "b"),
+                    ("KAFKA_SSL_CA_LOCATION", "/ca.pem"),
+                ],
+                "KAFKA_SSL_CA_LOCATION",
+                "SSL or SASL_SSL",
+            ),
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+                    ("KAFKA_SSL_CERTIFICATE_LOCATION", "/c.pem"),
+                ],
+                "KAFKA_SSL_CERTIFICATE_LOCATION",
+                "KAFKA_SSL_KEY_LOCATION",
+            ),
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+                    ("KAFKA_SSL_KEY_LOCATION", "/k.pem"),
+                ],
+                "KAFKA_SSL_KEY_LOCATION",
+                "KAFKA_SSL_CERTIFICATE_LOCATION",
+            ),
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+                    ("KAFKA_SSL_ENDPOINT_IDENTIFICATION", "yes"),
+                ],
+                "KAFKA_SSL_ENDPOINT_IDENTIFICATION",
+                "none",
+            ),
+            (
+                &[("KAFKA_DLQ_MAX_BYTES", "1023")],
+                "KAFKA_DLQ_MAX_BYTES",
+                "1024 to 16777216",
+            ),
+            (
+                &[("KAFKA_DLQ_MAX_BYTES", "16777217")],
+                "KAFKA_DLQ_MAX_BYTES",
+                "1024",
+            ),
+        ];
+        for (vars, name, fragment) in cases {
+            let err = load(vars)
+                .expect_err(&format!("{vars:?} accepted"))
+                .to_string();
+            assert!(
+                err.starts_with(&format!("invalid {name}=")),
+                "{vars:?}: {err}"
+            );
+            assert!(err.contains(fragment), "{vars:?}: {err}");
+            assert!(!err.ends_with('.'), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output_or_errors() {
+        let config = load(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "hunter2-secret"),
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let err = load(&[("KAFKA_SASL_PASSWORD", "hunter2-secret")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2-secret"), "{err}");
     }
 
     #[test]
@@ -778,6 +1418,16 @@ mod tests {
             ("KAFKA_FETCH_MAX_WAIT_MS", "40"),
             ("KAFKA_CLIENT_ID", "provision-worker"),
             ("METRICS_ADDR", ""),
+            ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("KAFKA_SASL_USERNAME", ""),
+            ("KAFKA_SASL_PASSWORD", ""),
+            ("KAFKA_SASL_PASSWORD_FILE", ""),
+            ("KAFKA_SSL_CA_LOCATION", ""),
+            ("KAFKA_SSL_CERTIFICATE_LOCATION", ""),
+            ("KAFKA_SSL_KEY_LOCATION", ""),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION", "https"),
+            ("KAFKA_DLQ_MAX_BYTES", "1000000"),
         ];
         let actual: Vec<(&str, &str)> = VARIABLES.iter().map(|&(n, d, _)| (n, d)).collect();
         assert_eq!(actual, expected);

@@ -595,6 +595,7 @@ fn settings(bootstrap: &str, group: &str, topic: &str, start_from: StartFrom) ->
         fetch_max_wait: FETCH_MAX_WAIT,
         request_timeout: REQUEST_TIMEOUT,
         start_from,
+        security: Default::default(),
     }
 }
 

@@ -69,6 +69,7 @@ impl Admin {
                 settings.bootstrap.clone(),
                 &settings.client_id,
                 settings.request_timeout,
+                settings.security.clone(),
             ),
             group_id: settings.group_id.clone(),
             topic: settings.topic.clone(),

@@ -4,6 +4,7 @@
 //! connection to each broker it talks to. A failed connection is dropped and opened again
 //! on next use, so every caller's retry is also a reconnect.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::messages::{
@@ -12,6 +13,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::conn::Connection;
+use super::security::Security;
 use super::{KafkaError, Partition};
 
 const METADATA_VERSIONS: (i16, i16) = (1, 9);
@@ -29,6 +31,8 @@ pub struct Cluster {
     bootstrap: Vec<String>,
     client_id: String,
     timeout: Duration,
+    /// Applied to every connection this cluster opens.
+    security: Arc<Security>,
     /// Broker id to "host:port", from the last metadata answer.
     brokers: HashMap<i32, String>,
     /// Partition to the id of its leader, from the last metadata answer.
@@ -38,11 +42,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(bootstrap: Vec<String>, client_id: &str, timeout: Duration) -> Cluster {
+    pub fn new(
+        bootstrap: Vec<String>,
+        client_id: &str,
+        timeout: Duration,
+        security: Arc<Security>,
+    ) -> Cluster {
         Cluster {
             bootstrap,
             client_id: client_id.to_owned(),
             timeout,
+            security,
             brokers: HashMap::new(),
             leaders: HashMap::new(),
             conns: HashMap::new(),
@@ -67,7 +77,7 @@ impl Cluster {
         candidates.extend(self.bootstrap.iter().cloned());
         let mut details = Vec::new();
         for addr in candidates {
-            match Connection::open(&addr, &self.client_id, self.timeout) {
+            match Connection::open(&addr, &self.client_id, self.timeout, &self.security) {
                 Ok(conn) => {
                     self.conns.insert(addr.clone(), conn);
                     return self.to(&addr);
@@ -84,7 +94,7 @@ impl Cluster {
     /// The connection to one broker, opened if needed.
     pub fn to(&mut self, addr: &str) -> Result<&mut Connection, KafkaError> {
         if !self.conns.contains_key(addr) {
-            let conn = Connection::open(addr, &self.client_id, self.timeout)?;
+            let conn = Connection::open(addr, &self.client_id, self.timeout, &self.security)?;
             self.conns.insert(addr.to_owned(), conn);
         }
         self.conns

@@ -15,6 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use super::KafkaError;
+use super::security::Security;
 
 /// The largest response we accept; anything bigger is a corrupt length prefix.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -32,7 +33,12 @@ pub struct Connection {
 
 impl Connection {
     /// Connects and learns the broker's API versions.
-    pub fn open(addr: &str, client_id: &str, timeout: Duration) -> Result<Connection, KafkaError> {
+    pub fn open(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+        _security: &Security,
+    ) -> Result<Connection, KafkaError> {
         let io = |source| KafkaError::Io {
             broker: addr.to_owned(),
             what: "connect",

@@ -3,11 +3,13 @@
 //! It keeps the fetch position of every assigned partition. It never commits on its own:
 //! the caller says what to commit, after its work is durable.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cluster::{Cluster, TopicState};
 use super::fetch::{self, Message};
 use super::group::{Group, GroupSettings, Heartbeat};
+use super::security::Security;
 use super::{KafkaError, Offset, Partition, StartFrom};
 
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct ConsumerSettings {
     /// Deadline for ordinary requests (metadata, commits, heartbeats).
     pub request_timeout: Duration,
     pub start_from: StartFrom,
+    /// TLS and SASL for every connection (bootstrap, brokers, coordinator).
+    pub security: Arc<Security>,
 }
 
 /// What the group side asks of the caller.
@@ -58,6 +62,7 @@ impl Consumer {
             settings.bootstrap.clone(),
             &settings.client_id,
             settings.request_timeout,
+            settings.security.clone(),
         );
         let group = Group::new(GroupSettings {
             group_id: settings.group_id.clone(),

@@ -22,6 +22,7 @@ mod consumer;
 mod fetch;
 mod group;
 mod producer;
+mod security;
 
 use std::fmt;
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use consumer::{Assignment, Consumer, ConsumerSettings, GroupSignal};
 pub use fetch::Message;
 pub use group::{Generation, assign_range, encode_offset_commit};
 pub use producer::DeadLetterProducer;
+pub use security::Security;
 
 /// A partition number of the one topic the worker consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

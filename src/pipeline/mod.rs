@@ -225,6 +225,7 @@ pub fn consumer_settings(config: &Config) -> ConsumerSettings {
             OffsetReset::Earliest => StartFrom::Earliest,
             OffsetReset::Latest => StartFrom::Latest,
         },
+        security: Default::default(),
     }
 }
 
