@@ -38,6 +38,9 @@ pub struct Message {
     pub offset: Offset,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
+    /// The value's length in the log. Equal to `value`'s length, except for a record too
+    /// large to hold, whose `value` is only its first bytes.
+    pub value_len: usize,
     pub headers: Vec<(String, Option<Bytes>)>,
     pub timestamp_ms: i64,
 }
@@ -356,6 +359,7 @@ fn decode_records(partition: Partition, batch: &Bytes) -> Result<Vec<Message>, K
             partition,
             offset: Offset(base_offset + offset_delta),
             key,
+            value_len: value.as_ref().map_or(0, Bytes::len),
             value,
             headers,
             timestamp_ms: if log_append_time {

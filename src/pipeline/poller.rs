@@ -85,6 +85,8 @@ struct DeadLetter {
     reason: String,
     key: Option<bytes::Bytes>,
     value: bytes::Bytes,
+    /// The value's length in the log; `value` may be only its first bytes.
+    original_len: usize,
 }
 
 /// The loop's own state, separate from what it was given.
@@ -308,6 +310,7 @@ impl Run {
                     reason: rejected.reason.to_string(),
                     key: m.key,
                     value,
+                    original_len: m.value_len,
                 },
             };
             self.buffer.push_back(Job {
@@ -552,7 +555,12 @@ impl Run {
                 self.tracker.finished(d.partition, d.offset);
             }
             JobResult::Dropped => self.tracker.dropped(d.partition, d.offset),
-            JobResult::Rejected { reason, key, value } => {
+            JobResult::Rejected {
+                reason,
+                key,
+                value,
+                original_len,
+            } => {
                 if self.p.settings.dlq_topic.is_some() {
                     self.pending_dead_letters.push_back(DeadLetter {
                         partition: d.partition,
@@ -561,6 +569,7 @@ impl Run {
                         reason,
                         key,
                         value,
+                        original_len,
                     });
                 } else {
                     log::warn!(
@@ -623,9 +632,10 @@ impl Run {
                 }
                 Err(e) => {
                     log::error!(
-                        "Could not dead-letter the message at partition {} offset {}: {e}; retrying in {:?} (its offset stays uncommitted)",
+                        "Could not dead-letter the message at partition {} offset {} ({} bytes): {e}; retrying in {:?} (its offset stays uncommitted)",
                         dl.partition,
                         dl.offset,
+                        dl.original_len,
                         self.dead_letter_backoff
                     );
                     self.dead_letter_retry_at = Instant::now() + self.dead_letter_backoff;

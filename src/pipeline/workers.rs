@@ -36,6 +36,8 @@ pub enum Work {
         reason: String,
         key: Option<Bytes>,
         value: Bytes,
+        /// The value's length in the log (`value` may be only its first bytes).
+        original_len: usize,
     },
 }
 
@@ -57,6 +59,7 @@ pub enum JobResult {
         reason: String,
         key: Option<Bytes>,
         value: Bytes,
+        original_len: usize,
     },
     /// Not done by us (revoked before it started, or aborted by shutdown).
     Dropped,
@@ -119,9 +122,15 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
                     reason,
                     key,
                     value,
+                    original_len,
                 } => match provisioner.reject(request_id.as_deref(), &reason) {
                     Outcome::Aborted => JobResult::Dropped,
-                    _ => JobResult::Rejected { reason, key, value },
+                    _ => JobResult::Rejected {
+                        reason,
+                        key,
+                        value,
+                        original_len,
+                    },
                 },
             }
         };
