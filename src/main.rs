@@ -36,8 +36,14 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e.to_string()),
     };
     logging::init(config.log_level);
+    // The TLS files are read now: one that cannot be used is a bad configuration too.
+    let security = match pipeline::security(&config) {
+        Ok(s) => s,
+        Err(e) if command == Command::Check => return tools::check_bad_config(&e),
+        Err(e) => return usage_error(&e.to_string()),
+    };
     if !matches!(command, Command::Run) {
-        return tools::run(&config, command);
+        return tools::run(&config, security, command);
     }
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(1);
     let signalled = AtomicBool::new(false);
@@ -55,7 +61,7 @@ fn main() -> ExitCode {
         log::error!("cannot install the signal handler: {e}");
         return ExitCode::from(1);
     }
-    match pipeline::run(&config, shutdown_rx) {
+    match pipeline::run(&config, security, shutdown_rx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

@@ -8,21 +8,23 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::{Command, ResetTo};
-use crate::config::{Config, ConfigError, OffsetReset};
+use crate::config::{Config, OffsetReset, PasswordSource};
 use crate::kafka::admin::{Admin, GroupDescription, OutsideCommitError};
 use crate::kafka::{
-    Consumer, ConsumerSettings, DeadLetterProducer, KafkaError, Offset, Partition, StartFrom,
-    TopicState,
+    Consumer, ConsumerSettings, DeadLetterProducer, KafkaError, Offset, Partition, Security,
+    StartFrom, TopicState,
 };
 use crate::pipeline::consumer_settings;
 use crate::request::ProvisionRequest;
 use crate::store::{Store, StoreError};
 
-/// Runs one operator command and returns its exit code.
-pub fn run(config: &Config, command: Command) -> ExitCode {
+/// Runs one operator command and returns its exit code. `security` applies to every Kafka
+/// connection the command opens.
+pub fn run(config: &Config, security: Arc<Security>, command: Command) -> ExitCode {
     // INFO (the default) narrates the worker's progress, e.g. "database ... ready"; for a tool
     // that is noise around its result, which also goes to stdout. Warnings still show, and an
     // explicit DEBUG or TRACE is kept for troubleshooting.
@@ -35,13 +37,13 @@ pub fn run(config: &Config, command: Command) -> ExitCode {
             gpus,
             hours,
             request_id,
-        } => send(config, user, gpus, hours, request_id),
+        } => send(config, &security, user, gpus, hours, request_id),
         Command::Status {
             request_id,
             kubeconfig,
         } => status(config, &request_id, kubeconfig),
-        Command::Check => return check(config),
-        Command::Offsets { reset } => offsets(config, reset),
+        Command::Check => return check(config, &security),
+        Command::Offsets { reset } => offsets(config, &security, reset),
         Command::Run | Command::Help | Command::Version => {
             eprintln!("provision-worker: {command:?} is not an operator command");
             return ExitCode::from(2);
@@ -58,7 +60,8 @@ pub fn run(config: &Config, command: Command) -> ExitCode {
 
 /// `check` with a configuration that did not load: the first check fails, the others cannot
 /// run. Exit code 2, as for any bad configuration.
-pub fn check_bad_config(error: &ConfigError) -> ExitCode {
+/// `error` is a `ConfigError` or a TLS file that cannot be used (`SecurityError`).
+pub fn check_bad_config(error: &dyn fmt::Display) -> ExitCode {
     println!("FAIL configuration: {error}");
     for name in CHECKS.iter().skip(1) {
         println!("FAIL {name}: not checked (the configuration is invalid)");
@@ -114,6 +117,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn send(
     config: &Config,
+    security: &Arc<Security>,
     user: String,
     gpus: u32,
     hours: u32,
@@ -130,7 +134,7 @@ fn send(
     // As the backend does: the row first, so the worker always finds it.
     let store = Store::open(&config.database_path, 1).map_err(ToolError::Database)?;
     store.insert_pending(&req).map_err(ToolError::Database)?;
-    let mut producer = producer(config);
+    let mut producer = producer(config, security);
     // Keyed by request id: a re-sent request lands on the same partition, behind the first.
     let sent = producer.send(
         &config.topic,
@@ -200,28 +204,33 @@ fn status(config: &Config, request_id: &str, kubeconfig: bool) -> Result<(), Too
 }
 
 /// Runs every check once, printing `OK` or `FAIL` per line; exit code 0 only if all pass.
-fn check(config: &Config) -> ExitCode {
+fn check(config: &Config, security: &Arc<Security>) -> ExitCode {
     let mut lines: Vec<(&str, Result<String, String>)> = Vec::new();
     lines.push((
         CHECKS[0],
         Ok(format!(
-            "DATABASE_URL={}, KAFKA_BOOTSTRAP_SERVERS={}, topic {}, group {}",
+            "DATABASE_URL={}, KAFKA_BOOTSTRAP_SERVERS={}, topic {}, group {}, {}",
             config.database_url,
             config.bootstrap_servers.join(","),
             config.topic,
-            config.group_id
+            config.group_id,
+            describe_security(config)
         )),
     ));
     lines.push((CHECKS[1], check_database(&config.database_path)));
 
-    let settings = tool_settings(config);
+    let settings = tool_settings(config, security);
     let mut consumer = Consumer::new(settings.clone());
     match consumer.connect(Instant::now(), &|_| false) {
         Ok(_) => {
+            let session = match consumer.session_info() {
+                Ok(info) => info.to_string(),
+                Err(e) => format!("(could not describe the connection: {e})"),
+            };
             lines.push((
                 CHECKS[2],
                 Ok(format!(
-                    "a broker answers at {}",
+                    "a broker answers at {} ({session})",
                     settings.bootstrap.join(",")
                 )),
             ));
@@ -329,8 +338,12 @@ fn check_coordinator(settings: &ConsumerSettings) -> Result<String, String> {
     ))
 }
 
-fn offsets(config: &Config, reset: Option<ResetTo>) -> Result<(), ToolError> {
-    let settings = tool_settings(config);
+fn offsets(
+    config: &Config,
+    security: &Arc<Security>,
+    reset: Option<ResetTo>,
+) -> Result<(), ToolError> {
+    let settings = tool_settings(config, security);
     let mut consumer = Consumer::new(settings.clone());
     consumer
         .connect(Instant::now() + REQUEST_TIMEOUT, &|d| {
@@ -500,14 +513,52 @@ impl fmt::Display for ToolError {
 impl std::error::Error for ToolError {}
 
 /// The worker's consumer settings, with the tools' own request deadline.
-fn tool_settings(config: &Config) -> ConsumerSettings {
+fn tool_settings(config: &Config, security: &Arc<Security>) -> ConsumerSettings {
     ConsumerSettings {
         request_timeout: REQUEST_TIMEOUT,
-        ..consumer_settings(config)
+        ..consumer_settings(config, security)
     }
 }
 
-fn producer(config: &Config) -> DeadLetterProducer {
+/// "security SASL_SSL (SCRAM-SHA-512 as alice, password from file /run/...; CA file ...)":
+/// what is configured, never a secret.
+fn describe_security(config: &Config) -> String {
+    let s = &config.security;
+    let mut parts = Vec::new();
+    if let Some(sasl) = &s.sasl {
+        let password = match &sasl.password_source {
+            PasswordSource::Variable => "password set".to_owned(),
+            PasswordSource::File(path) => format!("password from file {}", path.display()),
+        };
+        parts.push(format!(
+            "{} as {}, {password}",
+            sasl.mechanism.as_str(),
+            sasl.username
+        ));
+    }
+    if let Some(tls) = &s.tls {
+        parts.push(match &tls.ca_location {
+            Some(ca) => format!("CAs from {}", ca.display()),
+            None => "built-in CA roots".to_owned(),
+        });
+        if let Some(id) = &tls.client_identity {
+            parts.push(format!(
+                "client certificate {}",
+                id.certificate_location.display()
+            ));
+        }
+        if !tls.verify_hostname {
+            parts.push("host names not verified".to_owned());
+        }
+    }
+    if parts.is_empty() {
+        format!("security {}", s.protocol.as_str())
+    } else {
+        format!("security {} ({})", s.protocol.as_str(), parts.join("; "))
+    }
+}
+
+fn producer(config: &Config, _security: &Arc<Security>) -> DeadLetterProducer {
     DeadLetterProducer::new(
         config.bootstrap_servers.clone(),
         &config.client_id,

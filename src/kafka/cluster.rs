@@ -3,9 +3,14 @@
 //! The cluster knows which broker leads each partition of the worker's topic and keeps a
 //! connection to each broker it talks to. A failed connection is dropped and opened again
 //! on next use, so every caller's retry is also a reconnect.
+//!
+//! A broker that refused us for a security reason (credentials, certificate) is not asked
+//! again at every retry of every caller: for a backoff (1 s, doubling to 10 s) the same
+//! refusal is returned without connecting, so a rotated password does not turn into a
+//! stream of failed logins in the broker's log.
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::{
     ApiKey, MetadataRequest, MetadataResponse, TopicName, metadata_request::MetadataRequestTopic,
@@ -17,6 +22,8 @@ use super::security::Security;
 use super::{KafkaError, Partition};
 
 const METADATA_VERSIONS: (i16, i16) = (1, 9);
+const REFUSAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// What the cluster says about the worker's topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +46,14 @@ pub struct Cluster {
     leaders: HashMap<Partition, i32>,
     /// Open connections by "host:port"; removed when they fail.
     conns: HashMap<String, Connection>,
+    /// Brokers that refused us for a security reason: not asked again before `retry_at`.
+    refused: HashMap<String, Refusal>,
+}
+
+struct Refusal {
+    retry_at: Instant,
+    backoff: Duration,
+    error: KafkaError,
 }
 
 impl Cluster {
@@ -56,6 +71,7 @@ impl Cluster {
             brokers: HashMap::new(),
             leaders: HashMap::new(),
             conns: HashMap::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -77,11 +93,14 @@ impl Cluster {
         candidates.extend(self.bootstrap.iter().cloned());
         let mut details = Vec::new();
         for addr in candidates {
-            match Connection::open(&addr, &self.client_id, self.timeout, &self.security) {
+            match self.open(&addr) {
                 Ok(conn) => {
                     self.conns.insert(addr.clone(), conn);
                     return self.to(&addr);
                 }
+                // Credentials or certificates the cluster refuses: every broker of it will
+                // say the same, and the operator needs this reason, not "unreachable".
+                Err(e) if e.is_security() => return Err(e),
                 Err(e) => details.push(short_reason(&addr, &e)),
             }
         }
@@ -91,10 +110,13 @@ impl Cluster {
         })
     }
 
-    /// The connection to one broker, opened if needed.
+    /// The connection to one broker, opened if needed (or if the last one broke).
     pub fn to(&mut self, addr: &str) -> Result<&mut Connection, KafkaError> {
+        if self.conns.get(addr).is_some_and(|c| !c.is_usable()) {
+            self.conns.remove(addr);
+        }
         if !self.conns.contains_key(addr) {
-            let conn = Connection::open(addr, &self.client_id, self.timeout, &self.security)?;
+            let conn = self.open(addr)?;
             self.conns.insert(addr.to_owned(), conn);
         }
         self.conns
@@ -103,6 +125,47 @@ impl Cluster {
                 broker: addr.to_owned(),
                 detail: "connection vanished".into(),
             })
+    }
+
+    /// What the connection to some broker negotiated (TLS, SASL), for `check`.
+    pub fn session_info(&mut self) -> Result<super::SessionInfo, KafkaError> {
+        Ok(self.any()?.session_info())
+    }
+
+    /// Opens a connection, unless the broker refused us for a security reason within the
+    /// backoff: then the same refusal, without asking it again.
+    fn open(&mut self, addr: &str) -> Result<Connection, KafkaError> {
+        let now = Instant::now();
+        if let Some(refusal) = self.refused.get(addr)
+            && now < refusal.retry_at
+            && let Some(e) = refusal.error.clone_security()
+        {
+            return Err(e);
+        }
+        match Connection::open(addr, &self.client_id, self.timeout, &self.security) {
+            Ok(conn) => {
+                if self.refused.remove(addr).is_some() {
+                    log::info!("Kafka broker {addr} accepts us again");
+                }
+                Ok(conn)
+            }
+            Err(e) => {
+                if let Some(copy) = e.clone_security() {
+                    let backoff = self.refused.get(addr).map_or(REFUSAL_BACKOFF_MIN, |r| {
+                        (r.backoff * 2).min(REFUSAL_BACKOFF_MAX)
+                    });
+                    self.refused.insert(
+                        addr.to_owned(),
+                        Refusal {
+                            retry_at: now + backoff,
+                            backoff,
+                            error: copy,
+                        },
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Forgets a connection after an error, so the next use reconnects.

@@ -1,12 +1,20 @@
-//! One TCP connection to one broker, carrying typed `kafka-protocol` requests.
+//! One connection to one broker, carrying typed `kafka-protocol` requests: plain TCP or
+//! TLS over TCP, authenticated with SASL when the security settings say so.
 //!
 //! Requests are strictly one at a time (send, then read the answer), which is all a single
 //! poller thread needs and keeps correlation trivial. Every read and write has a deadline,
 //! so a broker that stops answering turns into an error the caller retries, never a hang.
+//!
+//! SASL sessions with a lifetime (KIP-368, `connections.max.reauth.ms`) are renewed in band,
+//! on the same connection, as the Java client does: before a request is sent after 85 to 95 %
+//! of the lifetime has passed, SaslHandshake and SaslAuthenticate run again. Renewing in band
+//! keeps the TLS session, the broker's fetch state and the coordinator connection as they
+//! are; the requests are sequential, so there is never one in flight to wait for.
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -15,58 +23,70 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use super::KafkaError;
-use super::security::Security;
+use super::sasl;
+use super::security::{Security, SessionInfo};
+use super::tls::{self, Stream};
 
 /// The largest response we accept; anything bigger is a corrupt length prefix.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 pub struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: Stream,
     client_id: StrBytes,
     correlation_id: i32,
     /// The broker's supported version range per API key, learned once with ApiVersions.
     versions: HashMap<i16, (i16, i16)>,
     /// Read/write deadline for requests that are not long-polls.
     timeout: Duration,
+    /// The settings this connection was opened with; SASL needs them again to re-authenticate.
+    security: Arc<Security>,
+    /// When the SASL session must be renewed (KIP-368); `None`: it never expires.
+    reauthenticate_at: Option<Instant>,
+    /// The session lifetime the broker set at the last authentication, for `check`.
+    session_lifetime: Option<Duration>,
+    /// Set when a request failed in a way that leaves the stream unusable (I/O, a timeout
+    /// mid-answer, an undecodable answer, a failed re-authentication): the owner must open a
+    /// new connection instead of using this one again.
+    broken: bool,
 }
 
 impl Connection {
-    /// Connects and learns the broker's API versions.
+    /// Connects (with TLS when configured), learns the broker's API versions, and
+    /// authenticates (when SASL is configured).
     pub fn open(
         addr: &str,
         client_id: &str,
         timeout: Duration,
-        _security: &Security,
+        security: &Arc<Security>,
     ) -> Result<Connection, KafkaError> {
-        let io = |source| KafkaError::Io {
-            broker: addr.to_owned(),
-            what: "connect",
-            source,
-        };
-        let mut last = None;
-        let mut stream = None;
-        for sock in addr.to_socket_addrs().map_err(io)? {
-            match TcpStream::connect_timeout(&sock, timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
+        let tcp = tcp_connect(addr, timeout)?;
+        let stream = match security.tls() {
+            Some(tls) => match tls.connect(tcp, addr, timeout) {
+                Ok(s) => Stream::Tls(Box::new(s)),
+                // No TLS answer at all: find out whether a plaintext Kafka listener is there,
+                // so that the error can say which setting is wrong instead of "unreachable".
+                Err(e @ (KafkaError::Io { .. } | KafkaError::Timeout { .. })) => {
+                    if speaks_plaintext_kafka(addr, timeout) {
+                        return Err(KafkaError::WrongProtocol {
+                            broker: addr.to_owned(),
+                            reason: format!(
+                                "Kafka broker {addr} is a plaintext listener, but KAFKA_SECURITY_PROTOCOL={} asks for TLS: set it to {}, or use the broker's TLS listener",
+                                security.protocol(),
+                                if security.sasl().is_some() {
+                                    "SASL_PLAINTEXT"
+                                } else {
+                                    "PLAINTEXT"
+                                }
+                            ),
+                        });
+                    }
+                    return Err(e);
                 }
-                Err(e) => last = Some(e),
-            }
-        }
-        let stream = match (stream, last) {
-            (Some(s), _) => s,
-            (None, Some(e)) => return Err(io(e)),
-            (None, None) => {
-                return Err(io(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the host name resolved to no address",
-                )));
-            }
+                Err(e) => return Err(e),
+            },
+            None => Stream::Plain(tcp),
         };
-        // Requests are small and latency matters more than packet count.
-        stream.set_nodelay(true).map_err(io)?;
         let mut conn = Connection {
             addr: addr.to_owned(),
             stream,
@@ -74,9 +94,62 @@ impl Connection {
             correlation_id: 0,
             versions: HashMap::new(),
             timeout,
+            security: security.clone(),
+            reauthenticate_at: None,
+            session_lifetime: None,
+            broken: false,
         };
-        conn.learn_versions()?;
+        if let Err(e) = conn.learn_versions() {
+            // A TLS listener hangs up on a plaintext request: ask it for a TLS handshake to
+            // be sure, and then say so.
+            if !conn.is_tls()
+                && matches!(e, KafkaError::Io { .. })
+                && tls::speaks_tls(addr, timeout)
+            {
+                return Err(KafkaError::WrongProtocol {
+                    broker: addr.to_owned(),
+                    reason: format!(
+                        "Kafka broker {addr} is a TLS listener, but KAFKA_SECURITY_PROTOCOL={}: set it to {}",
+                        security.protocol(),
+                        if security.sasl().is_some() {
+                            "SASL_SSL"
+                        } else {
+                            "SSL (or SASL_SSL if the listener also wants SASL)"
+                        }
+                    ),
+                });
+            }
+            return Err(e);
+        }
+        if conn.security.sasl().is_some() {
+            conn.authenticate()?;
+        }
         Ok(conn)
+    }
+
+    /// False once a request failed in a way that leaves the stream unusable.
+    pub fn is_usable(&self) -> bool {
+        !self.broken
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        self.stream.tls().is_some()
+    }
+
+    /// What this connection negotiated: protocol, TLS version and cipher suite, the broker's
+    /// certificate, the SASL identity. Never the password.
+    pub fn session_info(&self) -> SessionInfo {
+        SessionInfo {
+            protocol: self.security.protocol(),
+            tls: self.stream.tls().map(tls::session_info),
+            sasl: self
+                .security
+                .sasl()
+                .map(|s| (s.username.clone(), s.mechanism.as_str())),
+            sasl_session_lifetime_ms: self
+                .session_lifetime
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -123,6 +196,86 @@ impl Connection {
         Req: Encodable + HeaderVersion,
         Resp: Decodable + HeaderVersion,
     {
+        if self
+            .reauthenticate_at
+            .is_some_and(|at| Instant::now() >= at)
+        {
+            self.authenticate()?;
+        }
+        self.exchange(key, version, request, timeout)
+    }
+
+    /// One request and its answer without looking at the SASL session: for the SASL
+    /// exchange itself.
+    pub(crate) fn call_unauthenticated<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Result<Resp, KafkaError>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        self.exchange(key, version, request, self.timeout)
+    }
+
+    /// Authenticates with SASL (first time or again) and schedules the renewal. A failure
+    /// leaves the connection unusable: brokers close it after a failed authentication.
+    fn authenticate(&mut self) -> Result<(), KafkaError> {
+        self.reauthenticate_at = None;
+        let security = self.security.clone();
+        let Some(settings) = security.sasl() else {
+            return Ok(());
+        };
+        let lifetime = sasl::authenticate(self, settings).inspect_err(|_| self.broken = true)?;
+        self.session_lifetime = lifetime;
+        self.reauthenticate_at = lifetime.map(|l| {
+            // Like the Java client: somewhere between 85 and 95 % of the lifetime, so that the
+            // connections of many clients do not all renew at the same moment.
+            let share = 0.85 + rand::random::<f64>() * 0.10;
+            Instant::now() + l.mul_f64(share)
+        });
+        if let Some(l) = lifetime {
+            log::debug!(
+                "SASL session with {} lasts {l:?}; renewing it before then",
+                self.addr
+            );
+        }
+        Ok(())
+    }
+
+    fn exchange<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, KafkaError>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        let result = self.exchange_once(key, version, request, timeout);
+        if let Err(e) = &result
+            && !matches!(e, KafkaError::UnsupportedVersion { .. })
+        {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn exchange_once<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, KafkaError>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
         let what = api_name(key);
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let correlation_id = self.correlation_id;
@@ -135,17 +288,34 @@ impl Connection {
             .map_err(|detail| self.protocol(format!("encoding {what} v{version}: {detail}")))?;
 
         self.stream
+            .tcp()
             .set_write_timeout(Some(timeout))
-            .and_then(|()| self.stream.set_read_timeout(Some(timeout)))
+            .and_then(|()| self.stream.tcp().set_read_timeout(Some(timeout)))
             .map_err(|source| self.io_error(what, timeout, source))?;
         self.stream
             .write_all(&frame)
+            .and_then(|()| self.stream.flush())
             .map_err(|source| self.io_error(what, timeout, source))?;
 
         let mut len = [0u8; 4];
         self.stream
             .read_exact(&mut len)
             .map_err(|source| self.io_error(what, timeout, source))?;
+        if !self.is_tls() && tls::looks_like_tls(&len) {
+            return Err(KafkaError::WrongProtocol {
+                broker: self.addr.clone(),
+                reason: format!(
+                    "Kafka broker {} answered in TLS, but KAFKA_SECURITY_PROTOCOL={}: set it to {}",
+                    self.addr,
+                    self.security.protocol(),
+                    if self.security.sasl().is_some() {
+                        "SASL_SSL"
+                    } else {
+                        "SSL (or SASL_SSL if the listener also wants SASL)"
+                    }
+                ),
+            });
+        }
         let len = i32::from_be_bytes(len);
         let len = usize::try_from(len)
             .ok()
@@ -184,6 +354,28 @@ impl Connection {
     }
 
     fn io_error(&self, what: &'static str, after: Duration, source: std::io::Error) -> KafkaError {
+        if let Some(tls) = self.security.tls()
+            && self.is_tls()
+        {
+            return tls.failure(&self.addr, what, after, source, false);
+        }
+        // A plaintext client whose very first request is hung up on may be talking to a TLS
+        // listener (which reads our request as a broken ClientHello). It stays an outage
+        // (retried: a restarting broker also hangs up), with the likelier cause attached.
+        let source = if self.versions.is_empty()
+            && matches!(
+                source.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) {
+            std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source}; if it is a TLS listener, set KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"
+                ),
+            )
+        } else {
+            source
+        };
         match source.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => KafkaError::Timeout {
                 broker: self.addr.clone(),
@@ -204,6 +396,70 @@ impl Connection {
             detail,
         }
     }
+}
+
+/// A TCP connection to `addr` (each address it resolves to, in turn), with no-delay and
+/// `timeout` as its read and write deadline.
+fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, KafkaError> {
+    let io = |source| KafkaError::Io {
+        broker: addr.to_owned(),
+        what: "connect",
+        source,
+    };
+    let mut last = None;
+    let mut stream = None;
+    for sock in addr.to_socket_addrs().map_err(io)? {
+        match TcpStream::connect_timeout(&sock, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let stream = match (stream, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) => return Err(io(e)),
+        (None, None) => {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the host name resolved to no address",
+            )));
+        }
+    };
+    // Requests are small and latency matters more than packet count.
+    stream.set_nodelay(true).map_err(io)?;
+    // The TLS handshake runs under the same deadline as any request.
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(io)?;
+    Ok(stream)
+}
+
+/// Whether a plaintext Kafka listener answers at `addr`: one ApiVersions v0 on a fresh
+/// connection. Only asked after a TLS handshake got no TLS answer, to explain it.
+fn speaks_plaintext_kafka(addr: &str, timeout: Duration) -> bool {
+    let probe = || -> Option<bool> {
+        let mut tcp = tcp_connect(addr, timeout.min(Duration::from_secs(2))).ok()?;
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::ApiVersions as i16)
+            .with_request_api_version(0)
+            .with_correlation_id(0x5a5a)
+            .with_client_id(Some(StrBytes::from_static_str("probe")));
+        let frame = encode_frame(
+            &header,
+            ApiVersionsRequest::header_version(0),
+            &ApiVersionsRequest::default(),
+            0,
+        )
+        .ok()?;
+        tcp.write_all(&frame).ok()?;
+        let mut head = [0u8; 8];
+        tcp.read_exact(&mut head).ok()?;
+        Some(head[4..8] == 0x5a5a_i32.to_be_bytes())
+    };
+    probe().unwrap_or(false)
 }
 
 /// Encodes `size | header | body` into one buffer. Public to the crate so tests can decode
@@ -241,6 +497,8 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
         ApiKey::ListOffsets => "ListOffsets",
         ApiKey::Fetch => "Fetch",
         ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
         _ => "a Kafka request",
     }
 }

@@ -98,6 +98,8 @@ impl Consumer {
         loop {
             match self.cluster.any() {
                 Ok(_) => return Ok(true),
+                // Credentials, certificates or the protocol are wrong: waiting will not help.
+                Err(e) if e.is_security() => return Err(e),
                 Err(e) => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -111,6 +113,12 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// What the connection to some broker negotiated (TLS version, cipher suite, the
+    /// broker's certificate, the SASL identity), for `check`.
+    pub fn session_info(&mut self) -> Result<super::SessionInfo, KafkaError> {
+        self.cluster.session_info()
     }
 
     /// Whether the topic exists, and its partitions.

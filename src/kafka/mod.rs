@@ -10,6 +10,9 @@
 //!   decoded with pure-Rust codecs (`codec`), control records and aborted transactions hidden.
 //! - `consumer`: the facade the poller drives: join, start positions, fetch, commit, leave.
 //! - `producer`: single records with key, value and headers, acks=all (rustfs-kafka).
+//! - `security`: the TLS and SASL settings every connection applies (`Security`); `tls`
+//!   (rustls on ring: trust roots, mutual TLS, errors in words) and `sasl` (SaslHandshake,
+//!   SaslAuthenticate, PLAIN and SCRAM, re-authentication) do the work inside `conn`.
 //!
 //! Why not rustfs-kafka for everything: its consumer does not join groups, its commits carry
 //! generation -1 (rejected by real brokers for active groups), its fetch is hard-wired to
@@ -22,7 +25,9 @@ mod consumer;
 mod fetch;
 mod group;
 mod producer;
+mod sasl;
 mod security;
+mod tls;
 
 use std::fmt;
 use std::time::Duration;
@@ -32,7 +37,10 @@ pub use consumer::{Assignment, Consumer, ConsumerSettings, GroupSignal};
 pub use fetch::Message;
 pub use group::{Generation, assign_range, encode_offset_commit};
 pub use producer::DeadLetterProducer;
-pub use security::Security;
+pub use security::{
+    ClientIdentity, Password, SaslMechanism, SaslSettings, Security, SecurityError, SessionInfo,
+    TlsSettings,
+};
 
 /// A partition number of the one topic the worker consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -97,16 +105,90 @@ pub enum KafkaError {
         topic: String,
         detail: String,
     },
+    /// The broker refused our SASL credentials (wrong password, unknown user).
+    Authentication {
+        broker: String,
+        user: String,
+        mechanism: &'static str,
+        /// The broker's own words (SaslAuthenticate's error message).
+        message: String,
+    },
+    /// The broker does not enable the SASL mechanism we are configured for.
+    SaslMechanism {
+        broker: String,
+        wanted: &'static str,
+        /// What the broker's SaslHandshake answer lists.
+        enabled: Vec<String>,
+    },
+    /// TLS failed: an untrusted, expired or misnamed broker certificate, or the broker
+    /// refused ours. `reason` is a sentence that names the cause and what to do.
+    Tls { broker: String, reason: String },
+    /// Our `KAFKA_SECURITY_PROTOCOL` does not match the listener (plaintext against TLS,
+    /// SASL against a listener without it, ...). `reason` suggests the right setting.
+    WrongProtocol { broker: String, reason: String },
 }
 
 impl KafkaError {
     /// True when the broker could not be reached or the connection failed: an outage,
     /// as opposed to an answer we did not like.
+    ///
+    /// A TLS or SASL failure counts as one: mid-run it is an outage like any other (offsets
+    /// held, retried with backoff, recovery logged), for credentials rotated at the broker or
+    /// a certificate renewed badly may well be put right while the worker waits.
     pub fn is_connection(&self) -> bool {
         matches!(
             self,
             KafkaError::Unreachable { .. } | KafkaError::Io { .. } | KafkaError::Timeout { .. }
+        ) || self.is_security()
+    }
+
+    /// True for a TLS or SASL failure (credentials, certificates, protocol mismatch): at
+    /// start-up it will not clear by itself, so it is reported at once instead of being
+    /// retried for the whole start-up timeout.
+    pub fn is_security(&self) -> bool {
+        matches!(
+            self,
+            KafkaError::Authentication { .. }
+                | KafkaError::SaslMechanism { .. }
+                | KafkaError::Tls { .. }
+                | KafkaError::WrongProtocol { .. }
         )
+    }
+
+    /// A copy of a security failure (they hold only text), so that a connection refused
+    /// for it can be refused again during its backoff without asking the broker.
+    pub(crate) fn clone_security(&self) -> Option<KafkaError> {
+        match self {
+            KafkaError::Authentication {
+                broker,
+                user,
+                mechanism,
+                message,
+            } => Some(KafkaError::Authentication {
+                broker: broker.clone(),
+                user: user.clone(),
+                mechanism,
+                message: message.clone(),
+            }),
+            KafkaError::SaslMechanism {
+                broker,
+                wanted,
+                enabled,
+            } => Some(KafkaError::SaslMechanism {
+                broker: broker.clone(),
+                wanted,
+                enabled: enabled.clone(),
+            }),
+            KafkaError::Tls { broker, reason } => Some(KafkaError::Tls {
+                broker: broker.clone(),
+                reason: reason.clone(),
+            }),
+            KafkaError::WrongProtocol { broker, reason } => Some(KafkaError::WrongProtocol {
+                broker: broker.clone(),
+                reason: reason.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// True when the group moved on without us (rebalance, stale generation, unknown
@@ -129,6 +211,11 @@ impl KafkaError {
             | KafkaError::Io { .. }
             | KafkaError::Timeout { .. }
             | KafkaError::Produce { .. } => true,
+            // Retried mid-run (see `is_connection`); start-up stops at once (`is_security`).
+            KafkaError::Authentication { .. }
+            | KafkaError::SaslMechanism { .. }
+            | KafkaError::Tls { .. }
+            | KafkaError::WrongProtocol { .. } => true,
             KafkaError::Broker { code, .. } => {
                 kafka_protocol::error::ResponseError::try_from_code(*code)
                     .is_some_and(|e| e.is_retriable())
@@ -201,6 +288,43 @@ impl fmt::Display for KafkaError {
                 f,
                 "cannot decode a {codec} record batch: {detail} (supported codecs: none, gzip, snappy, lz4, zstd)"
             ),
+            // Exactly this sentence (the README and the tests rely on it): the broker's words
+            // say what is wrong, and what to do is plain (fix the user name or password).
+            KafkaError::Authentication {
+                user,
+                mechanism,
+                message,
+                ..
+            } => write!(
+                f,
+                "authentication failed for user {user} with {mechanism}: {message}"
+            ),
+            KafkaError::SaslMechanism {
+                broker,
+                wanted,
+                enabled,
+            } => {
+                if enabled.iter().any(|m| m == wanted) {
+                    // Seen from brokers whose listener has no SASL configured at all.
+                    write!(
+                        f,
+                        "Kafka broker {broker} refused SASL mechanism {wanted} although it lists it: does this listener use SASL? if not, set KAFKA_SECURITY_PROTOCOL to PLAINTEXT or SSL"
+                    )
+                } else if enabled.is_empty() {
+                    write!(
+                        f,
+                        "Kafka broker {broker} does not enable SASL mechanism {wanted}, nor any other: does its listener use SASL at all?"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "Kafka broker {broker} does not enable SASL mechanism {wanted}; it enables {}: set KAFKA_SASL_MECHANISM to one of them",
+                        enabled.join(", ")
+                    )
+                }
+            }
+            KafkaError::Tls { reason, .. } => write!(f, "TLS: {reason}"),
+            KafkaError::WrongProtocol { reason, .. } => write!(f, "{reason}"),
         }
     }
 }

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::config::{Config, OffsetReset};
+use crate::config::{Config, OffsetReset, PasswordSource, SaslMechanism};
 use crate::kafka::{
-    Consumer, ConsumerSettings, DeadLetterProducer, KafkaError, StartFrom, TopicState,
+    self, ClientIdentity, Consumer, ConsumerSettings, DeadLetterProducer, KafkaError, Password,
+    SaslSettings, Security, SecurityError, StartFrom, TlsSettings, TopicState,
 };
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
@@ -45,6 +46,9 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Database(e) => write!(f, "database: {e}"),
+            // A TLS or SASL failure is its own sentence, e.g. "authentication failed for user
+            // alice with SCRAM-SHA-512: ...", which operators and scripts look for as it is.
+            RunError::Kafka(e) if e.is_security() => write!(f, "{e}"),
             RunError::Kafka(e) => write!(f, "kafka: {e}"),
             RunError::Thread(e) => write!(f, "cannot start a thread: {e}"),
             RunError::Metrics { addr, source } => write!(
@@ -62,8 +66,13 @@ impl std::error::Error for RunError {}
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the worker until `shutdown` receives (or its sender is dropped), then drains,
-/// commits, leaves the group and returns.
-pub fn run(config: &Config, shutdown: Receiver<()>) -> Result<(), RunError> {
+/// commits, leaves the group and returns. `security` comes from [`security`], built once at
+/// start (a TLS file that cannot be used is a configuration error, found before this).
+pub fn run(
+    config: &Config,
+    security: Arc<Security>,
+    shutdown: Receiver<()>,
+) -> Result<(), RunError> {
     log::info!("Connecting to database: {}", config.database_url);
     // Writes all go through the store's one write connection; the pool only serves reads
     // (start-up checks, the health check), so two connections are plenty.
@@ -100,7 +109,7 @@ pub fn run(config: &Config, shutdown: Receiver<()>) -> Result<(), RunError> {
         config.bootstrap_servers.join(","),
         config.topic
     );
-    let mut consumer = Consumer::new(consumer_settings(config));
+    let mut consumer = Consumer::new(consumer_settings(config, &security));
     let deadline = Instant::now() + config.startup_timeout;
     let cancelled = |wait: Duration| shutdown.recv_timeout(wait).is_ok();
     if !consumer
@@ -210,7 +219,41 @@ fn open_store(
     }
 }
 
-pub fn consumer_settings(config: &Config) -> ConsumerSettings {
+/// The Kafka layer's security settings from the configuration: the TLS files are read and
+/// checked now, so one that cannot be used is reported at start, naming its variable.
+pub fn security(config: &Config) -> Result<Arc<Security>, SecurityError> {
+    let tls = config.security.tls.as_ref().map(|t| TlsSettings {
+        ca_location: t.ca_location.clone(),
+        client_identity: t.client_identity.as_ref().map(|c| ClientIdentity {
+            certificate_location: c.certificate_location.clone(),
+            key_location: c.key_location.clone(),
+        }),
+        verify_hostname: t.verify_hostname,
+    });
+    let sasl = config.security.sasl.as_ref().map(|s| SaslSettings {
+        mechanism: match s.mechanism {
+            SaslMechanism::Plain => kafka::SaslMechanism::Plain,
+            SaslMechanism::ScramSha256 => kafka::SaslMechanism::ScramSha256,
+            SaslMechanism::ScramSha512 => kafka::SaslMechanism::ScramSha512,
+        },
+        username: s.username.clone(),
+        password: match &s.password_source {
+            PasswordSource::Variable => Password::fixed(s.password.expose().to_owned()),
+            PasswordSource::File(path) => {
+                Password::from_file(path.clone(), s.password.expose().to_owned())
+            }
+        },
+    });
+    let security = Security::new(tls, sasl)?;
+    if security.skips_hostname_verification() {
+        log::warn!(
+            "KAFKA_SSL_ENDPOINT_IDENTIFICATION=none: broker certificates are checked against the trusted CAs but not against the brokers' host names, so any holder of a certificate from those CAs can pose as the broker; use this only for testing"
+        );
+    }
+    Ok(Arc::new(security))
+}
+
+pub fn consumer_settings(config: &Config, security: &Arc<Security>) -> ConsumerSettings {
     ConsumerSettings {
         bootstrap: config.bootstrap_servers.clone(),
         client_id: config.client_id.clone(),
@@ -225,7 +268,7 @@ pub fn consumer_settings(config: &Config) -> ConsumerSettings {
             OffsetReset::Earliest => StartFrom::Earliest,
             OffsetReset::Latest => StartFrom::Latest,
         },
-        security: Default::default(),
+        security: security.clone(),
     }
 }
 
