@@ -9,6 +9,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # PIP_ROOT_USER_ACTION quiets the warning about installing as root (CI runs as root).
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
     -r tests/requirements.txt
+# The TLS tests put stunnel4 (OpenSSL) in front of the test broker and convert keys with the
+# openssl command; installed here when missing, so a fresh machine (CI) has them.
+if ! command -v stunnel4 >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing stunnel4 and openssl" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 openssl >/dev/null
+    else
+        echo "test.sh: stunnel4 and openssl are needed by tests/security.rs; install them (apt-get install -y stunnel4 openssl)" >&2
+        exit 1
+    fi
+fi
 TANSU_BIN="$(scripts/kafka-up.sh --path)"
 export TANSU_BIN
 echo "test.sh: using tansu at $TANSU_BIN" >&2

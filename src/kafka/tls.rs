@@ -213,6 +213,11 @@ impl TlsContext {
                     "the broker at {addr} refused our client certificate (alert: {}): check that KAFKA_SSL_CERTIFICATE_LOCATION holds a certificate the broker's CA signed, and that it has not expired",
                     alert_words(*alert)
                 )),
+                // OpenSSL's answer to a client certificate whose issuer has the name of a
+                // trusted CA but not its key.
+                AlertDescription::DecryptError if self.has_client_identity => tls(format!(
+                    "the broker at {addr} refused our client certificate (alert: decrypt error): check that KAFKA_SSL_CERTIFICATE_LOCATION holds a certificate the broker's CA signed"
+                )),
                 AlertDescription::ProtocolVersion => tls(format!(
                     "the broker at {addr} speaks no TLS version we do (we speak TLS 1.2 and 1.3)"
                 )),

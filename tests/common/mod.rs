@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod secure;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
