@@ -674,6 +674,40 @@ fn operator_commands_work_over_sasl_ssl() {
     assert_eq!(worker.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
 
+#[test]
+fn the_systemd_unit_passes_the_sasl_password_as_a_credential_file() {
+    let unit = std::fs::read_to_string(common::repo_root().join("deploy/provision-worker.service"))
+        .expect("read the unit");
+    let wanted = [
+        "#LoadCredential=kafka-sasl-password:/etc/provision-worker/kafka-sasl-password",
+        "#Environment=KAFKA_SASL_PASSWORD_FILE=%d/kafka-sasl-password",
+    ];
+    for line in wanted {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line:?}");
+    }
+    // Uncommented as the header says, systemd accepts it.
+    let dir = tempfile::tempdir().expect("dir");
+    let enabled = unit
+        .replace(wanted[0], &wanted[0][1..])
+        .replace(wanted[1], &wanted[1][1..])
+        .replace(
+            "/usr/local/bin/provision-worker",
+            env!("CARGO_BIN_EXE_provision-worker"),
+        );
+    let path = dir.path().join("provision-worker.service");
+    std::fs::write(&path, enabled).expect("write the unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze (install systemd to check the unit)");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}",
+        text(&out.stderr)
+    );
+}
+
 // ------------------------------------------------------------------------------------
 // Helpers
 
