@@ -10,6 +10,7 @@
 //! `--help` lists the options.
 mod db;
 mod procs;
+mod tls;
 mod util;
 
 use std::collections::BTreeMap;
@@ -31,7 +32,7 @@ provision-bench: benchmark of the release provision-worker (issue 5). Use script
 Options:
   --quick             CI smoke: scenario 1 with 2,000 requests, 1 run; exits 1 only if a
                       request is lost or processed twice, never because of speed
-  --scenario N        run scenario N (1-5); repeat or comma-separate; default all
+  --scenario N        run scenario N (1-6); repeat or comma-separate; default 1-5
   --runs N            runs per scenario (default 3; --quick: 1)
   --requests N        requests in scenario 1 (default 20000; --quick: 2000)
   --worker PATH       worker binary (default ROOT/target/release/provision-worker)
@@ -56,8 +57,12 @@ Scenarios:
   3 concurrency: 640 requests, delay 0.5 s, 64 threads; makespan against the ideal 5 s
   4 latency: 100 requests/s for 30 s, delay 0; produce -> provisioning / completed
   5 footprint: peak RSS (VmHWM) in 1 and 3, binary size, start to \"Kafka consumer started\"
+  6 TLS cost (only when asked for): scenario 1's run with the worker on PLAINTEXT and on
+    SSL (stunnel4 in front of a second tansu; needs stunnel4 and openssl), alternating;
+    throughput and worker CPU per request of each, and TLS/plaintext ratios
 ";
 
+#[derive(Clone)]
 struct Opts {
     root: PathBuf,
     worker: PathBuf,
@@ -106,9 +111,9 @@ fn parse_args() -> Res<Opts> {
                     let n: u32 = part
                         .trim()
                         .parse()
-                        .map_err(|_| format!("--scenario: '{part}' is not a number 1-5"))?;
-                    if !(1..=5).contains(&n) {
-                        return Err(format!("--scenario: {n} is not one of 1-5"));
+                        .map_err(|_| format!("--scenario: '{part}' is not a number 1-6"))?;
+                    if !(1..=6).contains(&n) {
+                        return Err(format!("--scenario: {n} is not one of 1-6"));
                     }
                     if !scenarios.contains(&n) {
                         scenarios.push(n);
@@ -649,6 +654,91 @@ fn merge_s1(plain: RunOut, timed: RunOut) -> RunOut {
     out
 }
 
+/// Scenario 6: scenario 1's run with the worker on PLAINTEXT and then on SSL, alternating,
+/// against a second broker behind [`tls::TlsFront`] (same relay hop for both).
+fn tls_cost(
+    ctx: &Ctx,
+    tansu: &Path,
+    runs: usize,
+    n: usize,
+    deadline: Duration,
+) -> Res<ScenarioOut> {
+    let dir = ctx.work.join("s6-front");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let port = procs::free_port()?;
+    let broker = Broker::start_advertising(tansu, &dir, Some(port))?;
+    let front = tls::TlsFront::start(&dir, port, broker.port)?;
+    let mut tctx = Ctx {
+        o: ctx.o.clone(),
+        broker,
+        schema: ctx.schema.clone(),
+        nonce: format!("{}tls", ctx.nonce),
+        work: ctx.work.clone(),
+        t0: ctx.t0,
+    };
+    let mut s6 = ScenarioOut {
+        id: 6,
+        name: "tls_cost",
+        params: json!({"requests": n, "partitions": 6, "delay_s": 0, "worker_threads": 8,
+            "tls": "stunnel4 (OpenSSL) in front of tansu; worker on rustls (ring)"}),
+        runs: vec![],
+    };
+    for i in 0..runs {
+        let mut pair = Vec::new();
+        for tls in [false, true] {
+            tctx.o.worker_env = [ctx.o.worker_env.clone(), front.worker_env(tls)].concat();
+            let which = if tls { "tls" } else { "plain" };
+            ctx.say(&format!(
+                "scenario 6 (TLS cost), run {}/{runs}, {which}",
+                i + 1
+            ));
+            let label = format!("s6-run{}-{which}", i + 1);
+            pair.push(batch_run(
+                &tctx, &label, n, 6, 0.0, 8, deadline, false, false,
+            ));
+        }
+        let tls = pair.pop().unwrap_or_default();
+        let plain = pair.pop().unwrap_or_default();
+        s6.runs.push(merge_tls(plain, tls));
+    }
+    Ok(s6)
+}
+
+fn merge_tls(plain: RunOut, tls: RunOut) -> RunOut {
+    let mut out = RunOut::default();
+    for (k, v) in &plain.metrics {
+        out.metrics.insert(format!("plain_{k}"), *v);
+    }
+    for (k, v) in &tls.metrics {
+        out.metrics.insert(format!("tls_{k}"), *v);
+    }
+    out.set(
+        "tls_throughput_ratio",
+        tls.get("requests_per_s") / plain.get("requests_per_s"),
+    );
+    out.set(
+        "tls_cpu_ratio",
+        tls.get("worker_cpu_us_per_request") / plain.get("worker_cpu_us_per_request"),
+    );
+    out.info
+        .insert("plaintext".into(), Value::Object(plain.info));
+    out.info.insert("tls".into(), Value::Object(tls.info));
+    let errors: Vec<String> = [plain.error, tls.error].into_iter().flatten().collect();
+    out.error = (!errors.is_empty()).then(|| errors.join("; "));
+    out.verdict = match (plain.verdict, tls.verdict) {
+        (Some(p), Some(t)) => Some(Verdict {
+            requests: p.requests + t.requests,
+            lost: p.lost + t.lost,
+            duplicated: p.duplicated + t.duplicated,
+            reclaimed: p.reclaimed + t.reclaimed,
+            statuses: t.statuses,
+            examples: [p.examples, t.examples].concat(),
+        }),
+        (p, t) => p.or(t),
+    };
+    out
+}
+
 /// Scenario 2, one run: the limits.
 fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1_rps: Option<f64>) -> RunOut {
     let mut out = RunOut::default();
@@ -1087,6 +1177,48 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
         ),
         (2, "throughput / limit", "ratio", 3, "≥ 0.60"),
         (
+            6,
+            "PLAINTEXT: throughput (requests/s)",
+            "plain_requests_per_s",
+            0,
+            "",
+        ),
+        (
+            6,
+            "SSL: throughput (requests/s)",
+            "tls_requests_per_s",
+            0,
+            "",
+        ),
+        (
+            6,
+            "throughput SSL / PLAINTEXT",
+            "tls_throughput_ratio",
+            3,
+            "",
+        ),
+        (
+            6,
+            "PLAINTEXT: worker CPU per request (µs)",
+            "plain_worker_cpu_us_per_request",
+            0,
+            "",
+        ),
+        (
+            6,
+            "SSL: worker CPU per request (µs)",
+            "tls_worker_cpu_us_per_request",
+            0,
+            "",
+        ),
+        (
+            6,
+            "worker CPU per request SSL / PLAINTEXT",
+            "tls_cpu_ratio",
+            3,
+            "",
+        ),
+        (
             2,
             "(the UPDATE with the timing triggers, tx/s)",
             "limit_with_triggers_tx_per_s",
@@ -1441,6 +1573,10 @@ fn run(o: Opts) -> Res<i32> {
             }
         }
         results.push(s5);
+    }
+
+    if want(6) {
+        results.push(tls_cost(&ctx, &tansu, runs, n1, d1)?);
     }
 
     // One JSON line per scenario, to stdout and to the results file.

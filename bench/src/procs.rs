@@ -196,8 +196,15 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(tansu: &Path, dir: &Path) -> Res<Broker> {
+        Broker::start_advertising(tansu, dir, None)
+    }
+
+    /// Like `start`; with `advertised`, metadata names 127.0.0.1:`advertised` instead of the
+    /// broker's own port (scenario 6 puts its TLS front there).
+    pub fn start_advertising(tansu: &Path, dir: &Path, advertised: Option<u16>) -> Res<Broker> {
         let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let log = dir.join("tansu.log");
         let out = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
         let err = out
@@ -209,7 +216,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
