@@ -100,6 +100,9 @@ pub struct Metrics {
     /// the poller's fine path skip the lock.
     heartbeat_failing: AtomicBool,
     heartbeat_error: Mutex<String>,
+    /// The last Kafka connection failure (an outage, a refused login, a TLS error) while
+    /// it lasts; empty once Kafka answers again. Shown while joining, when no heartbeat runs.
+    kafka_error: Mutex<String>,
     /// When the poller next asks for log-end offsets (ms since `epoch`).
     next_log_end_ms: AtomicU64,
     /// The assigned partitions' offsets; replaced at every join.
@@ -177,6 +180,7 @@ impl Metrics {
             confirmed_at_ms: AtomicU64::new(0),
             heartbeat_failing: AtomicBool::new(false),
             heartbeat_error: Mutex::new(String::new()),
+            kafka_error: Mutex::new(String::new()),
             next_log_end_ms: AtomicU64::new(0),
             partitions: Mutex::new(BTreeMap::new()),
         }
@@ -286,8 +290,14 @@ impl Metrics {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Talking to Kafka failed (connection, TLS or SASL): `/healthz` says why while it lasts.
+    pub fn kafka_failed(&self, error: &dyn std::fmt::Display) {
+        *lock(&self.kafka_error) = error.to_string();
+    }
+
     /// The connection to Kafka came back after an outage.
     pub fn reconnected(&self) {
+        lock(&self.kafka_error).clear();
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -316,10 +326,20 @@ impl Metrics {
                     ));
                 }
             }
-            GroupState::Joining => problems.push(format!(
-                "not a member of consumer group {} yet (joining)",
-                self.group_id
-            )),
+            GroupState::Joining => {
+                let why = lock(&self.kafka_error).clone();
+                problems.push(if why.is_empty() {
+                    format!(
+                        "not a member of consumer group {} yet (joining)",
+                        self.group_id
+                    )
+                } else {
+                    format!(
+                        "not a member of consumer group {} yet (joining; Kafka fails: {why})",
+                        self.group_id
+                    )
+                })
+            }
             GroupState::Rebalancing => {
                 problems.push(format!("consumer group {} is rebalancing", self.group_id))
             }
@@ -824,6 +844,22 @@ mod tests {
             assert!(typed.contains(family), "{l}: no TYPE line before it");
             assert!(value.parse::<f64>().is_ok(), "{l}: value is not a number");
         }
+    }
+
+    #[test]
+    fn while_joining_health_says_why_kafka_fails_until_it_answers_again() {
+        let m = Metrics::new("t", "g", Duration::from_secs(10));
+        m.kafka_failed(&"authentication failed for user alice with PLAIN: bad");
+        let why = m.health(&|| Ok(())).unwrap_err();
+        assert!(
+            why.contains(
+                "(joining; Kafka fails: authentication failed for user alice with PLAIN: bad)"
+            ),
+            "{why}"
+        );
+        m.reconnected();
+        let why = m.health(&|| Ok(())).unwrap_err();
+        assert!(why.ends_with("yet (joining)"), "{why}");
     }
 
     #[test]

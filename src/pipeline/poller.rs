@@ -703,6 +703,7 @@ impl Run {
             log::warn!("Kafka error while {during}: {e}");
             return;
         }
+        self.p.metrics.kafka_failed(e);
         let now = Instant::now();
         match self.kafka_down {
             None => {
