@@ -7,7 +7,9 @@
 #   send      insert a pending row into /data/poc.db and publish the request
 #   run       provision it, while serving /healthz (probed from outside the root)
 #   status    show it completed
-# and exit 0 on SIGTERM.
+# and exit 0 on SIGTERM. Then, over TLS (a second broker behind stunnel4, whose CA -- made
+# here with openssl -- is copied into the root): `check` must pass and report TLS 1.3 and
+# the broker's certificate, proving rustls and its ring code run in the empty root.
 #
 # Usage:
 #   scripts/check-static.sh [BINARY]   default: build it with scripts/build-static.sh
@@ -40,9 +42,13 @@ work="$(mktemp -d -t check-static.XXXXXX)"
 root="$work/root"
 broker_pid=""
 worker_pid=""
+tls_broker_pid=""
+stunnel_pid=""
 cleanup() {
     [[ -n "$worker_pid" ]] && kill -KILL "$worker_pid" 2>/dev/null || true
     [[ -n "$broker_pid" ]] && kill -KILL "$broker_pid" 2>/dev/null || true
+    [[ -n "$tls_broker_pid" ]] && kill -KILL "$tls_broker_pid" 2>/dev/null || true
+    [[ -n "$stunnel_pid" ]] && kill -KILL "$stunnel_pid" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -124,5 +130,44 @@ worker_pid=""
 $(cat "$work/worker.log")"
 grep -q "Worker stopped" "$work/worker.log" || die "no clean stop in the worker log"
 
+# ---- TLS inside the root
+stunnel_bin="$(command -v stunnel4 || command -v stunnel)" || die "stunnel4 is not installed (apt-get install -y stunnel4)"
+command -v openssl >/dev/null || die "openssl is not installed (apt-get install -y openssl)"
+tls_port="$(free_port)"
+plain_port="$(free_port)"
+# A broker that advertises stunnel's port, so every connection after bootstrap is TLS too.
+NO_COLOR=1 "$tansu" broker --listener-url "tcp://127.0.0.1:$plain_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$tls_port" \
+    --storage-engine memory://tansu/ >"$work/tls-broker.log" 2>&1 &
+tls_broker_pid=$!
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc -days 2 \
+    -subj "/CN=check-static CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc -subj "/CN=localhost" \
+    -keyout "$work/broker.key" -out "$work/broker.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/broker.ext"
+openssl x509 -req -in "$work/broker.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -days 2 \
+    -extfile "$work/broker.ext" -out "$work/broker.pem" 2>/dev/null
+printf 'foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\ncert = %s\nkey = %s\n' \
+    "$tls_port" "$plain_port" "$work/broker.pem" "$work/broker.key" >"$work/stunnel.conf"
+"$stunnel_bin" "$work/stunnel.conf" >"$work/stunnel.log" 2>&1 &
+stunnel_pid=$!
+for _ in $(seq 1 300); do
+    answers "$plain_port" && answers "$tls_port" && break
+    sleep 0.1
+done
+answers "$tls_port" || die "stunnel did not start; its log: $(cat "$work/stunnel.log")"
+NO_COLOR=1 "$tansu" topic create provision-requests --partitions 3 --broker "tcp://127.0.0.1:$plain_port" >/dev/null
+NO_COLOR=1 "$tansu" topic create provision-requests.dlq --partitions 1 --broker "tcp://127.0.0.1:$plain_port" >/dev/null
+mkdir -p "$root/etc/kafka"
+cp "$work/ca.pem" "$root/etc/kafka/ca.pem"
+tls_check="$(env -i DATABASE_URL=sqlite:////data/poc.db \
+    KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$tls_port" \
+    KAFKA_SECURITY_PROTOCOL=SSL KAFKA_SSL_CA_LOCATION=/etc/kafka/ca.pem \
+    "${enter[@]}" /provision-worker check)" || die "check over TLS failed inside the root:
+$tls_check"
+grep -q "^OK   kafka: .*(SSL: TLS 1.3, .*broker certificate CN=localhost" <<<"$tls_check" \
+    || die "check over TLS did not describe the session: $tls_check"
+say "over TLS: $(grep '^OK   kafka:' <<<"$tls_check")"
+
 say "root holds afterwards: $(cd "$root" && find . -mindepth 1 | sort | tr '\n' ' ')"
-echo "check-static: OK: $(stat -c %s "$bin") bytes; check, send, run, status and SIGTERM work in an empty root"
+echo "check-static: OK: $(stat -c %s "$bin") bytes; check, send, run, status and SIGTERM work in an empty root, and check over TLS"

@@ -22,13 +22,22 @@ use rustls::{
 use super::KafkaError;
 use super::security::{SecurityError, TlsSessionInfo, TlsSettings};
 
-/// The rustls client configuration every connection of one client shares.
-#[derive(Debug)]
+/// The rustls client configuration every connection of one client shares. Its `Debug`
+/// shows the settings, never the configuration itself (which holds the client's key).
 pub(crate) struct TlsContext {
     config: Arc<ClientConfig>,
     verify_hostname: bool,
     /// Whether we offer a client certificate, to explain a broker that asks for one.
     has_client_identity: bool,
+}
+
+impl std::fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsContext")
+            .field("verify_hostname", &self.verify_hostname)
+            .field("has_client_identity", &self.has_client_identity)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A TLS session over one TCP connection.
