@@ -696,6 +696,25 @@ mod der {
         use super::*;
 
         #[test]
+        fn subject_and_expiry_are_read_from_a_certificate() {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(vec!["kafka.example.com".to_owned()])
+                .expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "kafka.example.com");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "Example");
+            params.not_after = rcgen::date_time_ymd(2031, 7, 4);
+            let cert = params.self_signed(&key).expect("self-signed");
+            let (subject, not_after) = subject_and_expiry(cert.der().as_ref()).expect("parses");
+            assert_eq!(subject, "CN=kafka.example.com, O=Example");
+            assert_eq!(not_after, "2031-07-04 00:00:00 UTC");
+            assert_eq!(subject_and_expiry(&cert.der()[..40]), None);
+        }
+
+        #[test]
         fn unix_times_format_as_utc_dates() {
             assert_eq!(format_unix(0), "1970-01-01 00:00:00 UTC");
             assert_eq!(format_unix(951_782_400), "2000-02-29 00:00:00 UTC");
