@@ -469,6 +469,9 @@ fn credentials_rotated_mid_run_are_an_outage_healthz_explains_and_a_new_password
         },
     );
     assert!(!health.1.contains("rotated-secret") && !health.1.contains(PASSWORD));
+    let (_, metrics_text) = http_get(&metrics, "/metrics").expect("/metrics answers");
+    assert!(metrics_text.contains("provision_requests_total"));
+    assert!(!metrics_text.contains(PASSWORD) && !metrics_text.contains("alice-secret"));
     assert_eq!(
         worker.count_lines("Worker stopped"),
         0,
@@ -832,9 +835,14 @@ fn wait_status(db: &TempDb, id: &str, status: &str) {
 
 /// GET /healthz: (status, body), or `None` while nothing answers.
 fn healthz(addr: &str) -> Option<(u16, String)> {
+    http_get(addr, "/healthz")
+}
+
+/// GET `path` from the metrics listener: (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .ok()?;
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;
