@@ -626,8 +626,14 @@ fn second_sigterm_exits_at_once_with_130() {
         ],
     );
     worker.wait_for_line("Simulating provisioning work for 60 seconds", JOIN_AND_WORK);
+    let first = Instant::now();
     worker.signal("TERM");
     worker.wait_for_line("Shutting down:", EXIT);
+    // A person insisting: the second signal comes more than a second after the first
+    // (signals within a second are one request; see the test below).
+    wait_until("a second and a bit after the first signal", EXIT, || {
+        (first.elapsed() > Duration::from_millis(1200)).then_some(())
+    });
     assert!(
         is_running(&worker),
         "the first SIGTERM waits for the request"
@@ -644,6 +650,53 @@ fn second_sigterm_exits_at_once_with_130() {
         Some("provisioning"),
         "the interrupted request stays provisioning, to be redelivered"
     );
+}
+
+/// `timeout(1)` and some supervisors send SIGTERM to the worker and then to its process
+/// group, milliseconds apart: one request to stop, which must still be graceful.
+#[test]
+fn two_sigterms_milliseconds_apart_are_one_graceful_shutdown() {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    let db = TempDb::new();
+    let ids = insert_requests(&db, "req-echo", 1);
+    produce_requests(&broker, TOPIC, &ids, 1);
+    let mut worker = spawn(
+        &broker,
+        &db,
+        TOPIC,
+        &[
+            ("MOCK_PROVISION_DELAY_SECONDS", "3"),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "30"),
+        ],
+    );
+    worker.wait_for_line("Simulating provisioning work for 3 seconds", JOIN_AND_WORK);
+    // One `kill` with the pid twice: two signals back to back, as timeout(1) sends them.
+    let pid = worker.pid().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid, &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill failed: {status}");
+
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "two signals together are one graceful shutdown, not exit 130; output:\n{}",
+        worker.lines().join("\n")
+    );
+    assert_eq!(worker.count_lines("Second signal received"), 0);
+    assert_in_order(
+        &worker.lines(),
+        &[
+            "Shutdown signal received",
+            "Shutting down:",
+            "Updated request req-echo-0 to status: completed",
+            "Worker stopped",
+        ],
+    );
+    assert_eq!(db.status_of(&ids[0]).as_deref(), Some("completed"));
 }
 
 // ------------------------------------------------------------------------------------
