@@ -241,6 +241,8 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
         ApiKey::ListOffsets => "ListOffsets",
         ApiKey::Fetch => "Fetch",
         ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::Produce => "Produce",
+        ApiKey::InitProducerId => "InitProducerId",
         _ => "a Kafka request",
     }
 }
