@@ -171,7 +171,7 @@ EXIT CODES:
     0      success
     1      runtime error (database, broker, ...)
     2      bad configuration or usage
-    130    a second SIGINT or SIGTERM stopped the worker without waiting for work in progress
+    130    a second SIGINT or SIGTERM, more than a second after the first, stopped the worker without waiting
 ",
     );
     text

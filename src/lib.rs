@@ -12,6 +12,8 @@
 //!   about provisioning.
 //! - `provision`: what a worker does with one request.
 //! - `pipeline`: the poller thread, the worker pool, the offset tracker; `run`.
+//! - `signals`: SIGTERM/SIGINT/SIGHUP: one graceful shutdown per request, signals arriving
+//!   together counted once, a deliberate second one exits at once.
 //! - `tools`: the operator commands (`send`, `status`, `check`, `offsets`).
 //! - `metrics`: counters, gauges and histograms on atomics, and the optional HTTP listener
 //!   (`METRICS_ADDR`) serving `/metrics` and `/healthz`.
@@ -27,5 +29,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod provision;
 pub mod request;
+pub mod signals;
 pub mod store;
 pub mod tools;

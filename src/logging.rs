@@ -37,13 +37,8 @@ impl Log for SeedFormat {
     }
 
     fn log(&self, record: &Record<'_>) {
-        let level = effective_level(record);
-        if !self.inner.enabled(
-            &Metadata::builder()
-                .level(level)
-                .target(record.target())
-                .build(),
-        ) {
+        let level = record.level();
+        if !self.inner.enabled(record.metadata()) {
             return;
         }
         self.inner.log(
@@ -62,21 +57,6 @@ impl Log for SeedFormat {
 
     fn flush(&self) {
         self.inner.flush();
-    }
-}
-
-/// rustfs-kafka reports its routine steps (connections, requests) through `tracing` at
-/// info level, and `tracing`'s `log` bridge adds span enter/exit records: useful when
-/// debugging, noise otherwise. They are shown from DEBUG (spans from TRACE); its warnings
-/// and errors keep their level.
-fn effective_level(record: &Record<'_>) -> log::Level {
-    let target = record.target();
-    if target.starts_with("tracing::span") {
-        log::Level::Trace
-    } else if target.starts_with("rustfs_kafka") && record.level() > log::Level::Warn {
-        record.level().max(log::Level::Debug)
-    } else {
-        record.level()
     }
 }
 

@@ -2,11 +2,10 @@
 //! shutdown signal, run, and map the result to an exit code (0 ok, 1 runtime error,
 //! 2 bad configuration or usage, 130 a second signal).
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use provision_worker::cli::{self, Command};
 use provision_worker::config::Config;
-use provision_worker::{logging, pipeline, tools};
+use provision_worker::{logging, pipeline, signals, tools};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
@@ -46,18 +45,7 @@ fn main() -> ExitCode {
         return tools::run(&config, security, command);
     }
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(1);
-    let signalled = AtomicBool::new(false);
-    let handler = ctrlc::set_handler(move || {
-        if signalled.swap(true, Ordering::SeqCst) {
-            log::warn!("Second signal received; exiting at once");
-            std::process::exit(130);
-        }
-        log::info!(
-            "Shutdown signal received; finishing in-flight requests (send it again to exit at once)"
-        );
-        let _ = shutdown_tx.try_send(());
-    });
-    if let Err(e) = handler {
+    if let Err(e) = signals::install(shutdown_tx) {
         log::error!("cannot install the signal handler: {e}");
         return ExitCode::from(1);
     }

@@ -81,6 +81,8 @@ pub struct Metrics {
     invalid: AtomicU64,
     already_final: AtomicU64,
     dead_lettered: AtomicU64,
+    /// Dead letters Kafka refused even in their cut-down form: logged and skipped.
+    dead_letters_dropped: AtomicU64,
     /// Jobs a worker has taken and not finished.
     in_flight: AtomicI64,
     /// Fetched messages waiting for a worker (the poller's buffer plus the job channel).
@@ -103,6 +105,10 @@ pub struct Metrics {
     /// The last Kafka connection failure (an outage, a refused login, a TLS error) while
     /// it lasts; empty once Kafka answers again. Shown while joining, when no heartbeat runs.
     kafka_error: Mutex<String>,
+    /// Set while a dead letter waits for Kafka (its partition's offset held);
+    /// `dead_letter_error` then says which and why. The flag spares the fine path the lock.
+    dead_letter_waiting: AtomicBool,
+    dead_letter_error: Mutex<String>,
     /// When the poller next asks for log-end offsets (ms since `epoch`).
     next_log_end_ms: AtomicU64,
     /// The assigned partitions' offsets; replaced at every join.
@@ -168,6 +174,7 @@ impl Metrics {
             invalid: AtomicU64::new(0),
             already_final: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            dead_letters_dropped: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             queue_depth: AtomicI64::new(0),
             processing: Histogram::new(PROCESSING_BUCKETS),
@@ -181,6 +188,8 @@ impl Metrics {
             heartbeat_failing: AtomicBool::new(false),
             heartbeat_error: Mutex::new(String::new()),
             kafka_error: Mutex::new(String::new()),
+            dead_letter_waiting: AtomicBool::new(false),
+            dead_letter_error: Mutex::new(String::new()),
             next_log_end_ms: AtomicU64::new(0),
             partitions: Mutex::new(BTreeMap::new()),
         }
@@ -295,6 +304,25 @@ impl Metrics {
         *lock(&self.kafka_error) = error.to_string();
     }
 
+    /// A dead letter Kafka refused for good, even cut down, was skipped (its offset done).
+    pub fn dead_letter_dropped(&self) {
+        self.dead_letters_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A dead letter could not be sent and waits, holding its partition's offset:
+    /// `/healthz` reports `what` (which one, and why) until [`Metrics::dead_letters_flowing`].
+    pub fn dead_letter_waiting(&self, what: String) {
+        *lock(&self.dead_letter_error) = what;
+        self.dead_letter_waiting.store(true, Ordering::Relaxed);
+    }
+
+    /// No dead letter waits any more.
+    pub fn dead_letters_flowing(&self) {
+        if self.dead_letter_waiting.load(Ordering::Relaxed) {
+            self.dead_letter_waiting.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// The connection to Kafka came back after an outage.
     pub fn reconnected(&self) {
         lock(&self.kafka_error).clear();
@@ -304,7 +332,8 @@ impl Metrics {
     // ---- the listener
 
     /// `Ok(summary)` when the worker is a member of its group, its membership was confirmed
-    /// within the session timeout, and the database answers; else `Err` with every reason.
+    /// within the session timeout, no dead letter waits for Kafka, and the database answers;
+    /// else `Err` with every reason.
     pub fn health(&self, db: &dyn Fn() -> Result<(), String>) -> Result<String, String> {
         let mut problems = Vec::new();
         match self.group_state() {
@@ -344,6 +373,9 @@ impl Metrics {
                 problems.push(format!("consumer group {} is rebalancing", self.group_id))
             }
             GroupState::ShuttingDown => problems.push("shutting down".to_owned()),
+        }
+        if self.dead_letter_waiting.load(Ordering::Relaxed) {
+            problems.push(lock(&self.dead_letter_error).clone());
         }
         if let Err(e) = db() {
             problems.push(format!("database unreachable: {e}"));
@@ -464,6 +496,11 @@ impl Metrics {
                 "provision_dead_lettered_total",
                 "Invalid messages produced to the dead-letter topic.",
                 get(&self.dead_lettered),
+            ),
+            (
+                "provision_dead_letters_dropped_total",
+                "Invalid messages whose dead letter Kafka refused for good, even cut down: logged (partition, offset, reason, first bytes) and skipped.",
+                get(&self.dead_letters_dropped),
             ),
         ] {
             sample(&mut out, name, "counter", help, value);
@@ -895,6 +932,17 @@ mod tests {
         assert!(why.contains("not confirmed"), "{why}");
 
         m.group_fine();
+        m.dead_letter_waiting(
+            "dead letter for partition 0 offset 7 waiting: topic dlq does not exist".into(),
+        );
+        let why = m.health(&db_ok).unwrap_err();
+        assert!(
+            why.contains("dead letter for partition 0 offset 7 waiting: topic dlq does not exist"),
+            "{why}"
+        );
+        m.dead_letters_flowing();
+        assert!(m.health(&db_ok).is_ok());
+
         m.leaving(Leaving::Rebalance);
         assert!(m.health(&db_ok).unwrap_err().contains("rebalancing"));
         m.leaving(Leaving::Shutdown);

@@ -281,6 +281,7 @@ impl Store {
             }
         };
 
+        create_private(path);
         // Set up on a plain connection first, so a bad path fails at once with SQLite's own
         // error; a pool would retry the connection until its 30 s timeout and report only a
         // message.
@@ -357,6 +358,7 @@ impl Store {
             .build(manager)
             .map_err(StoreError::Pool)?;
 
+        warn_if_others_can_read(path);
         log::info!(
             "database {} ready (wal, pool of {})",
             path.display(),
@@ -857,6 +859,40 @@ fn sync_wal(path: &Path) -> Result<(), StoreError> {
             path: path.to_owned(),
             source,
         }),
+    }
+}
+
+/// Creates the database file, if it does not exist yet, with access for its owner only: it
+/// will hold every kubeconfig token, and SQLite would create it under the process umask
+/// (usually world-readable). SQLite gives the `-wal` and `-shm` files the database's mode.
+/// Any failure (a missing directory, no permission) is left for SQLite's own open to report.
+fn create_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+}
+
+/// Warns at start when other users may read (or write) an existing database file.
+fn warn_if_others_can_read(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o006 != 0 {
+            let p = path.display();
+            log::warn!(
+                "Database {p} is accessible to other users (mode {mode:04o}) and holds every kubeconfig token; restrict it with `chmod o-rwx {p} {p}-wal {p}-shm`"
+            );
+        }
     }
 }
 
@@ -1364,6 +1400,20 @@ mod tests {
     fn sync_wal_does_nothing_when_there_is_no_wal() {
         let dir = tempfile::tempdir().unwrap();
         sync_wal(&dir.path().join("poc.db-wal")).unwrap();
+    }
+
+    #[test]
+    fn a_new_database_and_its_wal_and_shm_files_give_others_no_access() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = open_temp();
+        store.claim(&req("r1")).unwrap();
+        for name in ["poc.db", "poc.db-wal", "poc.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
+        }
     }
 
     #[test]

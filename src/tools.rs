@@ -15,8 +15,8 @@ use crate::cli::{Command, ResetTo};
 use crate::config::{Config, OffsetReset, PasswordSource};
 use crate::kafka::admin::{Admin, GroupDescription, OutsideCommitError};
 use crate::kafka::{
-    Consumer, ConsumerSettings, DeadLetterProducer, KafkaError, Offset, Partition, Security,
-    StartFrom, TopicState,
+    BatchCompression, Consumer, ConsumerSettings, KafkaError, Offset, OutRecord, Partition,
+    ProduceError, Producer, ProducerSettings, Security, StartFrom, TopicState,
 };
 use crate::pipeline::consumer_settings;
 use crate::request::ProvisionRequest;
@@ -89,7 +89,7 @@ pub enum ToolError {
     /// The row was inserted, publishing failed, and the row was marked failed.
     Publish {
         request_id: String,
-        error: KafkaError,
+        error: ProduceError,
     },
     TopicMissing {
         topic: String,
@@ -134,14 +134,19 @@ fn send(
     // As the backend does: the row first, so the worker always finds it.
     let store = Store::open(&config.database_path, 1).map_err(ToolError::Database)?;
     store.insert_pending(&req).map_err(ToolError::Database)?;
-    let mut producer = producer(config, security);
-    // Keyed by request id: a re-sent request lands on the same partition, behind the first.
-    let sent = producer.send(
+    let mut producer = Producer::new(ProducerSettings::for_topic(
+        &tool_settings(config, security),
         &config.topic,
-        Some(req.request_id.as_bytes()),
-        &payload,
-        &[],
-    );
+    ));
+    // Keyed by request id, placed as the Java client places keys: a re-sent request lands
+    // on the same partition, behind the first, whichever client the backend uses. Stamped
+    // with the time of sending, so the end-to-end latency counts from here.
+    let record = OutRecord {
+        key: Some(bytes::Bytes::from(req.request_id.clone())),
+        value: Some(bytes::Bytes::from(payload)),
+        headers: Vec::new(),
+    };
+    let sent = producer.send(&record, BatchCompression::Gzip);
     if let Err(error) = sent {
         // A pending row without a message would wait forever; failed says what happened.
         let reason = format!("could not publish the request to Kafka: {error}");
@@ -242,13 +247,8 @@ fn check(config: &Config, security: &Arc<Security>) -> ExitCode {
                 CHECKS[4],
                 match &config.dlq_topic {
                     None => Ok("disabled (KAFKA_DLQ_TOPIC is empty)".to_owned()),
-                    Some(dlq) => {
-                        let mut other = Consumer::new(ConsumerSettings {
-                            topic: dlq.clone(),
-                            ..settings.clone()
-                        });
-                        check_topic(&mut other, dlq, "KAFKA_DLQ_TOPIC")
-                    }
+                    // Through the producer, the way the worker's dead letters go.
+                    Some(dlq) => check_dead_letter_topic(&settings, dlq),
                 },
             ));
             lines.push((CHECKS[5], check_coordinator(&settings)));
@@ -323,6 +323,21 @@ fn check_topic(
             variable,
         }
         .to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn check_dead_letter_topic(settings: &ConsumerSettings, topic: &str) -> Result<String, String> {
+    let mut producer = Producer::new(ProducerSettings::for_topic(settings, topic));
+    match producer.topic_state() {
+        Ok(TopicState::Partitions(p)) => Ok(format!("{topic} has {} partition(s)", p.len())),
+        Ok(TopicState::Missing) => Err(format!(
+            "{}; until it exists, an invalid message holds its partition's offset",
+            ToolError::TopicMissing {
+                topic: topic.to_owned(),
+                variable: "KAFKA_DLQ_TOPIC",
+            }
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -556,14 +571,6 @@ fn describe_security(config: &Config) -> String {
     } else {
         format!("security {} ({})", s.protocol.as_str(), parts.join("; "))
     }
-}
-
-fn producer(config: &Config, _security: &Arc<Security>) -> DeadLetterProducer {
-    DeadLetterProducer::new(
-        config.bootstrap_servers.clone(),
-        &config.client_id,
-        REQUEST_TIMEOUT,
-    )
 }
 
 /// Opens the database only if the file is there: reading a status must not create one.

@@ -514,11 +514,30 @@ fn the_test_proxy_forwards_cuts_refuses_freezes_and_restores() {
             .expect("read timeout");
         stream
     };
+    // Set when the test is over, pass or fail: the echo server stops accepting. Without it a
+    // failed assertion would leave the server blocked in `accept` and `thread::scope` waiting
+    // for it forever, and a stray connection (another test probing a port it just freed) is
+    // served harmlessly instead of taking the place of one the proxy passes on.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    upstream.set_nonblocking(true).expect("non-blocking accept");
     thread::scope(|scope| {
-        // An echo server for exactly the two connections the proxy should pass on.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _done_on_exit = Done(&done);
         let echo = scope.spawn(|| {
-            for _ in 0..2 {
-                let (mut stream, _) = upstream.accept().expect("accept");
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((mut stream, _)) = upstream.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                stream.set_nonblocking(false).expect("blocking echo stream");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("echo read timeout");
                 scope.spawn(move || {
                     let mut buf = [0u8; 1024];
                     while let Ok(n @ 1..) = stream.read(&mut buf) {
@@ -576,6 +595,7 @@ fn the_test_proxy_forwards_cuts_refuses_freezes_and_restores() {
 
         drop(proxy);
         assert_eq!(read_some(&mut second), Vec::<u8>::new(), "closed on drop");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
         echo.join().expect("the echo server");
     });
 }

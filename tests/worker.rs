@@ -183,6 +183,64 @@ fn empty_db_file_gets_its_table_and_a_missing_row_is_inserted_from_the_message()
     check_kubeconfig(row.kubeconfig.as_deref().expect("a kubeconfig"), "carol");
 }
 
+/// The database holds every kubeconfig token: a file the worker creates gives other users
+/// no access, and an existing one that does is named in a warning at start.
+#[test]
+fn a_new_database_gives_others_no_access_and_an_open_one_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let kafka = format!("127.0.0.1:{}", closed_port());
+    let start = |db: &TempDb| {
+        let mut worker = spawn_without_broker(&kafka, db);
+        worker.wait_for_line("Database connection established", EXIT);
+        worker.signal("TERM");
+        assert_eq!(worker.wait_exit(EXIT).code(), Some(0));
+        worker
+    };
+
+    let fresh = TempDb::new();
+    let worker = start(&fresh);
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", fresh.path().display());
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let mode = meta.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{path} was created with mode {mode:04o}");
+        } else {
+            assert!(
+                !suffix.is_empty(),
+                "the database file {path} was not created"
+            );
+        }
+    }
+    assert_eq!(worker.count_lines("accessible to other users"), 0);
+
+    let open = TempDb::new();
+    open.insert_pending("req-open", "u", 1, 1);
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod 644 the database");
+    let worker = start(&open);
+    let warning = worker
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("accessible to other users"))
+        .unwrap_or_else(|| panic!("no warning; output:\n{}", worker.lines().join("\n")));
+    assert!(is_log_line(&warning, "WARNING"), "{warning}");
+    assert!(warning.contains("mode 0644"), "{warning}");
+    assert!(
+        warning.contains(&format!("chmod o-rwx {}", open.path().display())),
+        "{warning}"
+    );
+}
+
+/// The worker with a database and a Kafka address that may not answer (for start-up tests
+/// that end before Kafka matters).
+fn spawn_without_broker(kafka: &str, db: &TempDb) -> WorkerProcess {
+    WorkerProcess::command()
+        .env("KAFKA_BOOTSTRAP_SERVERS", kafka)
+        .env("DATABASE_URL", &db.url())
+        .env("KAFKA_STARTUP_TIMEOUT_SECONDS", "30")
+        .spawn()
+}
+
 // ------------------------------------------------------------------------------------
 // Configuration
 
@@ -626,8 +684,14 @@ fn second_sigterm_exits_at_once_with_130() {
         ],
     );
     worker.wait_for_line("Simulating provisioning work for 60 seconds", JOIN_AND_WORK);
+    let first = Instant::now();
     worker.signal("TERM");
     worker.wait_for_line("Shutting down:", EXIT);
+    // A person insisting: the second signal comes more than a second after the first
+    // (signals within a second are one request; see the test below).
+    wait_until("a second and a bit after the first signal", EXIT, || {
+        (first.elapsed() > Duration::from_millis(1200)).then_some(())
+    });
     assert!(
         is_running(&worker),
         "the first SIGTERM waits for the request"
@@ -644,6 +708,53 @@ fn second_sigterm_exits_at_once_with_130() {
         Some("provisioning"),
         "the interrupted request stays provisioning, to be redelivered"
     );
+}
+
+/// `timeout(1)` and some supervisors send SIGTERM to the worker and then to its process
+/// group, milliseconds apart: one request to stop, which must still be graceful.
+#[test]
+fn two_sigterms_milliseconds_apart_are_one_graceful_shutdown() {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    let db = TempDb::new();
+    let ids = insert_requests(&db, "req-echo", 1);
+    produce_requests(&broker, TOPIC, &ids, 1);
+    let mut worker = spawn(
+        &broker,
+        &db,
+        TOPIC,
+        &[
+            ("MOCK_PROVISION_DELAY_SECONDS", "3"),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "30"),
+        ],
+    );
+    worker.wait_for_line("Simulating provisioning work for 3 seconds", JOIN_AND_WORK);
+    // One `kill` with the pid twice: two signals back to back, as timeout(1) sends them.
+    let pid = worker.pid().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid, &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill failed: {status}");
+
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "two signals together are one graceful shutdown, not exit 130; output:\n{}",
+        worker.lines().join("\n")
+    );
+    assert_eq!(worker.count_lines("Second signal received"), 0);
+    assert_in_order(
+        &worker.lines(),
+        &[
+            "Shutdown signal received",
+            "Shutting down:",
+            "Updated request req-echo-0 to status: completed",
+            "Worker stopped",
+        ],
+    );
+    assert_eq!(db.status_of(&ids[0]).as_deref(), Some("completed"));
 }
 
 // ------------------------------------------------------------------------------------

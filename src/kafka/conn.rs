@@ -499,6 +499,8 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::SaslHandshake => "SaslHandshake",
         ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        ApiKey::Produce => "Produce",
+        ApiKey::InitProducerId => "InitProducerId",
         _ => "a Kafka request",
     }
 }

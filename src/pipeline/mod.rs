@@ -7,6 +7,7 @@
 //! ```
 //! One direction for work, one for acknowledgements. `run` opens the database and Kafka,
 //! starts both sides, and waits; shutdown is passed in, so tests bring their own.
+pub mod dead_letter;
 mod poller;
 pub mod tracker;
 mod workers;
@@ -20,8 +21,8 @@ use crossbeam_channel::Receiver;
 
 use crate::config::{Config, OffsetReset, PasswordSource, SaslMechanism};
 use crate::kafka::{
-    self, ClientIdentity, Consumer, ConsumerSettings, DeadLetterProducer, KafkaError, Password,
-    SaslSettings, Security, SecurityError, StartFrom, TlsSettings, TopicState,
+    self, ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password, Producer,
+    ProducerSettings, SaslSettings, Security, SecurityError, StartFrom, TlsSettings, TopicState,
 };
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
@@ -109,7 +110,14 @@ pub fn run(
         config.bootstrap_servers.join(","),
         config.topic
     );
-    let mut consumer = Consumer::new(consumer_settings(config, &security));
+    let settings = consumer_settings(config, &security);
+    // The dead-letter producer shares the consumer's settings, its `Security` included, so
+    // TLS and SASL apply to its connections too.
+    let mut dead_letters = config
+        .dlq_topic
+        .as_ref()
+        .map(|topic| Producer::new(ProducerSettings::for_topic(&settings, topic)));
+    let mut consumer = Consumer::new(settings);
     let deadline = Instant::now() + config.startup_timeout;
     let cancelled = |wait: Duration| shutdown.recv_timeout(wait).is_ok();
     if !consumer
@@ -128,6 +136,9 @@ pub fn run(
             log::debug!("Topic {} has {} partition(s)", config.topic, p.len());
         }
         Err(e) => log::warn!("Could not read metadata of topic {}: {e}", config.topic),
+    }
+    if let Some(producer) = dead_letters.as_mut() {
+        check_dead_letter_topic(producer, &config.bootstrap_servers.join(","));
     }
     log::info!("Kafka consumer started successfully");
 
@@ -157,6 +168,7 @@ pub fn run(
             topic: config.topic.clone(),
             group_id: config.group_id.clone(),
             dlq_topic: config.dlq_topic.clone(),
+            dlq_max_bytes: config.dlq_max_bytes,
             commit_interval: config.commit_interval,
             shutdown_timeout: config.shutdown_timeout,
             rebalance_timeout: config.rebalance_timeout,
@@ -169,13 +181,7 @@ pub fn run(
         abort: Some(abort_tx),
         accepting,
         metrics,
-        dead_letters: config.dlq_topic.as_ref().map(|_| {
-            DeadLetterProducer::new(
-                config.bootstrap_servers.clone(),
-                &config.client_id,
-                REQUEST_TIMEOUT,
-            )
-        }),
+        dead_letters,
     };
     log::info!("\u{1f680} Worker started - waiting for provision requests...");
     let handle = std::thread::Builder::new()
@@ -193,6 +199,22 @@ pub fn run(
     pool.join();
     log::info!("Worker stopped");
     result
+}
+
+/// Says at start when the dead-letter topic is missing: invalid messages would then wait,
+/// holding their partition's offset, until it exists (nothing is lost, but the partition
+/// stops committing).
+fn check_dead_letter_topic(producer: &mut Producer, servers: &str) {
+    let topic = producer.topic().to_owned();
+    match producer.topic_state() {
+        Ok(TopicState::Missing) => log::warn!(
+            "Dead-letter topic {topic} does not exist; an invalid message will wait for it, holding its partition's committed offset. Create it, e.g. `kafka-topics.sh --bootstrap-server {servers} --create --topic {topic} --partitions 1`, or set KAFKA_DLQ_TOPIC to an existing topic (empty turns dead-lettering off)"
+        ),
+        Ok(TopicState::Partitions(p)) => {
+            log::debug!("Dead-letter topic {topic} has {} partition(s)", p.len());
+        }
+        Err(e) => log::warn!("Could not read metadata of dead-letter topic {topic}: {e}"),
+    }
 }
 
 /// Opens the database, waiting out a lock held by another process (the backend in the middle

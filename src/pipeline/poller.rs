@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
+use super::dead_letter::DeadLetter;
 use super::tracker::OffsetTracker;
 use super::workers::{Done, Job, JobResult, Work};
-use crate::kafka::{Consumer, DeadLetterProducer, GroupSignal, KafkaError, Message, Partition};
+use crate::kafka::{BatchCompression, Consumer, GroupSignal, KafkaError, Message, Producer};
 use crate::metrics::{Leaving, Metrics};
 use crate::request::ProvisionRequest;
 use crate::store::Store;
@@ -26,6 +27,8 @@ pub struct PollerSettings {
     pub topic: String,
     pub group_id: String,
     pub dlq_topic: Option<String>,
+    /// The largest dead letter, as the broker measures it (`KAFKA_DLQ_MAX_BYTES`).
+    pub dlq_max_bytes: usize,
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
     pub rebalance_timeout: Duration,
@@ -46,7 +49,8 @@ pub struct Poller {
     pub accepting: Arc<AtomicU64>,
     /// Written here (membership, commits, queue depth, lag); read by the metrics listener.
     pub metrics: Arc<Metrics>,
-    pub dead_letters: Option<DeadLetterProducer>,
+    /// Produces to the dead-letter topic; `None` when dead-lettering is off.
+    pub dead_letters: Option<Producer>,
 }
 
 /// Longest the loop waits without looking at the group.
@@ -76,17 +80,6 @@ enum State {
 enum Drain {
     Rebalance,
     Shutdown,
-}
-
-struct DeadLetter {
-    partition: Partition,
-    offset: crate::kafka::Offset,
-    epoch: u64,
-    reason: String,
-    key: Option<bytes::Bytes>,
-    value: bytes::Bytes,
-    /// The value's length in the log; `value` may be only its first bytes.
-    original_len: usize,
 }
 
 /// The loop's own state, separate from what it was given.
@@ -570,6 +563,7 @@ impl Run {
                         key,
                         value,
                         original_len,
+                        cut_down: false,
                     });
                 } else {
                     log::warn!(
@@ -592,8 +586,11 @@ impl Run {
         }
     }
 
-    /// Produces pending dead letters in order; on failure retries later with backoff (their
-    /// offsets stay uncommitted meanwhile).
+    /// Produces pending dead letters in order. A transient failure (outage, missing topic,
+    /// leader election) is retried later with backoff, the offset held meanwhile. A permanent
+    /// refusal (too large, invalid, not authorized) gets one more try in the cut-down form;
+    /// if that is refused too, the message is logged, counted and skipped, so that one
+    /// record the broker will never take cannot stall its partition forever.
     fn send_dead_letters(&mut self) {
         let (Some(topic), Some(producer)) = (
             self.p.settings.dlq_topic.clone(),
@@ -601,32 +598,79 @@ impl Run {
         ) else {
             return;
         };
-        if self.pending_dead_letters.is_empty() || Instant::now() < self.dead_letter_retry_at {
+        if self.pending_dead_letters.is_empty() {
+            self.p.metrics.dead_letters_flowing();
             return;
         }
-        while let Some(dl) = self.pending_dead_letters.front() {
+        if Instant::now() < self.dead_letter_retry_at {
+            return;
+        }
+        let source = self.p.settings.topic.clone();
+        let max_bytes = self.p.settings.dlq_max_bytes;
+        while let Some(dl) = self.pending_dead_letters.front_mut() {
             if dl.epoch != self.epoch {
                 self.pending_dead_letters.pop_front();
                 continue;
             }
-            let partition = dl.partition.to_string();
-            let offset = dl.offset.to_string();
-            let headers: [(&str, &[u8]); 4] = [
-                ("x-dlq-reason", dl.reason.as_bytes()),
-                ("x-original-topic", self.p.settings.topic.as_bytes()),
-                ("x-original-partition", partition.as_bytes()),
-                ("x-original-offset", offset.as_bytes()),
-            ];
-            match producer.send(&topic, dl.key.as_deref(), &dl.value, &headers) {
-                Ok(()) => {
+            let record = dl.record(&source, max_bytes);
+            // The cut-down form goes uncompressed: the one retry should depend on as little
+            // as possible (a broker or topic refusing the codec, say).
+            let compression = if dl.cut_down {
+                BatchCompression::None
+            } else {
+                BatchCompression::Gzip
+            };
+            let sent = record.value.as_ref().map_or(0, bytes::Bytes::len);
+            match producer.send(&record, compression) {
+                Ok(delivery) => {
+                    let cut = if sent < dl.original_len {
+                        format!(
+                            " (cut to {sent} of {} bytes{})",
+                            dl.original_len,
+                            if dl.cut_down { ", cut-down form" } else { "" }
+                        )
+                    } else {
+                        String::new()
+                    };
                     log::warn!(
-                        "Dead-lettered invalid message at partition {} offset {} to {topic}: {}",
+                        "Dead-lettered invalid message at partition {} offset {} to {topic}{cut}: {}",
                         dl.partition,
                         dl.offset,
                         dl.reason
                     );
+                    log::debug!(
+                        "dead letter of partition {} offset {} is at {topic} partition {} offset {}",
+                        dl.partition,
+                        dl.offset,
+                        delivery.partition,
+                        delivery
+                            .offset
+                            .map_or_else(|| "(written before)".to_owned(), |o| o.to_string())
+                    );
                     self.tracker.finished(dl.partition, dl.offset);
                     self.p.metrics.dead_lettered();
+                    self.pending_dead_letters.pop_front();
+                    self.dead_letter_backoff = Duration::from_millis(500);
+                }
+                Err(e) if e.is_permanent() && !dl.cut_down => {
+                    log::error!(
+                        "Kafka refused the dead letter of partition {} offset {} ({sent} bytes of value) for good: {e}; trying once more with the value cut to {} bytes",
+                        dl.partition,
+                        dl.offset,
+                        super::dead_letter::CUT_DOWN_VALUE_BYTES
+                    );
+                    dl.cut_down = true;
+                }
+                Err(e) if e.is_permanent() => {
+                    log::error!(
+                        "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; the message was invalid ({}), its value starts {}; skipping it, so its partition moves on",
+                        dl.partition,
+                        dl.offset,
+                        dl.reason.escape_debug(),
+                        dl.first_bytes()
+                    );
+                    self.tracker.finished(dl.partition, dl.offset);
+                    self.p.metrics.dead_letter_dropped();
                     self.pending_dead_letters.pop_front();
                     self.dead_letter_backoff = Duration::from_millis(500);
                 }
@@ -638,6 +682,10 @@ impl Run {
                         dl.original_len,
                         self.dead_letter_backoff
                     );
+                    self.p.metrics.dead_letter_waiting(format!(
+                        "dead letter for partition {} offset {} waiting: {e}",
+                        dl.partition, dl.offset
+                    ));
                     self.dead_letter_retry_at = Instant::now() + self.dead_letter_backoff;
                     self.dead_letter_backoff =
                         (self.dead_letter_backoff * 2).min(Duration::from_secs(10));
@@ -645,6 +693,7 @@ impl Run {
                 }
             }
         }
+        self.p.metrics.dead_letters_flowing();
     }
 
     /// Commits what the tracker allows, when due (or now, when `force`). Durability first:

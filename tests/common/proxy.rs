@@ -17,6 +17,11 @@
 //! [`Proxy::bytes_upstream`] and [`Proxy::open_connections`] let a test wait for a
 //! condition (a request is on its way to the broker, the client has reconnected) instead
 //! of sleeping.
+//!
+//! A proxy started with [`ProxyPort::forward_with_faults`] (or [`broker_behind_faulty_proxy`])
+//! reads the Kafka frames it forwards, tracks each request's API key by correlation id, and
+//! lets [`ProduceFaults`] refuse a Produce request in the broker's place or rewrite the
+//! error code of its answer: errors tansu cannot be made to send.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -27,6 +32,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::Broker;
+use super::produce_faults::{ProduceFaults, Verdict};
 
 /// How long the proxy waits for the upstream to accept a connection.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +45,14 @@ pub fn broker_behind_proxy() -> (Broker, Proxy) {
     let port = ProxyPort::bind();
     let broker = Broker::start_advertising(port.port());
     let proxy = port.forward_to(&broker.addr());
+    (broker, proxy)
+}
+
+/// Like [`broker_behind_proxy`], with a proxy that applies `faults` to Produce requests.
+pub fn broker_behind_faulty_proxy(faults: &Arc<ProduceFaults>) -> (Broker, Proxy) {
+    let port = ProxyPort::bind();
+    let broker = Broker::start_advertising(port.port());
+    let proxy = port.forward_with_faults(&broker.addr(), faults);
     (broker, proxy)
 }
 
@@ -66,13 +80,26 @@ impl ProxyPort {
 
     /// Starts forwarding every connection to `upstream` ("host:port").
     pub fn forward_to(self, upstream: &str) -> Proxy {
+        self.start(upstream, None)
+    }
+
+    /// Starts forwarding every connection to `upstream`, frame by frame, applying `faults`
+    /// to Produce requests.
+    pub fn forward_with_faults(self, upstream: &str, faults: &Arc<ProduceFaults>) -> Proxy {
+        self.start(upstream, Some(Arc::clone(faults)))
+    }
+
+    fn start(self, upstream: &str, faults: Option<Arc<ProduceFaults>>) -> Proxy {
         let upstream_addr: SocketAddr = upstream
             .to_socket_addrs()
             .unwrap_or_else(|e| panic!("proxy upstream {upstream:?}: {e}"))
             .next()
             .unwrap_or_else(|| panic!("proxy upstream {upstream:?} resolves to no address"));
         let port = self.port();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            faults,
+            ..Shared::default()
+        });
         let acceptor = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -204,6 +231,8 @@ struct Shared {
     changed: Condvar,
     bytes_upstream: AtomicU64,
     bytes_downstream: AtomicU64,
+    /// Set for a proxy that reads Kafka frames: links are pumped frame by frame.
+    faults: Option<Arc<ProduceFaults>>,
 }
 
 struct State {
@@ -294,6 +323,17 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
         state.next_id += 1;
         state.links.insert(id, link);
         state.pumps.retain(|pump| !pump.is_finished());
+        if let Some(faults) = &shared.faults {
+            let spawned = spawn_framed_pumps(id, &client, &server, shared, faults);
+            match spawned {
+                Some(pumps) => state.pumps.extend(pumps),
+                None => {
+                    drop(state);
+                    close_link(shared, id);
+                }
+            }
+            continue;
+        }
         for (from, to, direction) in [
             (client.try_clone(), server.try_clone(), Direction::Upstream),
             (
@@ -325,28 +365,131 @@ fn pump(id: u64, mut from: TcpStream, mut to: TcpStream, direction: Direction, s
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        {
-            let mut state = shared.lock();
-            while state.mode == Mode::Frozen && state.links.contains_key(&id) {
-                state = shared
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-            if !state.links.contains_key(&id) {
-                break; // Cut while we held these bytes: they are lost, as on a real network.
-            }
+        if !wait_while_frozen(shared, id) {
+            break; // Cut while we held these bytes: they are lost, as on a real network.
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
-        let counter = match direction {
-            Direction::Upstream => &shared.bytes_upstream,
-            Direction::Downstream => &shared.bytes_downstream,
-        };
-        counter.fetch_add(n as u64, Ordering::SeqCst);
+        count(shared, direction, n);
     }
     close_link(shared, id);
+}
+
+/// Waits out a freeze; false when the link was closed meanwhile.
+fn wait_while_frozen(shared: &Shared, id: u64) -> bool {
+    let mut state = shared.lock();
+    while state.mode == Mode::Frozen && state.links.contains_key(&id) {
+        state = shared
+            .changed
+            .wait(state)
+            .unwrap_or_else(|p| p.into_inner());
+    }
+    state.links.contains_key(&id)
+}
+
+fn count(shared: &Shared, direction: Direction, n: usize) {
+    let counter = match direction {
+        Direction::Upstream => &shared.bytes_upstream,
+        Direction::Downstream => &shared.bytes_downstream,
+    };
+    counter.fetch_add(n as u64, Ordering::SeqCst);
+}
+
+/// The two pumps of a link that reads Kafka frames. Both may write to the client (the
+/// upstream pump when it answers in the broker's place), so its write half is shared.
+/// Answering in the broker's place keeps responses in order only for a client with one
+/// request in flight per connection, as ours and the tests' are.
+fn spawn_framed_pumps(
+    id: u64,
+    client: &TcpStream,
+    server: &TcpStream,
+    shared: &Arc<Shared>,
+    faults: &Arc<ProduceFaults>,
+) -> Option<Vec<JoinHandle<()>>> {
+    let client_writer = Arc::new(Mutex::new(client.try_clone().ok()?));
+    // Correlation id of a forwarded Produce request whose answer is to be rewritten, to
+    // (API version, error code).
+    let rewrites: Arc<Mutex<HashMap<i32, (i16, i16)>>> = Arc::default();
+    let (mut from_client, mut to_server) = (client.try_clone().ok()?, server.try_clone().ok()?);
+    let mut from_server = server.try_clone().ok()?;
+    let up = {
+        let (shared, faults, writer, rewrites) = (
+            Arc::clone(shared),
+            Arc::clone(faults),
+            Arc::clone(&client_writer),
+            Arc::clone(&rewrites),
+        );
+        thread::Builder::new()
+            .name(format!("proxy-link-{id}-up"))
+            .spawn(move || {
+                while let Some(frame) = read_frame(&mut from_client) {
+                    if !wait_while_frozen(&shared, id) {
+                        break;
+                    }
+                    let sent = match faults.on_request(&frame) {
+                        Verdict::Forward => to_server.write_all(&frame),
+                        Verdict::Rewrite {
+                            correlation_id,
+                            version,
+                            code,
+                        } => {
+                            lock(&rewrites).insert(correlation_id, (version, code));
+                            to_server.write_all(&frame)
+                        }
+                        Verdict::Answer(answer) => lock(&writer).write_all(&answer),
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                    count(&shared, Direction::Upstream, frame.len());
+                }
+                close_link(&shared, id);
+            })
+            .expect("spawn a proxy pump thread")
+    };
+    let down = {
+        let (shared, faults) = (Arc::clone(shared), Arc::clone(faults));
+        thread::Builder::new()
+            .name(format!("proxy-link-{id}-down"))
+            .spawn(move || {
+                while let Some(frame) = read_frame(&mut from_server) {
+                    if !wait_while_frozen(&shared, id) {
+                        break;
+                    }
+                    let correlation_id = frame
+                        .get(4..8)
+                        .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    let rewrite = lock(&rewrites).remove(&correlation_id);
+                    let frame = match rewrite {
+                        Some((version, code)) => faults.rewrite_answer(&frame, version, code),
+                        None => frame,
+                    };
+                    if lock(&client_writer).write_all(&frame).is_err() {
+                        break;
+                    }
+                    count(&shared, Direction::Downstream, frame.len());
+                }
+                close_link(&shared, id);
+            })
+            .expect("spawn a proxy pump thread")
+    };
+    Some(vec![up, down])
+}
+
+/// One whole Kafka frame (its 4-byte size included); `None` at end of stream or error.
+fn read_frame(from: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut size = [0u8; 4];
+    from.read_exact(&mut size).ok()?;
+    let len = usize::try_from(i32::from_be_bytes(size)).ok()?;
+    let mut frame = vec![0u8; 4 + len];
+    frame[..4].copy_from_slice(&size);
+    from.read_exact(&mut frame[4..]).ok()?;
+    Some(frame)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn close_link(shared: &Shared, id: u64) {

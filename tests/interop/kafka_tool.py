@@ -20,7 +20,8 @@ librdkafka as configuration):
   consume   --group G --topic T --count N [--timeout SECONDS] [--allow-fewer]
             Joins group G, reads N messages (from the earliest offset where the group has
             no committed offset), prints one JSON line per message:
-              {"topic", "partition", "offset", "key", "value", "headers", "timestamp"}
+              {"topic", "partition", "offset", "key", "value", "headers", "timestamp",
+               "timestamp_type"}
             then commits synchronously and leaves the group. Fails if fewer than N
             messages arrive within the timeout, unless --allow-fewer.
 
@@ -160,6 +161,8 @@ def consume(args):
                 "value": b64(msg.value()),
                 "headers": [[name, b64(value)] for name, value in msg.headers() or []],
                 "timestamp": msg.timestamp()[1],
+                # 1: CreateTime (set by the producer), 2: LogAppendTime, 0: none.
+                "timestamp_type": msg.timestamp()[0],
             }
             print(json.dumps(record), flush=True)
             received += 1
