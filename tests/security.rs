@@ -524,8 +524,8 @@ fn librdkafka_produces_through_the_same_sasl_ssl_front_and_reads_back_what_the_w
     for id in &ids {
         wait_status(&db, id, "completed");
     }
-    // DEAD LETTER over SASL_SSL: needs the dead-letter producer on our own connection layer
-    // (until then the bad message's offset stays uncommitted, so this comes first).
+    // The dead letter goes through the same SASL_SSL front (the producer is on our own
+    // connection layer); until it is sent, the bad message's offset stays uncommitted.
     worker.wait_for_line("Dead-lettered invalid message", JOIN_AND_WORK);
     // Every partition committed up to its log end, as librdkafka (through the front) reads.
     wait_until(
@@ -568,8 +568,8 @@ fn the_whole_worker_life_over_sasl_ssl_join_consume_commit_dead_letter_rebalance
     for id in &ids {
         wait_status(&db, id, "completed");
     }
-    // DEAD LETTER over SASL_SSL: needs the dead-letter producer on our own connection layer
-    // (until then the bad message stays in flight and holds up the rebalance below).
+    // The dead letter goes through the same SASL_SSL front (the producer is on our own
+    // connection layer); until it is sent, the bad message stays in flight.
     first.wait_for_line("Dead-lettered invalid message", JOIN_AND_WORK);
 
     // A second worker joins: the group rebalances and the partitions are split.
@@ -655,7 +655,7 @@ fn operator_commands_work_over_sasl_ssl() {
     let out = tool(&env, &["offsets", "--reset", "latest"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    // SEND over SASL_SSL: needs the producer on our own connection layer.
+    // `send` publishes through the same front (the producer is on our own layer).
     let out = tool(
         &env,
         &[
