@@ -58,7 +58,7 @@ Scenarios:
   4 latency: 100 requests/s for 30 s, delay 0; produce -> provisioning / completed
   5 footprint: peak RSS (VmHWM) in 1 and 3, binary size, start to \"Kafka consumer started\"
   6 TLS cost (only when asked for): scenario 1's run with the worker on PLAINTEXT and on
-    SSL (stunnel4 in front of a second tansu; needs stunnel4 and openssl), alternating;
+    SSL (stunnel4 in front of a second tansu; needs stunnel4 and openssl), order alternating;
     throughput and worker CPU per request of each, and TLS/plaintext ratios
 ";
 
@@ -654,7 +654,7 @@ fn merge_s1(plain: RunOut, timed: RunOut) -> RunOut {
     out
 }
 
-/// Scenario 6: scenario 1's run with the worker on PLAINTEXT and then on SSL, alternating,
+/// Scenario 6: scenario 1's run with the worker on PLAINTEXT and on SSL, in alternating order,
 /// against a second broker behind [`tls::TlsFront`] (same relay hop for both).
 fn tls_cost(
     ctx: &Ctx,
@@ -684,21 +684,28 @@ fn tls_cost(
         runs: vec![],
     };
     for i in 0..runs {
-        let mut pair = Vec::new();
-        for tls in [false, true] {
-            tctx.o.worker_env = [ctx.o.worker_env.clone(), front.worker_env(tls)].concat();
-            let which = if tls { "tls" } else { "plain" };
+        // The order alternates, so neither side always runs on a warmer machine.
+        let order = if i % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let (mut plain, mut tls) = (RunOut::default(), RunOut::default());
+        for secure in order {
+            tctx.o.worker_env = [ctx.o.worker_env.clone(), front.worker_env(secure)].concat();
+            let which = if secure { "tls" } else { "plain" };
             ctx.say(&format!(
                 "scenario 6 (TLS cost), run {}/{runs}, {which}",
                 i + 1
             ));
             let label = format!("s6-run{}-{which}", i + 1);
-            pair.push(batch_run(
-                &tctx, &label, n, 6, 0.0, 8, deadline, false, false,
-            ));
+            let out = batch_run(&tctx, &label, n, 6, 0.0, 8, deadline, false, false);
+            if secure {
+                tls = out;
+            } else {
+                plain = out;
+            }
         }
-        let tls = pair.pop().unwrap_or_default();
-        let plain = pair.pop().unwrap_or_default();
         s6.runs.push(merge_tls(plain, tls));
     }
     Ok(s6)
