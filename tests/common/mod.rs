@@ -18,6 +18,7 @@
 // `clippy -D warnings`).
 #![allow(dead_code)]
 
+pub mod hostile_batch;
 pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
