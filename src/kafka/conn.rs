@@ -8,7 +8,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
@@ -151,12 +151,14 @@ impl Connection {
             .map_err(|e| self.protocol(format!("decoding {what} v{version} response: {e}")))
     }
 
-    /// Like `call_with_timeout`, but the answer's body is not read into memory first:
-    /// `read_body` reads it as it arrives (after the response header, whose version is
-    /// `response_header_version`). For answers whose size the broker decides (a fetch
-    /// returns a first record batch whole, however large: KIP-74). Whatever `read_body`
-    /// leaves unread is read and dropped, so the connection stays in step. After an error
-    /// the connection is out of step: drop it.
+    /// Like `call_with_timeout`, for answers whose size the broker decides (a fetch
+    /// returns a first record batch whole, however large: KIP-74): `read_body` reads the
+    /// body (after the response header, whose version is `response_header_version`) from
+    /// a [`Body`]. An answer of up to `hold_up_to` bytes is read into memory first, in one
+    /// piece that its parts are sliced from without copying; a larger one is read as it
+    /// arrives and never held whole. Whatever `read_body` leaves unread is read and dropped,
+    /// so the connection stays in step. After an error the connection is out of step: drop it.
+    #[allow(clippy::too_many_arguments)]
     pub fn call_streaming<Req, T>(
         &mut self,
         key: ApiKey,
@@ -164,6 +166,7 @@ impl Connection {
         request: &Req,
         response_header_version: i16,
         timeout: Duration,
+        hold_up_to: usize,
         read_body: impl FnOnce(&mut Body<'_>) -> Result<T, KafkaError>,
     ) -> Result<T, KafkaError>
     where
@@ -173,7 +176,16 @@ impl Connection {
         let (correlation_id, len) = self.send(key, version, request, timeout)?;
         let len = u64::try_from(len)
             .map_err(|_| self.protocol(format!("{what} response with length {len}")))?;
-        let mut body = Body::new(&mut self.stream, len, &self.addr, what, timeout);
+        let mut body = match usize::try_from(len).ok().filter(|l| *l <= hold_up_to) {
+            Some(len) => {
+                let mut whole = vec![0u8; len];
+                self.stream
+                    .read_exact(&mut whole)
+                    .map_err(|source| self.io_error(what, timeout, source))?;
+                Body::memory(Bytes::from(whole), &self.addr, what, timeout)
+            }
+            None => Body::stream(&mut self.stream, len, &self.addr, what, timeout),
+        };
         let answered = body.i32()?;
         if answered != correlation_id {
             return Err(body.protocol(format!(
@@ -184,7 +196,7 @@ impl Connection {
             body.skip_tagged_fields()?;
         }
         let out = read_body(&mut body)?;
-        io::copy(&mut body.reader, &mut io::sink()).map_err(|e| body.fail(e))?;
+        body.drain()?;
         Ok(out)
     }
 
@@ -251,18 +263,40 @@ impl Connection {
     }
 }
 
-/// The body of an answer, read as it arrives: a buffered reader that stops at the body's
-/// end, with the wire format's primitives and errors that name the broker.
+/// The body of an answer: held in memory (a small one), or read as it arrives (a buffered
+/// reader that stops at the body's end). Either way, the wire format's primitives, and
+/// errors that name the broker.
 pub struct Body<'a> {
-    reader: BufReader<io::Take<&'a mut dyn Read>>,
+    source: BodySource<'a>,
     broker: &'a str,
     what: &'static str,
     timeout: Duration,
 }
 
+enum BodySource<'a> {
+    /// What is left of a body read whole.
+    Memory(Bytes),
+    Stream(BufReader<io::Take<&'a mut dyn Read>>),
+}
+
 impl<'a> Body<'a> {
-    /// A body of `len` bytes from `source`.
-    pub(crate) fn new(
+    /// A body held whole.
+    pub(crate) fn memory(
+        data: Bytes,
+        broker: &'a str,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Body<'a> {
+        Body {
+            source: BodySource::Memory(data),
+            broker,
+            what,
+            timeout,
+        }
+    }
+
+    /// A body of `len` bytes still to come from `source`.
+    pub(crate) fn stream(
         source: &'a mut dyn Read,
         len: u64,
         broker: &'a str,
@@ -270,7 +304,7 @@ impl<'a> Body<'a> {
         timeout: Duration,
     ) -> Body<'a> {
         Body {
-            reader: BufReader::with_capacity(BODY_BUFFER, source.take(len)),
+            source: BodySource::Stream(BufReader::with_capacity(BODY_BUFFER, source.take(len))),
             broker,
             what,
             timeout,
@@ -280,8 +314,12 @@ impl<'a> Body<'a> {
     /// The error for a failed read: the answer ending early is the broker's fault (a
     /// protocol error), anything else the connection's.
     pub fn fail(&self, source: io::Error) -> KafkaError {
-        if source.kind() == io::ErrorKind::UnexpectedEof && self.reader.get_ref().limit() == 0 {
-            return self.protocol(format!("{} answer ends early", self.what));
+        let at_end = match &self.source {
+            BodySource::Memory(_) => true,
+            BodySource::Stream(r) => r.get_ref().limit() == 0,
+        };
+        if source.kind() == io::ErrorKind::UnexpectedEof && at_end {
+            return self.ends_early();
         }
         io_error(self.broker, self.what, self.timeout, source)
     }
@@ -293,8 +331,19 @@ impl<'a> Body<'a> {
         }
     }
 
+    fn ends_early(&self) -> KafkaError {
+        self.protocol(format!("{} answer ends early", self.what))
+    }
+
     pub fn exact(&mut self, buf: &mut [u8]) -> Result<(), KafkaError> {
-        self.reader.read_exact(buf).map_err(|e| self.fail(e))
+        match &mut self.source {
+            BodySource::Memory(data) if data.len() >= buf.len() => {
+                data.copy_to_slice(buf);
+                Ok(())
+            }
+            BodySource::Memory(_) => Err(self.ends_early()),
+            BodySource::Stream(r) => r.read_exact(buf).map_err(|e| self.fail(e)),
+        }
     }
 
     pub fn i16(&mut self) -> Result<i16, KafkaError> {
@@ -332,8 +381,14 @@ impl<'a> Body<'a> {
         )))
     }
 
-    /// `n` bytes into memory.
+    /// `n` bytes: a slice of a body held whole, else read into memory.
     pub fn bytes(&mut self, n: usize) -> Result<Bytes, KafkaError> {
+        if let BodySource::Memory(data) = &mut self.source {
+            if data.len() < n {
+                return Err(self.ends_early());
+            }
+            return Ok(data.split_to(n));
+        }
         let mut buf = vec![0u8; n];
         self.exact(&mut buf)?;
         Ok(Bytes::from(buf))
@@ -341,10 +396,18 @@ impl<'a> Body<'a> {
 
     /// Reads past `n` bytes without keeping them.
     pub fn skip(&mut self, n: u64) -> Result<(), KafkaError> {
-        let skipped =
-            io::copy(&mut (&mut self.reader).take(n), &mut io::sink()).map_err(|e| self.fail(e))?;
+        let skipped = match &mut self.source {
+            BodySource::Memory(data) => {
+                let k = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
+                data.advance(k);
+                k as u64
+            }
+            BodySource::Stream(r) => {
+                io::copy(&mut r.take(n), &mut io::sink()).map_err(|e| self.fail(e))?
+            }
+        };
         if skipped < n {
-            return Err(self.protocol(format!("{} answer ends early", self.what)));
+            return Err(self.ends_early());
         }
         Ok(())
     }
@@ -358,11 +421,29 @@ impl<'a> Body<'a> {
         }
         Ok(())
     }
+
+    /// Reads and drops whatever is left.
+    fn drain(&mut self) -> Result<(), KafkaError> {
+        match &mut self.source {
+            BodySource::Memory(data) => data.clear(),
+            BodySource::Stream(r) => {
+                io::copy(r, &mut io::sink()).map_err(|e| self.fail(e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Read for Body<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reader.read(buf)
+        match &mut self.source {
+            BodySource::Memory(data) => {
+                let n = buf.len().min(data.len());
+                data.copy_to_slice(&mut buf[..n]);
+                Ok(n)
+            }
+            BodySource::Stream(r) => r.read(buf),
+        }
     }
 }
 

@@ -40,6 +40,9 @@ const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
 /// batch above it (KIP-74) as large as a broker accepts by default (`message.max.bytes`,
 /// about 1 MiB). A larger batch is decoded as it arrives.
 const RECORDS_IN_MEMORY: usize = FETCH_MAX_BYTES as usize + 1024 * 1024;
+/// An answer up to this size (its records, and room for the rest) is read in one piece and
+/// its records sliced from it without copying; a larger one is read as it arrives.
+const ANSWER_IN_MEMORY: usize = RECORDS_IN_MEMORY + 64 * 1024;
 /// What the messages of one fetch may hold beyond the answer itself (see `records`): a
 /// few MiB over the fetch size, so a fetch of ordinary records is never cut short.
 const DECODE_BUDGET: usize = FETCH_MAX_BYTES as usize + 4 * 1024 * 1024;
@@ -229,11 +232,13 @@ fn fetch_from(
         &request,
         FetchResponse::header_version(version),
         wait + request_timeout,
+        ANSWER_IN_MEMORY,
         |body| read(body, version),
     )
 }
 
 /// What one fetch may still decode, across the answers of its brokers.
+#[derive(Debug, Clone)]
 struct Decoding {
     limits: RecordLimits,
     budget: Budget,
@@ -523,23 +528,52 @@ mod tests {
             .iter()
             .map(|(p, o)| (Partition(*p), Offset(*o)))
             .collect();
+        let timeout = Duration::from_secs(1);
+        let mut copy = decoding.clone();
         let mut input = body;
-        let mut reader = Body::new(
-            &mut input,
-            body.len() as u64,
-            "test",
-            "Fetch",
-            Duration::from_secs(1),
-        );
+        let mut streamed = Body::stream(&mut input, body.len() as u64, "t", "Fetch", timeout);
+        let streamed = read_all(&mut streamed, version, &wanted, decoding);
+        if body.len() > ANSWER_IN_MEMORY {
+            return streamed;
+        }
+        // A small answer is held whole: the same outcome as reading it as it arrives.
+        let mut held = Body::memory(Bytes::copy_from_slice(body), "t", "Fetch", timeout);
+        let held = read_all(&mut held, version, &wanted, &mut copy);
+        match (&held, &streamed) {
+            (Ok(a), Ok(b)) => assert_eq!(
+                (
+                    &a.messages,
+                    &a.positions,
+                    &a.out_of_range,
+                    a.stale_metadata,
+                    a.errors.len()
+                ),
+                (
+                    &b.messages,
+                    &b.positions,
+                    &b.out_of_range,
+                    b.stale_metadata,
+                    b.errors.len()
+                ),
+                "v{version}: held whole and streamed differ"
+            ),
+            (Err(_), Err(_)) => {}
+            _ => panic!("v{version}: held whole {held:?}, streamed {streamed:?}"),
+        }
+        streamed
+    }
+
+    fn read_all(
+        body: &mut Body<'_>,
+        version: i16,
+        wanted: &HashMap<Partition, Offset>,
+        decoding: &mut Decoding,
+    ) -> Result<Fetched, KafkaError> {
         let mut out = Fetched::default();
-        read_response(&mut reader, version, &wanted, decoding, &mut out)?;
+        read_response(body, version, wanted, decoding, &mut out)?;
         let mut rest = Vec::new();
-        std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
-        assert!(
-            rest.is_empty(),
-            "v{version}: {} bytes left unread",
-            rest.len()
-        );
+        std::io::Read::read_to_end(body, &mut rest).unwrap();
+        assert!(rest.is_empty(), "v{version}: {} bytes left", rest.len());
         Ok(out)
     }
 

@@ -75,7 +75,7 @@ impl RecordLimits {
 }
 
 /// What one fetch may still decode, shared by all of its partitions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Budget {
     /// Bytes the handed-over messages may still hold.
     left: usize,
