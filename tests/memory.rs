@@ -4,6 +4,8 @@
 //! requests come before and after it in the same partition. The worker must stay within
 //! 32 MiB of peak RSS, dead-letter the huge record (its dead letter readable by librdkafka)
 //! with a reason naming its true size, commit past it, and complete every valid request.
+//! The same for an uncompressed batch of 48 MiB: larger than the records a fetch answer may
+//! hold in memory, and sent whole by the broker all the same (KIP-74).
 //!
 //! Peak RSS is the kernel's high-water mark (`VmHWM` in /proc/PID/status), read while the
 //! worker still runs, after everything is processed.
@@ -17,8 +19,11 @@ use common::hostile_batch::{Codec, batch, huge_value, produce_raw, record};
 use common::{Broker, TempDb, WorkerProcess, librdkafka_consume, produce, wait_until};
 use rustfs_kafka::client::KafkaClient;
 
-/// The huge value's length: 300 MiB.
+/// The huge value's length in a compressed batch: 300 MiB.
 const HUGE: usize = 300 * 1024 * 1024;
+/// The huge value's length in an uncompressed batch (written out by the test, so smaller,
+/// but still far above the 32 MiB bar).
+const HUGE_UNCOMPRESSED: usize = 48 * 1024 * 1024;
 /// The bar of issue 10.
 const MAX_PEAK_RSS_KIB: u64 = 32 * 1024;
 /// The dead letter's size limit (`KAFKA_DLQ_MAX_BYTES`, default).
@@ -27,15 +32,20 @@ const GROUP: &str = "memory";
 
 #[test]
 fn a_zstd_batch_expanding_to_300_mib_is_dead_lettered_within_32_mib() {
-    huge_record_is_dead_lettered_within_bounds(Codec::Zstd, "zstd");
+    huge_record_is_dead_lettered_within_bounds(Codec::Zstd, "zstd", HUGE);
 }
 
 #[test]
 fn a_gzip_batch_expanding_to_300_mib_is_dead_lettered_within_32_mib() {
-    huge_record_is_dead_lettered_within_bounds(Codec::Gzip, "gzip");
+    huge_record_is_dead_lettered_within_bounds(Codec::Gzip, "gzip", HUGE);
 }
 
-fn huge_record_is_dead_lettered_within_bounds(codec: Codec, name: &str) {
+#[test]
+fn an_uncompressed_48_mib_batch_is_read_off_the_wire_within_32_mib() {
+    huge_record_is_dead_lettered_within_bounds(Codec::None, "none", HUGE_UNCOMPRESSED);
+}
+
+fn huge_record_is_dead_lettered_within_bounds(codec: Codec, name: &str, huge: usize) {
     let t0 = Instant::now();
     let topic = format!("memory-{name}");
     let dlq = format!("{topic}.dlq");
@@ -51,7 +61,7 @@ fn huge_record_is_dead_lettered_within_bounds(codec: Codec, name: &str) {
     let huge_prefix =
         br#"{"request_id":"huge","user_id":"mallory","gpu_count":1,"duration_hours":1,"pad":""#;
     let huge_suffix = br#""}"#;
-    let fill = HUGE - huge_prefix.len() - huge_suffix.len();
+    let fill = huge - huge_prefix.len() - huge_suffix.len();
     let ids = ["before", "inside-before", "inside-after", "after"];
 
     let (_, first) = produce(&broker, &topic, Some(0), None, &request(ids[0]), &[]);
@@ -75,7 +85,7 @@ fn huge_record_is_dead_lettered_within_bounds(codec: Codec, name: &str) {
     assert_eq!((first, base, last), (0, 1, 4), "where the records landed");
     let huge_offset = base + 1;
     eprintln!(
-        "{name}: a {compressed}-byte batch holding a {HUGE}-byte value produced after {:?}",
+        "{name}: a {compressed}-byte batch holding a {huge}-byte value produced after {:?}",
         t0.elapsed()
     );
 
@@ -130,7 +140,7 @@ fn huge_record_is_dead_lettered_within_bounds(codec: Codec, name: &str) {
     assert_eq!(header("x-original-offset"), huge_offset.to_string());
     let reason = header("x-dlq-reason");
     assert!(
-        reason.contains(&HUGE.to_string()) && reason.contains("65536"),
+        reason.contains(&huge.to_string()) && reason.contains("65536"),
         "the reason names the true size and the limit: {reason}"
     );
     let value = dead.value.as_deref().unwrap_or_default();

@@ -31,6 +31,8 @@ pub enum Piece {
 /// The codecs [`batch`] can write.
 #[derive(Clone, Copy, Debug)]
 pub enum Codec {
+    /// Uncompressed: the records are written out (so keep them to tens of MB).
+    None,
     Gzip,
     Zstd,
 }
@@ -82,6 +84,7 @@ pub fn record(offset_delta: i64, value: Vec<Piece>) -> Vec<Piece> {
 pub fn batch(codec: Codec, records: &[Vec<Piece>]) -> Bytes {
     let pieces: Vec<Piece> = records.iter().flatten().cloned().collect();
     let (attributes, payload) = match codec {
+        Codec::None => (0i16, materialize(&pieces)),
         Codec::Gzip => (1i16, gzip(&pieces)),
         Codec::Zstd => (4i16, zstd(&pieces)),
     };
@@ -164,6 +167,17 @@ pub fn produce_raw(addr: &str, topic: &str, partition: i32, batch: Bytes) -> i64
     let p = &response.responses[0].partition_responses[0];
     assert_eq!(p.error_code, 0, "the broker refused the hand-built batch");
     p.base_offset
+}
+
+fn materialize(pieces: &[Piece]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Bytes(b) => out.extend_from_slice(b),
+            Piece::Fill { byte, len } => out.resize(out.len() + len, *byte),
+        }
+    }
+    out
 }
 
 fn zstd(pieces: &[Piece]) -> Vec<u8> {
