@@ -5,12 +5,12 @@
 //! abort markers). Offsets have gaps (compaction, markers), so the next position is taken
 //! from each batch's last offset, not from counting records.
 //!
-//! Memory is bounded whatever the log holds (DESIGN invariant 9). The answer is read as it
-//! arrives, not into memory first: the records it carries are held up to
-//! [`RECORDS_IN_MEMORY`] (the fetch size, and a first batch of up to 1 MiB beyond it, which
-//! Kafka returns whole: KIP-74); a batch larger than that is decoded as it comes off the
-//! connection and never held. Decoding itself is bounded by `records` (per record, per
-//! fetch, and in work).
+//! Memory is bounded whatever the log holds (DESIGN invariant 9). An answer of up to
+//! [`ANSWER_IN_MEMORY`] is read in one piece and its records sliced from it; a larger one
+//! (a first batch above the fetch size, which Kafka returns whole: KIP-74) is read as it
+//! arrives, its records held up to [`RECORDS_IN_MEMORY`] and a batch larger than that
+//! decoded as it comes off the connection, never held. Decoding itself is bounded by
+//! `records` (per record, per fetch, and in work).
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
