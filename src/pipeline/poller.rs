@@ -775,9 +775,10 @@ impl Run {
     }
 }
 
-/// What to do with one fetched message. A message the Kafka layer could not decode within
-/// its bounds, or whose value it holds only in part (longer than any request can be), is
-/// rejected by its true size without being parsed; every other one is validated here, once.
+/// What to do with one fetched message: validated here, once. Records the Kafka layer gave
+/// up on (a batch past its bounds) are rejected with its reason, which names their offsets;
+/// a value longer than any request can be (held only in part) is rejected by its true size
+/// without being parsed.
 fn work_for(
     undecoded: Option<Box<Undecoded>>,
     key: Option<Bytes>,
