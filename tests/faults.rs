@@ -1024,8 +1024,11 @@ fn hostile_input_at_volume_is_sorted_exactly_and_never_stalls() {
             .get(&at)
             .unwrap_or_else(|| panic!("dead letter for {at:?}, which is not an invalid message"));
         *seen.entry(at).or_default() += 1;
+        // A value over KAFKA_DLQ_MAX_BYTES (default 1,000,000) is held, and dead-lettered,
+        // only as its first bytes (README "Compression"); the 1 MiB ones here are.
+        let kept = m.value.as_deref().map(|v| &v[..v.len().min(1_000_000)]);
         assert!(
-            d.value == m.value,
+            d.value.as_deref() == kept,
             "dead letter for {at:?} is not byte-exact ({})",
             m.kind
         );
