@@ -21,7 +21,8 @@ use crossbeam_channel::Receiver;
 
 use crate::config::{Config, OffsetReset};
 use crate::kafka::{
-    Consumer, ConsumerSettings, KafkaError, Producer, ProducerSettings, StartFrom, TopicState,
+    Consumer, ConsumerSettings, KafkaError, Producer, ProducerSettings, RecordLimits, StartFrom,
+    TopicState,
 };
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
@@ -248,6 +249,11 @@ pub fn consumer_settings(config: &Config) -> ConsumerSettings {
             OffsetReset::Latest => StartFrom::Latest,
         },
         security: Default::default(),
+        // A value longer than any request is held only as far as its dead letter can take.
+        record_limits: RecordLimits {
+            whole: crate::request::MAX_MESSAGE_BYTES,
+            prefix: config.dlq_max_bytes,
+        },
     }
 }
 
