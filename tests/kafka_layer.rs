@@ -616,6 +616,7 @@ fn settings(bootstrap: &str, group: &str, topic: &str, start_from: StartFrom) ->
         request_timeout: REQUEST_TIMEOUT,
         start_from,
         security: Default::default(),
+        record_limits: Default::default(),
     }
 }
 

@@ -246,6 +246,7 @@ fn offsets_show_lag_and_reset_only_when_the_group_is_empty() {
         request_timeout: Duration::from_secs(5),
         start_from: StartFrom::Earliest,
         security: Default::default(),
+        record_limits: Default::default(),
     });
     let outside = admin.commit_outside_group(&[(Partition(0), Offset(0))]);
     assert!(

@@ -218,7 +218,7 @@ fn gzip(data: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::fetch::decode_partition;
+    use crate::kafka::records::{Budget, PartitionDecoder, RecordLimits};
     use crate::kafka::{Offset, Partition};
 
     fn record(
@@ -238,9 +238,16 @@ mod tests {
 
     fn decode(batch: &Bytes) -> Vec<crate::kafka::Message> {
         let mut out = Vec::new();
-        let next = decode_partition(Partition(0), Offset(0), batch.clone(), vec![], &mut out)
-            .expect("our decoder reads what we encode");
-        assert_eq!(next.0, out.len() as i64, "the position follows the batch");
+        let mut decoder =
+            PartitionDecoder::new(Partition(0), Offset(0), vec![], RecordLimits::default());
+        decoder
+            .records(batch.clone(), &mut Budget::new(8 << 20), &mut out)
+            .unwrap_or_else(|e| panic!("our decoder reads what we encode: {e:?}"));
+        assert_eq!(
+            decoder.next().0,
+            out.len() as i64,
+            "the position follows the batch"
+        );
         out
     }
 

@@ -11,12 +11,12 @@
 //! keeps the TLS session, the broker's fetch state and the coordinator connection as they
 //! are; the requests are sequential, so there is never one in flight to wait for.
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
@@ -27,8 +27,12 @@ use super::sasl;
 use super::security::{Security, SessionInfo};
 use super::tls::{self, Stream};
 
-/// The largest response we accept; anything bigger is a corrupt length prefix.
+/// The largest response we read into memory; anything bigger is a corrupt length prefix.
+/// (Fetch answers, whose size the broker decides, are read as they arrive instead: see
+/// `call_streaming`.)
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+/// The read buffer of an answer read as it arrives.
+const BODY_BUFFER: usize = 64 * 1024;
 
 pub struct Connection {
     addr: String,
@@ -277,6 +281,99 @@ impl Connection {
         Resp: Decodable + HeaderVersion,
     {
         let what = api_name(key);
+        let (correlation_id, len) = self.send(key, version, request, timeout)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= MAX_RESPONSE_BYTES)
+            .ok_or_else(|| self.protocol(format!("{what} response with length {len}")))?;
+        let mut body = vec![0u8; len];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|source| self.io_error(what, timeout, source))?;
+        let mut body = Bytes::from(body);
+
+        let response_header = ResponseHeader::decode(&mut body, Resp::header_version(version))
+            .map_err(|e| self.protocol(format!("decoding {what} response header: {e}")))?;
+        if response_header.correlation_id != correlation_id {
+            return Err(self.protocol(format!(
+                "{what} answer carries correlation id {} instead of {correlation_id}",
+                response_header.correlation_id
+            )));
+        }
+        Resp::decode(&mut body, version)
+            .map_err(|e| self.protocol(format!("decoding {what} v{version} response: {e}")))
+    }
+
+    /// Like `call_with_timeout`, for answers whose size the broker decides (a fetch
+    /// returns a first record batch whole, however large: KIP-74): `read_body` reads the
+    /// body (after the response header, whose version is `response_header_version`) from
+    /// a [`Body`]. An answer of up to `hold_up_to` bytes is read into memory first, in one
+    /// piece that its parts are sliced from without copying; a larger one is read as it
+    /// arrives and never held whole. Whatever `read_body` leaves unread is read and dropped,
+    /// so the connection stays in step. After an error the connection is out of step: drop it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn call_streaming<Req, T>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+        response_header_version: i16,
+        timeout: Duration,
+        hold_up_to: usize,
+        read_body: impl FnOnce(&mut Body<'_>) -> Result<T, KafkaError>,
+    ) -> Result<T, KafkaError>
+    where
+        Req: Encodable + HeaderVersion,
+    {
+        if self
+            .reauthenticate_at
+            .is_some_and(|at| Instant::now() >= at)
+        {
+            self.authenticate()?;
+        }
+        // Any failure leaves the connection out of step: it is not used again.
+        self.broken = true;
+        let what = api_name(key);
+        let (correlation_id, len) = self.send(key, version, request, timeout)?;
+        let len = u64::try_from(len)
+            .map_err(|_| self.protocol(format!("{what} response with length {len}")))?;
+        let mut body = match usize::try_from(len).ok().filter(|l| *l <= hold_up_to) {
+            Some(len) => {
+                let mut whole = vec![0u8; len];
+                self.stream
+                    .read_exact(&mut whole)
+                    .map_err(|source| self.io_error(what, timeout, source))?;
+                Body::memory(Bytes::from(whole), &self.addr, what, timeout)
+            }
+            None => Body::stream(&mut self.stream, len, &self.addr, what, timeout),
+        };
+        let answered = body.i32()?;
+        if answered != correlation_id {
+            return Err(body.protocol(format!(
+                "{what} answer carries correlation id {answered} instead of {correlation_id}"
+            )));
+        }
+        if response_header_version >= 1 {
+            body.skip_tagged_fields()?;
+        }
+        let out = read_body(&mut body)?;
+        body.drain()?;
+        self.broken = false;
+        Ok(out)
+    }
+
+    /// Sends one request; returns its correlation id and the length of the answer.
+    fn send<Req>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<(i32, i32), KafkaError>
+    where
+        Req: Encodable + HeaderVersion,
+    {
+        let what = api_name(key);
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let correlation_id = self.correlation_id;
         let header = RequestHeader::default()
@@ -316,27 +413,7 @@ impl Connection {
                 ),
             });
         }
-        let len = i32::from_be_bytes(len);
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|l| *l <= MAX_RESPONSE_BYTES)
-            .ok_or_else(|| self.protocol(format!("{what} response with length {len}")))?;
-        let mut body = vec![0u8; len];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|source| self.io_error(what, timeout, source))?;
-        let mut body = Bytes::from(body);
-
-        let response_header = ResponseHeader::decode(&mut body, Resp::header_version(version))
-            .map_err(|e| self.protocol(format!("decoding {what} response header: {e}")))?;
-        if response_header.correlation_id != correlation_id {
-            return Err(self.protocol(format!(
-                "{what} answer carries correlation id {} instead of {correlation_id}",
-                response_header.correlation_id
-            )));
-        }
-        Resp::decode(&mut body, version)
-            .map_err(|e| self.protocol(format!("decoding {what} v{version} response: {e}")))
+        Ok((correlation_id, i32::from_be_bytes(len)))
     }
 
     fn learn_versions(&mut self) -> Result<(), KafkaError> {
@@ -376,18 +453,7 @@ impl Connection {
         } else {
             source
         };
-        match source.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => KafkaError::Timeout {
-                broker: self.addr.clone(),
-                what,
-                after,
-            },
-            _ => KafkaError::Io {
-                broker: self.addr.clone(),
-                what,
-                source,
-            },
-        }
+        io_error(&self.addr, what, after, source)
     }
 
     fn protocol(&self, detail: String) -> KafkaError {
@@ -460,6 +526,205 @@ fn speaks_plaintext_kafka(addr: &str, timeout: Duration) -> bool {
         Some(head[4..8] == 0x5a5a_i32.to_be_bytes())
     };
     probe().unwrap_or(false)
+}
+
+/// The body of an answer: held in memory (a small one), or read as it arrives (a buffered
+/// reader that stops at the body's end). Either way, the wire format's primitives, and
+/// errors that name the broker.
+pub struct Body<'a> {
+    source: BodySource<'a>,
+    broker: &'a str,
+    what: &'static str,
+    timeout: Duration,
+}
+
+enum BodySource<'a> {
+    /// What is left of a body read whole.
+    Memory(Bytes),
+    Stream(BufReader<io::Take<&'a mut dyn Read>>),
+}
+
+impl<'a> Body<'a> {
+    /// A body held whole.
+    pub(crate) fn memory(
+        data: Bytes,
+        broker: &'a str,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Body<'a> {
+        Body {
+            source: BodySource::Memory(data),
+            broker,
+            what,
+            timeout,
+        }
+    }
+
+    /// A body of `len` bytes still to come from `source`.
+    pub(crate) fn stream(
+        source: &'a mut dyn Read,
+        len: u64,
+        broker: &'a str,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Body<'a> {
+        Body {
+            source: BodySource::Stream(BufReader::with_capacity(BODY_BUFFER, source.take(len))),
+            broker,
+            what,
+            timeout,
+        }
+    }
+
+    /// The error for a failed read: the answer ending early is the broker's fault (a
+    /// protocol error), anything else the connection's.
+    pub fn fail(&self, source: io::Error) -> KafkaError {
+        let at_end = match &self.source {
+            BodySource::Memory(_) => true,
+            BodySource::Stream(r) => r.get_ref().limit() == 0,
+        };
+        if source.kind() == io::ErrorKind::UnexpectedEof && at_end {
+            return self.ends_early();
+        }
+        io_error(self.broker, self.what, self.timeout, source)
+    }
+
+    pub fn protocol(&self, detail: String) -> KafkaError {
+        KafkaError::Protocol {
+            broker: self.broker.to_owned(),
+            detail,
+        }
+    }
+
+    fn ends_early(&self) -> KafkaError {
+        self.protocol(format!("{} answer ends early", self.what))
+    }
+
+    pub fn exact(&mut self, buf: &mut [u8]) -> Result<(), KafkaError> {
+        match &mut self.source {
+            BodySource::Memory(data) if data.len() >= buf.len() => {
+                data.copy_to_slice(buf);
+                Ok(())
+            }
+            BodySource::Memory(_) => Err(self.ends_early()),
+            BodySource::Stream(r) => r.read_exact(buf).map_err(|e| self.fail(e)),
+        }
+    }
+
+    pub fn i16(&mut self) -> Result<i16, KafkaError> {
+        let mut b = [0u8; 2];
+        self.exact(&mut b)?;
+        Ok(i16::from_be_bytes(b))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, KafkaError> {
+        let mut b = [0u8; 4];
+        self.exact(&mut b)?;
+        Ok(i32::from_be_bytes(b))
+    }
+
+    pub fn i64(&mut self) -> Result<i64, KafkaError> {
+        let mut b = [0u8; 8];
+        self.exact(&mut b)?;
+        Ok(i64::from_be_bytes(b))
+    }
+
+    /// An unsigned varint (flexible versions' lengths and tags).
+    pub fn uvarint(&mut self) -> Result<u64, KafkaError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let mut b = [0u8; 1];
+            self.exact(&mut b)?;
+            value |= u64::from(b[0] & 0x7f) << shift;
+            if b[0] & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(self.protocol(format!(
+            "{} answer holds a varint of more than 10 bytes",
+            self.what
+        )))
+    }
+
+    /// `n` bytes: a slice of a body held whole, else read into memory.
+    pub fn bytes(&mut self, n: usize) -> Result<Bytes, KafkaError> {
+        if let BodySource::Memory(data) = &mut self.source {
+            if data.len() < n {
+                return Err(self.ends_early());
+            }
+            return Ok(data.split_to(n));
+        }
+        let mut buf = vec![0u8; n];
+        self.exact(&mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Reads past `n` bytes without keeping them.
+    pub fn skip(&mut self, n: u64) -> Result<(), KafkaError> {
+        let skipped = match &mut self.source {
+            BodySource::Memory(data) => {
+                let k = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
+                data.advance(k);
+                k as u64
+            }
+            BodySource::Stream(r) => {
+                io::copy(&mut r.take(n), &mut io::sink()).map_err(|e| self.fail(e))?
+            }
+        };
+        if skipped < n {
+            return Err(self.ends_early());
+        }
+        Ok(())
+    }
+
+    /// The tagged fields of a flexible version: none of them is needed here.
+    pub fn skip_tagged_fields(&mut self) -> Result<(), KafkaError> {
+        for _ in 0..self.uvarint()? {
+            let _tag = self.uvarint()?;
+            let size = self.uvarint()?;
+            self.skip(size)?;
+        }
+        Ok(())
+    }
+
+    /// Reads and drops whatever is left.
+    fn drain(&mut self) -> Result<(), KafkaError> {
+        match &mut self.source {
+            BodySource::Memory(data) => data.clear(),
+            BodySource::Stream(r) => {
+                io::copy(r, &mut io::sink()).map_err(|e| self.fail(e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.source {
+            BodySource::Memory(data) => {
+                let n = buf.len().min(data.len());
+                data.copy_to_slice(&mut buf[..n]);
+                Ok(n)
+            }
+            BodySource::Stream(r) => r.read(buf),
+        }
+    }
+}
+
+fn io_error(broker: &str, what: &'static str, after: Duration, source: io::Error) -> KafkaError {
+    match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => KafkaError::Timeout {
+            broker: broker.to_owned(),
+            what,
+            after,
+        },
+        _ => KafkaError::Io {
+            broker: broker.to_owned(),
+            what,
+            source,
+        },
+    }
 }
 
 /// Encodes `size | header | body` into one buffer. Public to the crate so tests can decode

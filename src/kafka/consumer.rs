@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::cluster::{Cluster, TopicState};
 use super::fetch::{self, Message};
 use super::group::{Group, GroupSettings, Heartbeat};
+use super::records::RecordLimits;
 use super::security::Security;
 use super::{KafkaError, Offset, Partition, StartFrom};
 
@@ -27,6 +28,9 @@ pub struct ConsumerSettings {
     pub start_from: StartFrom,
     /// TLS and SASL for every connection (bootstrap, brokers, coordinator).
     pub security: Arc<Security>,
+    /// How much of a record a fetch holds: keys and values past the limit arrive cut, with
+    /// their true length (`Message::value_len`).
+    pub record_limits: RecordLimits,
 }
 
 /// What the group side asks of the caller.
@@ -211,6 +215,7 @@ impl Consumer {
             &self.settings.topic,
             &wanted,
             self.settings.fetch_max_wait,
+            self.settings.record_limits,
         )?;
         for (p, next) in &fetched.positions {
             if let Some(pos) = self.positions.get_mut(p) {

@@ -4,21 +4,29 @@
 //! aborted transactions, whose records we skip, as we skip control records (commit and
 //! abort markers). Offsets have gaps (compaction, markers), so the next position is taken
 //! from each batch's last offset, not from counting records.
-use std::collections::{BTreeMap, HashMap, HashSet};
+//!
+//! Memory is bounded whatever the log holds (DESIGN invariant 9). An answer of up to
+//! [`ANSWER_IN_MEMORY`] is read in one piece and its records sliced from it; a larger one
+//! (a first batch above the fetch size, which Kafka returns whole: KIP-74) is read as it
+//! arrives, its records held up to [`RECORDS_IN_MEMORY`] and a batch larger than that
+//! decoded as it comes off the connection, never held. Decoding itself is bounded by
+//! `records` (per record, per fetch, and in work).
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
     TopicName,
     fetch_request::{FetchPartition, FetchTopic},
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
 };
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::Compression;
+use kafka_protocol::protocol::{HeaderVersion, StrBytes};
 
 use super::cluster::Cluster;
-use super::{KafkaError, Offset, Partition, StartFrom, codec};
+use super::conn::Body;
+use super::records::{BATCH_HEADER_LEN, Budget, Failure, PartitionDecoder, RecordLimits};
+use super::{KafkaError, Offset, Partition, StartFrom};
 
 const FETCH_VERSIONS: (i16, i16) = (4, 12);
 const LIST_OFFSETS_VERSIONS: (i16, i16) = (1, 7);
@@ -28,8 +36,16 @@ const READ_COMMITTED: i8 = 1;
 /// keeps one fetch's memory small on an edge host.
 const PARTITION_MAX_BYTES: i32 = 256 * 1024;
 const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
-/// The smallest record batch: its fixed header (61 bytes).
-const BATCH_HEADER_LEN: usize = 61;
+/// The most of an answer's records held in memory: the fetch size, and room for a first
+/// batch above it (KIP-74) as large as a broker accepts by default (`message.max.bytes`,
+/// about 1 MiB). A larger batch is decoded as it arrives.
+const RECORDS_IN_MEMORY: usize = FETCH_MAX_BYTES as usize + 1024 * 1024;
+/// An answer up to this size (its records, and room for the rest) is read in one piece and
+/// its records sliced from it without copying; a larger one is read as it arrives.
+const ANSWER_IN_MEMORY: usize = RECORDS_IN_MEMORY + 64 * 1024;
+/// What the messages of one fetch may hold beyond the answer itself (see `records`): a
+/// few MiB over the fetch size, so a fetch of ordinary records is never cut short.
+const DECODE_BUDGET: usize = FETCH_MAX_BYTES as usize + 4 * 1024 * 1024;
 
 /// One record as the worker sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,17 +55,30 @@ pub struct Message {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     /// The value's length in the log. Equal to `value`'s length, except for a record too
-    /// large to hold, whose `value` is only its first bytes.
+    /// large to hold, whose `value` is only its first bytes (`RecordLimits::prefix`).
     pub value_len: usize,
     pub headers: Vec<(String, Option<Bytes>)>,
     pub timestamp_ms: i64,
+    /// Set when records could not be decoded within the memory bounds: this message has no
+    /// key or value and stands for every offset from its own to `last`. The caller must
+    /// reject it (dead-letter it with the reason); the position is already past `last`.
+    pub undecoded: Option<Box<Undecoded>>,
+}
+
+/// Records given up undecoded (see `Message::undecoded`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecoded {
+    /// The last offset the message stands for.
+    pub last: Offset,
+    /// Which offsets, and why: for the dead letter.
+    pub reason: String,
 }
 
 /// The result of one round of fetches.
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub messages: Vec<Message>,
-    /// The next offset to fetch, for every partition that answered.
+    /// The next offset to fetch, for every partition that answered and was decoded.
     pub positions: HashMap<Partition, Offset>,
     /// Partitions whose position is outside the log: reset them.
     pub out_of_range: Vec<Partition>,
@@ -59,12 +88,14 @@ pub struct Fetched {
     pub errors: Vec<(Partition, KafkaError)>,
 }
 
-/// Fetches from each partition's leader, at the given positions.
+/// Fetches from each partition's leader, at the given positions. Decoding stops where the
+/// fetch's budget runs out; partitions not reached keep their positions.
 pub fn fetch(
     cluster: &mut Cluster,
     topic: &str,
     positions: &[(Partition, Offset)],
     max_wait: Duration,
+    limits: RecordLimits,
 ) -> Result<Fetched, KafkaError> {
     let mut out = Fetched::default();
     let mut by_leader: BTreeMap<String, Vec<(Partition, Offset)>> = BTreeMap::new();
@@ -75,52 +106,23 @@ pub fn fetch(
         }
     }
     let wait = max_wait / u32::try_from(by_leader.len().max(1)).unwrap_or(1);
+    let mut decoding = Decoding {
+        limits,
+        budget: Budget::new(DECODE_BUDGET),
+        in_memory: RECORDS_IN_MEMORY,
+    };
     for (addr, parts) in by_leader {
+        if decoding.budget.exhausted() {
+            break;
+        }
         let wanted: HashMap<Partition, Offset> = parts.iter().copied().collect();
-        let response = match fetch_from(cluster, &addr, topic, &parts, wait) {
-            Ok(r) => r,
-            Err(e) => {
-                cluster.drop_conn(&addr);
-                return Err(e);
-            }
-        };
-        super::check_code("Fetch", response.error_code)?;
-        for t in &response.responses {
-            for pd in &t.partitions {
-                let p = Partition(pd.partition_index);
-                let Some(from) = wanted.get(&p) else { continue };
-                match pd.error_code {
-                    0 => {}
-                    1 => {
-                        out.out_of_range.push(p);
-                        continue;
-                    }
-                    // Unknown partition, no leader, not the leader, fenced or unknown epoch.
-                    3 | 5 | 6 | 74 | 75 => {
-                        out.stale_metadata = true;
-                        continue;
-                    }
-                    code => {
-                        out.errors.push((
-                            p,
-                            KafkaError::Broker {
-                                what: "Fetch",
-                                code,
-                            },
-                        ));
-                        continue;
-                    }
-                }
-                let aborted: Vec<(i64, i64)> = pd
-                    .aborted_transactions
-                    .iter()
-                    .flatten()
-                    .map(|a| (a.producer_id.0, a.first_offset))
-                    .collect();
-                let records = pd.records.clone().unwrap_or_default();
-                let next = decode_partition(p, *from, records, aborted, &mut out.messages)?;
-                out.positions.insert(p, next);
-            }
+        let result = fetch_from(cluster, &addr, topic, &parts, wait, |body, version| {
+            read_response(body, version, &wanted, &mut decoding, &mut out)
+        });
+        if let Err(e) = result {
+            // The answer may be half read: the connection is out of step.
+            cluster.drop_conn(&addr);
+            return Err(e);
         }
     }
     Ok(out)
@@ -192,7 +194,8 @@ fn fetch_from(
     topic: &str,
     parts: &[(Partition, Offset)],
     wait: Duration,
-) -> Result<FetchResponse, KafkaError> {
+    read: impl FnOnce(&mut Body<'_>, i16) -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
     let request_timeout = cluster.timeout();
     let conn = cluster.to(addr)?;
     let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
@@ -223,352 +226,502 @@ fn fetch_from(
                         .collect(),
                 ),
         ]);
-    conn.call_with_timeout(ApiKey::Fetch, version, &request, wait + request_timeout)
+    conn.call_streaming(
+        ApiKey::Fetch,
+        version,
+        &request,
+        FetchResponse::header_version(version),
+        wait + request_timeout,
+        ANSWER_IN_MEMORY,
+        |body| read(body, version),
+    )
 }
 
-/// Decodes one partition's record batches into `out`, skipping control records, aborted
-/// transactions and anything before `from`; returns the next offset to fetch. A batch cut
-/// short at the end of the response is left for the next fetch.
-pub(crate) fn decode_partition(
+/// What one fetch may still decode, across the answers of its brokers.
+#[derive(Debug, Clone)]
+struct Decoding {
+    limits: RecordLimits,
+    budget: Budget,
+    /// Bytes of records the answers may still hold in memory.
+    in_memory: usize,
+}
+
+/// Reads a Fetch answer (versions 4 to 12) as it arrives, decoding the records of the
+/// partitions in `wanted` into `out`. The layout is Kafka's FetchResponse schema; from
+/// version 12 on ("flexible") arrays and strings carry varint lengths and every structure
+/// ends in tagged fields, none of which we need.
+fn read_response(
+    body: &mut Body<'_>,
+    version: i16,
+    wanted: &HashMap<Partition, Offset>,
+    decoding: &mut Decoding,
+    out: &mut Fetched,
+) -> Result<(), KafkaError> {
+    let flexible = version >= 12;
+    let _throttle_time_ms = body.i32()?;
+    if version >= 7 {
+        let code = body.i16()?;
+        let _session_id = body.i32()?;
+        super::check_code("Fetch", code)?;
+    }
+    for _ in 0..array_len(body, flexible)? {
+        // The topic's name: we asked for one topic only.
+        let name_len = if flexible {
+            body.uvarint()?.saturating_sub(1)
+        } else {
+            u64::try_from(body.i16()?).unwrap_or(0)
+        };
+        body.skip(name_len)?;
+        for _ in 0..array_len(body, flexible)? {
+            read_partition(body, version, wanted, decoding, out)?;
+        }
+        if flexible {
+            body.skip_tagged_fields()?;
+        }
+    }
+    if flexible {
+        body.skip_tagged_fields()?;
+    }
+    Ok(())
+}
+
+fn read_partition(
+    body: &mut Body<'_>,
+    version: i16,
+    wanted: &HashMap<Partition, Offset>,
+    decoding: &mut Decoding,
+    out: &mut Fetched,
+) -> Result<(), KafkaError> {
+    let flexible = version >= 12;
+    let p = Partition(body.i32()?);
+    let code = body.i16()?;
+    let _high_watermark = body.i64()?;
+    let _last_stable_offset = body.i64()?;
+    if version >= 5 {
+        let _log_start_offset = body.i64()?;
+    }
+    let mut aborted = Vec::new();
+    for _ in 0..array_len(body, flexible)? {
+        let producer_id = body.i64()?;
+        let first_offset = body.i64()?;
+        if flexible {
+            body.skip_tagged_fields()?;
+        }
+        aborted.push((producer_id, first_offset));
+    }
+    if version >= 11 {
+        let _preferred_read_replica = body.i32()?;
+    }
+    let len = if flexible {
+        body.uvarint()?.saturating_sub(1)
+    } else {
+        u64::try_from(body.i32()?).unwrap_or(0)
+    };
+    let from = match (wanted.get(&p), code) {
+        (None, _) => None,
+        (Some(from), 0) => Some(*from),
+        (Some(_), 1) => {
+            out.out_of_range.push(p);
+            None
+        }
+        // Unknown partition, no leader, not the leader, fenced or unknown epoch.
+        (Some(_), 3 | 5 | 6 | 74 | 75) => {
+            out.stale_metadata = true;
+            None
+        }
+        (Some(_), code) => {
+            out.errors.push((
+                p,
+                KafkaError::Broker {
+                    what: "Fetch",
+                    code,
+                },
+            ));
+            None
+        }
+    };
+    match from {
+        Some(from) if !decoding.budget.exhausted() => {
+            let next = read_records(body, p, from, aborted, len, decoding, &mut out.messages)?;
+            out.positions.insert(p, next);
+        }
+        // Not decoded: its position stays, for the next fetch.
+        _ => body.skip(len)?,
+    }
+    if flexible {
+        body.skip_tagged_fields()?;
+    }
+    Ok(())
+}
+
+/// Decodes a partition's `len` bytes of record batches; returns the next offset to fetch.
+fn read_records(
+    body: &mut Body<'_>,
     partition: Partition,
     from: Offset,
-    mut records: Bytes,
-    mut aborted: Vec<(i64, i64)>,
+    aborted: Vec<(i64, i64)>,
+    len: u64,
+    decoding: &mut Decoding,
     out: &mut Vec<Message>,
 ) -> Result<Offset, KafkaError> {
-    let mut next = from.0;
-    // Aborted transactions, by first offset; a producer becomes "aborting" once we reach
-    // its first offset and stops being so at its abort marker.
-    aborted.sort_by_key(|(_, first)| std::cmp::Reverse(*first));
-    let mut aborting: HashSet<i64> = HashSet::new();
-    while records.len() >= BATCH_HEADER_LEN {
-        let base = be_i64(&records[0..8]);
-        let len = be_i32(&records[8..12]);
-        let Some(total) = usize::try_from(len).ok().map(|l| l + 12) else {
-            return Err(corrupt(partition, format!("negative batch length {len}")));
-        };
-        if records.len() < total {
+    let mut decoder = PartitionDecoder::new(partition, from, aborted, decoding.limits);
+    let budget = &mut decoding.budget;
+    let fail = |body: &Body<'_>, f: Failure| match f {
+        Failure::Kafka(e) => e,
+        Failure::Connection(e) => body.fail(e),
+    };
+    if let Some(n) = usize::try_from(len)
+        .ok()
+        .filter(|n| *n <= decoding.in_memory)
+    {
+        // The usual case: all of it in memory, decoded without copying.
+        decoding.in_memory -= n;
+        let records = body.bytes(n)?;
+        decoder
+            .records(records, budget, out)
+            .map_err(|f| fail(body, f))?;
+        return Ok(decoder.next());
+    }
+    // Too much to hold: batch by batch, each held if it fits, else decoded as it arrives.
+    let mut left = len;
+    let mut header = [0u8; BATCH_HEADER_LEN];
+    while left >= BATCH_HEADER_LEN as u64 && !decoder.stopped() {
+        body.exact(&mut header[..12])?;
+        left -= 12;
+        let batch_len = super::records::be_i32(&header[8..12]);
+        let total = u64::try_from(batch_len)
+            .ok()
+            .map(|l| l + 12)
+            .filter(|t| *t >= BATCH_HEADER_LEN as u64)
+            .ok_or_else(|| {
+                super::records::corrupt(partition, format!("batch length {batch_len}"))
+            })?;
+        let rest = total - 12;
+        if rest > left {
+            // Cut short by a fetch limit: the next fetch starts with it.
             break;
         }
-        let magic = records[16];
-        if magic != 2 {
-            return Err(KafkaError::Protocol {
-                broker: String::new(),
-                detail: format!(
-                    "partition {partition} holds message format v{magic}; this worker reads record batches (v2, Kafka 0.11+) only"
-                ),
-            });
-        }
-        let batch = records.split_to(total);
-        let attributes = be_i16(&batch[21..23]);
-        let last = base + i64::from(be_i32(&batch[23..27]));
-        let producer_id = be_i64(&batch[43..51]);
-        let transactional = attributes & (1 << 4) != 0;
-        let control = attributes & (1 << 5) != 0;
-        if last < next {
-            continue;
-        }
-        while aborted.last().is_some_and(|(_, first)| *first <= last) {
-            if let Some((pid, _)) = aborted.pop() {
-                aborting.insert(pid);
+        left -= rest;
+        match usize::try_from(total)
+            .ok()
+            .filter(|t| *t <= decoding.in_memory)
+        {
+            Some(total) => {
+                decoding.in_memory -= total;
+                let mut batch = BytesMut::with_capacity(total);
+                batch.extend_from_slice(&header[..12]);
+                batch.resize(total, 0);
+                body.exact(&mut batch[12..])?;
+                decoder
+                    .batch(batch.freeze(), budget, out)
+                    .map_err(|f| fail(body, f))?;
+            }
+            None if budget.handed() => {
+                // No room left, and this fetch has work already: the next one starts here.
+                decoder.stop(budget);
+                body.skip(rest)?;
+            }
+            None => {
+                body.exact(&mut header[12..])?;
+                decoder
+                    .streamed_batch(&header, body, budget, out)
+                    .map_err(|f| fail(body, f))?;
             }
         }
-        if transactional && !control && aborting.contains(&producer_id) {
-            next = last + 1;
-            continue;
-        }
-        let records = decode_records(partition, &batch)?;
-        for record in records {
-            if control {
-                // Control record key: version (i16), type (i16: 0 abort, 1 commit).
-                let is_abort = record
-                    .key
-                    .as_ref()
-                    .is_some_and(|k| k.len() >= 4 && be_i16(&k[2..4]) == 0);
-                if is_abort {
-                    aborting.remove(&producer_id);
-                }
-                continue;
-            }
-            if record.offset.0 < next {
-                continue;
-            }
-            out.push(record);
-        }
-        next = last + 1;
     }
-    Ok(Offset(next))
+    body.skip(left)?;
+    Ok(decoder.next())
 }
 
-/// Decodes the records of one complete v2 batch (CRC checked, decompressed).
-///
-/// Our own decoding rather than kafka-protocol's `RecordBatchDecoder`: that one keeps headers
-/// in a map, so a record carrying the same header name twice (legal, and kept by brokers and
-/// librdkafka) would lose one; and this one slices keys and values out of the batch without
-/// copying them.
-fn decode_records(partition: Partition, batch: &Bytes) -> Result<Vec<Message>, KafkaError> {
-    let base_offset = be_i64(&batch[0..8]);
-    let crc = u32::from_be_bytes([batch[17], batch[18], batch[19], batch[20]]);
-    if crc32c::crc32c(&batch[21..]) != crc {
-        return Err(corrupt(partition, "CRC mismatch".into()));
-    }
-    let attributes = be_i16(&batch[21..23]);
-    let log_append_time = attributes & (1 << 3) != 0;
-    let base_timestamp = be_i64(&batch[27..35]);
-    let max_timestamp = be_i64(&batch[35..43]);
-    let count = be_i32(&batch[57..61]);
-    let compression = match attributes & 0x7 {
-        0 => Compression::None,
-        1 => Compression::Gzip,
-        2 => Compression::Snappy,
-        3 => Compression::Lz4,
-        4 => Compression::Zstd,
-        other => {
-            return Err(KafkaError::Codec {
-                codec: "unknown",
-                detail: format!("compression type {other} in partition {partition}"),
-            });
-        }
-    };
-    let data = codec::decompress(&batch.slice(BATCH_HEADER_LEN..), compression)?;
-    let mut r = Reader {
-        data: &data,
-        at: 0,
-        partition,
-    };
-    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(4096));
-    for _ in 0..count {
-        let len = r.varint()?;
-        let end = r.at + usize::try_from(len).map_err(|_| r.bad("negative record length"))?;
-        let _attributes = r.bytes(1)?;
-        let timestamp_delta = r.varint()?;
-        let offset_delta = r.varint()?;
-        let key = r.nullable()?;
-        let value = r.nullable()?;
-        let header_count = r.varint()?;
-        let mut headers = Vec::with_capacity(usize::try_from(header_count).unwrap_or(0).min(64));
-        for _ in 0..header_count {
-            let name = r.nullable()?.unwrap_or_default();
-            let value = r.nullable()?;
-            headers.push((String::from_utf8_lossy(&name).into_owned(), value));
-        }
-        if r.at != end {
-            return Err(r.bad("record length does not match its fields"));
-        }
-        out.push(Message {
-            partition,
-            offset: Offset(base_offset + offset_delta),
-            key,
-            value_len: value.as_ref().map_or(0, Bytes::len),
-            value,
-            headers,
-            timestamp_ms: if log_append_time {
-                max_timestamp
-            } else {
-                base_timestamp + timestamp_delta
-            },
-        });
-    }
-    Ok(out)
-}
-
-/// A cursor over decompressed records, reading Kafka's zigzag varints.
-struct Reader<'a> {
-    data: &'a Bytes,
-    at: usize,
-    partition: Partition,
-}
-
-impl Reader<'_> {
-    fn varint(&mut self) -> Result<i64, KafkaError> {
-        let mut raw: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = *self
-                .data
-                .get(self.at)
-                .ok_or_else(|| self.bad("record cut short"))?;
-            self.at += 1;
-            raw |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
-            }
-        }
-        Err(self.bad("varint longer than 10 bytes"))
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<Bytes, KafkaError> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.data.len());
-        let end = end.ok_or_else(|| self.bad("record cut short"))?;
-        let b = self.data.slice(self.at..end);
-        self.at = end;
-        Ok(b)
-    }
-
-    /// A varint length, then that many bytes; -1 is null.
-    fn nullable(&mut self) -> Result<Option<Bytes>, KafkaError> {
-        let len = self.varint()?;
-        if len < 0 {
-            return Ok(None);
-        }
-        let n = usize::try_from(len).map_err(|_| self.bad("length too large"))?;
-        self.bytes(n).map(Some)
-    }
-
-    fn bad(&self, what: &str) -> KafkaError {
-        corrupt(self.partition, what.to_owned())
-    }
-}
-
-fn corrupt(partition: Partition, detail: String) -> KafkaError {
-    KafkaError::Protocol {
-        broker: String::new(),
-        detail: format!("cannot decode a record batch of partition {partition}: {detail}"),
-    }
-}
-
-fn be_i64(b: &[u8]) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    i64::from_be_bytes(a)
-}
-
-fn be_i32(b: &[u8]) -> i32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    i32::from_be_bytes(a)
-}
-
-fn be_i16(b: &[u8]) -> i16 {
-    i16::from_be_bytes([b[0], b[1]])
+/// An array's length (a null array is empty).
+fn array_len(body: &mut Body<'_>, flexible: bool) -> Result<u64, KafkaError> {
+    Ok(if flexible {
+        body.uvarint()?.saturating_sub(1)
+    } else {
+        u64::try_from(body.i32()?).unwrap_or(0)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
+    use crate::kafka::codec::peak;
     use indexmap::IndexMap;
+    use kafka_protocol::messages::ProducerId;
+    use kafka_protocol::messages::fetch_response::{
+        AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    };
+    use kafka_protocol::protocol::Encodable;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
 
-    fn record(offset: i64, value: &str, pid: i64, transactional: bool, control: bool) -> Record {
-        Record {
-            transactional,
-            control,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: pid,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset,
-            sequence: offset as i32,
-            timestamp: 1,
-            key: if control {
-                // version 0, type 0 (abort) or 1 (commit) encoded in the value we pass.
-                Some(Bytes::from(vec![0, 0, 0, value.parse::<u8>().unwrap()]))
-            } else {
-                Some(Bytes::from_static(b"k"))
-            },
-            value: Some(Bytes::from(value.to_owned())),
-            headers: IndexMap::new(),
-        }
-    }
+    const LIMITS: RecordLimits = RecordLimits {
+        whole: 64 * 1024,
+        prefix: 1000,
+    };
 
-    fn batch(records: &[Record], compression: Compression) -> Bytes {
+    fn batch(first: i64, values: &[Vec<u8>]) -> Bytes {
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: first + i as i64,
+                // kafka-protocol starts a new batch where offset - sequence changes.
+                sequence: i as i32,
+                timestamp: 1,
+                key: None,
+                value: Some(Bytes::from(v.clone())),
+                headers: IndexMap::new(),
+            })
+            .collect();
         let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression,
-        };
         RecordBatchEncoder::encode_with_custom_compression(
             &mut buf,
-            records,
-            &options,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
             None::<fn(&mut BytesMut, &mut BytesMut, Compression) -> anyhow::Result<()>>,
         )
         .unwrap();
         buf.freeze()
     }
 
-    fn values(msgs: &[Message]) -> Vec<String> {
-        msgs.iter()
-            .map(|m| String::from_utf8(m.value.clone().unwrap().to_vec()).unwrap())
+    fn partition(index: i32, code: i16, records: Option<Bytes>) -> PartitionData {
+        PartitionData::default()
+            .with_partition_index(index)
+            .with_error_code(code)
+            .with_high_watermark(100)
+            .with_last_stable_offset(100)
+            .with_records(records)
+    }
+
+    /// The body of a Fetch answer of `version` (after its header), as a broker writes it.
+    fn answer(version: i16, partitions: Vec<PartitionData>) -> Vec<u8> {
+        let response = FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(partitions),
+        ]);
+        let mut buf = BytesMut::new();
+        response.encode(&mut buf, version).unwrap();
+        buf.to_vec()
+    }
+
+    /// Reads `body` as a Fetch answer of `version`; checks it is read to its end.
+    fn read(
+        body: &[u8],
+        version: i16,
+        wanted: &[(i32, i64)],
+        decoding: &mut Decoding,
+    ) -> Result<Fetched, KafkaError> {
+        let wanted: HashMap<Partition, Offset> = wanted
+            .iter()
+            .map(|(p, o)| (Partition(*p), Offset(*o)))
+            .collect();
+        let timeout = Duration::from_secs(1);
+        let mut copy = decoding.clone();
+        let mut input = body;
+        let mut streamed = Body::stream(&mut input, body.len() as u64, "t", "Fetch", timeout);
+        let streamed = read_all(&mut streamed, version, &wanted, decoding);
+        if body.len() > ANSWER_IN_MEMORY {
+            return streamed;
+        }
+        // A small answer is held whole: the same outcome as reading it as it arrives.
+        let mut held = Body::memory(Bytes::copy_from_slice(body), "t", "Fetch", timeout);
+        let held = read_all(&mut held, version, &wanted, &mut copy);
+        match (&held, &streamed) {
+            (Ok(a), Ok(b)) => assert_eq!(
+                (
+                    &a.messages,
+                    &a.positions,
+                    &a.out_of_range,
+                    a.stale_metadata,
+                    a.errors.len()
+                ),
+                (
+                    &b.messages,
+                    &b.positions,
+                    &b.out_of_range,
+                    b.stale_metadata,
+                    b.errors.len()
+                ),
+                "v{version}: held whole and streamed differ"
+            ),
+            (Err(_), Err(_)) => {}
+            _ => panic!("v{version}: held whole {held:?}, streamed {streamed:?}"),
+        }
+        streamed
+    }
+
+    fn read_all(
+        body: &mut Body<'_>,
+        version: i16,
+        wanted: &HashMap<Partition, Offset>,
+        decoding: &mut Decoding,
+    ) -> Result<Fetched, KafkaError> {
+        let mut out = Fetched::default();
+        read_response(body, version, wanted, decoding, &mut out)?;
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(body, &mut rest).unwrap();
+        assert!(rest.is_empty(), "v{version}: {} bytes left", rest.len());
+        Ok(out)
+    }
+
+    fn decoding() -> Decoding {
+        Decoding {
+            limits: LIMITS,
+            budget: Budget::new(DECODE_BUDGET),
+            in_memory: RECORDS_IN_MEMORY,
+        }
+    }
+
+    fn values(f: &Fetched) -> Vec<(i32, i64, String)> {
+        f.messages
+            .iter()
+            .map(|m| {
+                let v = String::from_utf8_lossy(m.value.as_deref().unwrap_or_default());
+                (m.partition.0, m.offset.0, v.into_owned())
+            })
             .collect()
     }
 
     #[test]
-    fn plain_batches_decode_in_order_and_position_follows() {
-        let mut data = BytesMut::new();
-        data.extend_from_slice(&batch(
-            &[
-                record(0, "a", -1, false, false),
-                record(1, "b", -1, false, false),
+    fn answers_of_every_version_we_speak_are_read() {
+        for version in FETCH_VERSIONS.0..=FETCH_VERSIONS.1 {
+            let body = answer(
+                version,
+                vec![
+                    partition(0, 0, Some(batch(5, &[b"a".to_vec(), b"b".to_vec()])))
+                        .with_aborted_transactions(Some(vec![
+                            AbortedTransaction::default()
+                                .with_producer_id(ProducerId(9))
+                                .with_first_offset(50),
+                        ]))
+                        // Tagged fields from version 12 on: read past.
+                        .with_diverging_epoch(EpochEndOffset::default().with_epoch(3))
+                        .with_current_leader(LeaderIdAndEpoch::default().with_leader_epoch(4)),
+                    partition(1, 1, None),
+                    partition(2, 0, Some(batch(0, &[b"not asked for".to_vec()]))),
+                    partition(3, 6, None),
+                    partition(4, 29, None),
+                    partition(5, 0, None),
+                ],
+            );
+            let wanted = [(0, 6), (1, 0), (3, 0), (4, 0), (5, 7)];
+            let f = read(&body, version, &wanted, &mut decoding())
+                .unwrap_or_else(|e| panic!("v{version}: {e}"));
+            assert_eq!(values(&f), vec![(0, 6, "b".into())], "v{version}");
+            let positions: BTreeMap<i32, i64> =
+                f.positions.iter().map(|(p, o)| (p.0, o.0)).collect();
+            assert_eq!(positions, BTreeMap::from([(0, 7), (5, 7)]), "v{version}");
+            assert_eq!(f.out_of_range, vec![Partition(1)], "v{version}");
+            assert!(f.stale_metadata, "v{version}");
+            assert_eq!(f.errors.len(), 1, "v{version}");
+            assert_eq!(f.errors[0].0, Partition(4));
+        }
+    }
+
+    #[test]
+    fn a_fetch_level_error_is_returned() {
+        let mut buf = BytesMut::new();
+        FetchResponse::default()
+            .with_error_code(70) // FETCH_SESSION_ID_NOT_FOUND
+            .encode(&mut buf, 12)
+            .unwrap();
+        let err = read(&buf, 12, &[], &mut decoding()).unwrap_err();
+        assert!(matches!(err, KafkaError::Broker { code: 70, .. }), "{err}");
+    }
+
+    #[test]
+    fn an_answer_ending_early_is_a_protocol_error() {
+        let body = answer(12, vec![partition(0, 0, Some(batch(0, &[b"x".to_vec()])))]);
+        let err = read(&body[..body.len() - 20], 12, &[(0, 0)], &mut decoding()).unwrap_err();
+        assert!(matches!(err, KafkaError::Protocol { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_first_batch_larger_than_the_records_held_in_memory_is_decoded_as_it_arrives() {
+        // KIP-74: the first batch comes whole whatever its size. This one is above what an
+        // answer may hold in memory, so it is decoded off the wire and its huge record is
+        // kept only as a prefix.
+        let huge = vec![b'h'; RECORDS_IN_MEMORY + 1024 * 1024];
+        let body = answer(
+            12,
+            vec![
+                partition(0, 0, Some(batch(0, &[b"small".to_vec(), huge.clone()]))),
+                partition(1, 0, Some(batch(0, &[b"other".to_vec()]))),
             ],
-            Compression::None,
-        ));
-        data.extend_from_slice(&batch(
-            &[record(5, "c", -1, false, false)],
-            Compression::None,
-        ));
-        let mut out = Vec::new();
-        let next =
-            decode_partition(Partition(0), Offset(1), data.freeze(), vec![], &mut out).unwrap();
-        assert_eq!(values(&out), vec!["b", "c"]);
-        assert_eq!(next, Offset(6));
+        );
+        let (f, held) = peak::during(|| read(&body, 12, &[(0, 0), (1, 0)], &mut decoding()));
+        let f = f.unwrap();
+        assert_eq!(f.messages.len(), 3);
+        assert_eq!(f.messages[1].value_len, huge.len());
+        assert_eq!(
+            f.messages[1].value.as_ref().map(Bytes::len),
+            Some(LIMITS.prefix)
+        );
+        assert_eq!(values(&f)[2], (1, 0, "other".into()));
+        assert_eq!(f.positions[&Partition(0)], Offset(2));
+        assert!(
+            held < 1024 * 1024,
+            "held {held} bytes of a {}-byte answer",
+            body.len()
+        );
     }
 
     #[test]
-    fn a_batch_cut_short_is_left_for_the_next_fetch() {
-        let mut data = BytesMut::new();
-        data.extend_from_slice(&batch(
-            &[record(0, "a", -1, false, false)],
-            Compression::None,
-        ));
-        let second = batch(&[record(1, "b", -1, false, false)], Compression::None);
-        data.extend_from_slice(&second[..second.len() - 3]);
-        let mut out = Vec::new();
-        let next =
-            decode_partition(Partition(0), Offset(0), data.freeze(), vec![], &mut out).unwrap();
-        assert_eq!(values(&out), vec!["a"]);
-        assert_eq!(next, Offset(1));
+    fn a_large_batch_after_others_waits_for_the_next_fetch() {
+        // Only the first batch of a fetch is decoded off the wire: after work is handed
+        // over, a batch that does not fit in memory starts the next fetch.
+        let mut records = BytesMut::new();
+        records.extend_from_slice(&batch(0, &[b"first".to_vec()]));
+        records.extend_from_slice(&batch(1, &[vec![b'x'; 4096]]));
+        let body = answer(12, vec![partition(0, 0, Some(records.freeze()))]);
+        let mut d = decoding();
+        d.in_memory = 1024;
+        let f = read(&body, 12, &[(0, 0)], &mut d).unwrap();
+        assert_eq!(values(&f), vec![(0, 0, "first".into())]);
+        assert_eq!(f.positions[&Partition(0)], Offset(1));
+        // The next fetch starts there and decodes it off the wire.
+        let body = answer(
+            12,
+            vec![partition(0, 0, Some(batch(1, &[vec![b'x'; 4096]])))],
+        );
+        let mut d = decoding();
+        d.in_memory = 1024;
+        let f = read(&body, 12, &[(0, 1)], &mut d).unwrap();
+        assert_eq!(f.messages[0].value_len, 4096);
+        assert_eq!(f.positions[&Partition(0)], Offset(2));
     }
 
     #[test]
-    fn aborted_transactions_and_markers_are_hidden() {
-        let mut data = BytesMut::new();
-        // Producer 7 writes offsets 0-1 then aborts (marker at 2); producer 8 commits 3 (marker 4).
-        data.extend_from_slice(&batch(
-            &[
-                record(0, "x", 7, true, false),
-                record(1, "y", 7, true, false),
+    fn when_the_budget_runs_out_later_partitions_keep_their_positions() {
+        let five: Vec<Vec<u8>> = (0..5).map(|i| format!("v{i}").into_bytes()).collect();
+        let body = answer(
+            12,
+            vec![
+                partition(0, 0, Some(batch(0, &five))),
+                partition(1, 0, Some(batch(0, &five))),
             ],
-            Compression::None,
-        ));
-        data.extend_from_slice(&batch(&[record(2, "0", 7, true, true)], Compression::None));
-        data.extend_from_slice(&batch(
-            &[record(3, "ok", 8, true, false)],
-            Compression::None,
-        ));
-        data.extend_from_slice(&batch(&[record(4, "1", 8, true, true)], Compression::None));
-        let mut out = Vec::new();
-        let next = decode_partition(
-            Partition(0),
-            Offset(0),
-            data.freeze(),
-            vec![(7, 0)],
-            &mut out,
-        )
-        .unwrap();
-        assert_eq!(values(&out), vec!["ok"]);
-        assert_eq!(next, Offset(5));
-    }
-
-    #[test]
-    fn empty_records_keep_the_position() {
-        let mut out = Vec::new();
-        let next =
-            decode_partition(Partition(3), Offset(9), Bytes::new(), vec![], &mut out).unwrap();
-        assert_eq!(next, Offset(9));
-        assert!(out.is_empty());
+        );
+        let mut d = decoding();
+        d.budget = Budget::new(300); // two messages' bookkeeping
+        let f = read(&body, 12, &[(0, 0), (1, 0)], &mut d).unwrap();
+        assert_eq!(f.messages.len(), 2);
+        assert_eq!(f.positions[&Partition(0)], Offset(2));
+        assert!(
+            !f.positions.contains_key(&Partition(1)),
+            "partition 1 waits"
+        );
     }
 }

@@ -6,8 +6,10 @@
 //! - `group`: our own consumer-group membership (find coordinator, join with the member-id
 //!   round trip, leader-side range assignment, sync, heartbeat, leave) and offset commits
 //!   with the current generation and member id.
-//! - `fetch`: read_committed fetches of exactly the assigned partitions, record batches
-//!   decoded with pure-Rust codecs (`codec`), control records and aborted transactions hidden.
+//! - `fetch`: read_committed fetches of exactly the assigned partitions, answers read as
+//!   they arrive; `records`: batches decoded record by record within hard memory bounds,
+//!   with pure-Rust streaming codecs (`codec`), control records and aborted transactions
+//!   hidden.
 //! - `consumer`: the facade the poller drives: join, start positions, fetch, commit, leave.
 //! - `producer`: records with key, value and headers, acks=all, idempotent when the cluster
 //!   allows it, keys placed by the Java client's partitioner (`partitioner`), batches
@@ -28,6 +30,7 @@ mod fetch;
 mod group;
 mod partitioner;
 mod producer;
+mod records;
 mod sasl;
 mod security;
 mod tls;
@@ -38,10 +41,11 @@ use std::time::Duration;
 pub use batch::{BatchCompression, OutRecord, uncompressed_batch_len};
 pub use cluster::TopicState;
 pub use consumer::{Assignment, Consumer, ConsumerSettings, GroupSignal};
-pub use fetch::Message;
+pub use fetch::{Message, Undecoded};
 pub use group::{Generation, assign_range, encode_offset_commit};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Delivery, ProduceError, Producer, ProducerSettings};
+pub use records::RecordLimits;
 pub use security::{
     ClientIdentity, Password, SaslMechanism, SaslSettings, Security, SecurityError, SessionInfo,
     TlsSettings,

@@ -22,7 +22,8 @@ use crossbeam_channel::Receiver;
 use crate::config::{Config, OffsetReset, PasswordSource, SaslMechanism};
 use crate::kafka::{
     self, ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password, Producer,
-    ProducerSettings, SaslSettings, Security, SecurityError, StartFrom, TlsSettings, TopicState,
+    ProducerSettings, RecordLimits, SaslSettings, Security, SecurityError, StartFrom, TlsSettings,
+    TopicState,
 };
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
@@ -291,6 +292,11 @@ pub fn consumer_settings(config: &Config, security: &Arc<Security>) -> ConsumerS
             OffsetReset::Latest => StartFrom::Latest,
         },
         security: security.clone(),
+        // A value longer than any request is held only as far as its dead letter can take.
+        record_limits: RecordLimits {
+            whole: crate::request::MAX_MESSAGE_BYTES,
+            prefix: config.dlq_max_bytes,
+        },
     }
 }
 

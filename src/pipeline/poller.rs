@@ -12,14 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
 use super::dead_letter::DeadLetter;
 use super::tracker::OffsetTracker;
 use super::workers::{Done, Job, JobResult, Work};
-use crate::kafka::{BatchCompression, Consumer, GroupSignal, KafkaError, Message, Producer};
+use crate::kafka::{
+    BatchCompression, Consumer, GroupSignal, KafkaError, Message, Producer, Undecoded,
+};
 use crate::metrics::{Leaving, Metrics};
-use crate::request::ProvisionRequest;
+use crate::request::{MAX_MESSAGE_BYTES, ProvisionRequest, Rejected, RequestError};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -295,17 +298,7 @@ impl Run {
     fn accept(&mut self, messages: Vec<Message>) {
         for m in messages {
             self.tracker.fetched(m.partition, m.offset);
-            let value = m.value.unwrap_or_default();
-            let work = match ProvisionRequest::parse(&value) {
-                Ok(req) => Work::Provision(req),
-                Err(rejected) => Work::Reject {
-                    request_id: rejected.request_id,
-                    reason: rejected.reason.to_string(),
-                    key: m.key,
-                    value,
-                    original_len: m.value_len,
-                },
-            };
+            let work = work_for(m.undecoded, m.key, m.value, m.value_len);
             self.buffer.push_back(Job {
                 partition: m.partition,
                 offset: m.offset,
@@ -829,5 +822,103 @@ impl Run {
             let _ = op.recv(&self.p.shutdown);
             self.shutdown_seen = true;
         }
+    }
+}
+
+/// What to do with one fetched message: validated here, once. Records the Kafka layer gave
+/// up on (a batch past its bounds) are rejected with its reason, which names their offsets;
+/// a value longer than any request can be (held only in part) is rejected by its true size
+/// without being parsed.
+fn work_for(
+    undecoded: Option<Box<Undecoded>>,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    value_len: usize,
+) -> Work {
+    let value = value.unwrap_or_default();
+    if let Some(undecoded) = undecoded {
+        return Work::Reject {
+            request_id: None,
+            reason: undecoded.reason,
+            key: None,
+            value,
+            original_len: 0,
+        };
+    }
+    let parsed = if value_len > MAX_MESSAGE_BYTES {
+        Err(Rejected {
+            request_id: None,
+            reason: RequestError::TooLarge { size: value_len },
+        })
+    } else {
+        ProvisionRequest::parse(&value)
+    };
+    match parsed {
+        Ok(req) => Work::Provision(req),
+        Err(rejected) => Work::Reject {
+            request_id: rejected.request_id,
+            reason: rejected.reason.to_string(),
+            key,
+            value,
+            original_len: value_len,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::Offset;
+
+    #[test]
+    fn a_value_held_only_in_part_is_rejected_by_its_true_size() {
+        let prefix = Bytes::from(vec![b'{'; 1000]);
+        let work = work_for(
+            None,
+            Some(Bytes::from_static(b"k")),
+            Some(prefix.clone()),
+            314_572_800,
+        );
+        let Work::Reject {
+            reason,
+            value,
+            original_len,
+            key,
+            request_id,
+        } = work
+        else {
+            panic!("accepted: {work:?}");
+        };
+        assert_eq!(
+            reason,
+            "message is 314572800 bytes, more than the limit of 65536 bytes"
+        );
+        assert_eq!((value, original_len), (prefix, 314_572_800));
+        assert_eq!((key.as_deref(), request_id), (Some(&b"k"[..]), None));
+    }
+
+    #[test]
+    fn records_left_undecoded_are_rejected_with_the_layers_reason() {
+        let undecoded = Undecoded {
+            last: Offset(9),
+            reason: "offsets 5 to 9 of partition 0 were not decoded: why".into(),
+        };
+        let work = work_for(Some(Box::new(undecoded)), None, None, 0);
+        assert!(
+            matches!(&work, Work::Reject { reason, value, .. } if reason.contains("offsets 5 to 9") && value.is_empty()),
+            "{work:?}"
+        );
+    }
+
+    #[test]
+    fn a_whole_value_is_parsed() {
+        let value = br#"{"request_id":"r","user_id":"u","gpu_count":1,"duration_hours":1}"#;
+        let work = work_for(None, None, Some(Bytes::from_static(value)), value.len());
+        assert!(matches!(work, Work::Provision(_)), "{work:?}");
+        let work = work_for(None, None, Some(Bytes::from_static(b"[]")), 2);
+        assert!(
+            matches!(&work, Work::Reject { reason, .. } if reason.contains("JSON object")),
+            "{work:?}"
+        );
     }
 }

@@ -18,6 +18,7 @@
 // `clippy -D warnings`).
 #![allow(dead_code)]
 
+pub mod hostile_batch;
 pub mod produce_faults;
 pub mod proxy;
 pub mod secure;
