@@ -6,7 +6,17 @@
 use log::{LevelFilter, Log, Metadata, Record};
 use simplelog::{ConfigBuilder, WriteLogger, format_description};
 
-pub fn init(level: LevelFilter) {
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The worker logs to stdout, as the Python worker did.
+    Stdout,
+    /// The operator commands print their results on stdout (`id=$(provision-worker send ...)`),
+    /// so their log lines, warnings included, go to stderr.
+    Stderr,
+}
+
+pub fn init(level: LevelFilter, destination: Destination) {
     let mut builder = ConfigBuilder::new();
     builder
         .set_time_format_custom(format_description!(
@@ -20,7 +30,11 @@ pub fn init(level: LevelFilter) {
     // The Python worker logged local time. This must happen before any thread starts: the
     // time crate refuses to read the local offset once a process has several threads.
     let _ = builder.set_time_offset_to_local();
-    let inner = WriteLogger::new(level, builder.build(), std::io::stdout());
+    let config = builder.build();
+    let inner: Box<dyn Log> = match destination {
+        Destination::Stdout => WriteLogger::new(level, config, std::io::stdout()),
+        Destination::Stderr => WriteLogger::new(level, config, std::io::stderr()),
+    };
     let logger = SeedFormat { inner };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
@@ -28,7 +42,7 @@ pub fn init(level: LevelFilter) {
 }
 
 struct SeedFormat {
-    inner: Box<WriteLogger<std::io::Stdout>>,
+    inner: Box<dyn Log>,
 }
 
 impl Log for SeedFormat {

@@ -34,7 +34,12 @@ fn main() -> ExitCode {
         Err(e) if command == Command::Check => return tools::check_bad_config(&e),
         Err(e) => return usage_error(&e.to_string()),
     };
-    logging::init(config.log_level);
+    let destination = if command == Command::Run {
+        logging::Destination::Stdout
+    } else {
+        logging::Destination::Stderr
+    };
+    logging::init(config.log_level, destination);
     // The TLS files are read now: one that cannot be used is a bad configuration too.
     let security = match pipeline::security(&config) {
         Ok(s) => s,
