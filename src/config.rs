@@ -900,7 +900,7 @@ fn parse_security(sources: &Sources<'_>) -> Result<SecurityConfig, ConfigError> 
             var,
             &value,
             format!(
-                "it unset, since KAFKA_SECURITY_PROTOCOL={} does not use {needs}                  (set KAFKA_SECURITY_PROTOCOL to {} to use it)",
+                "it unset, since KAFKA_SECURITY_PROTOCOL={} does not use {needs} (set KAFKA_SECURITY_PROTOCOL to {} to use it)",
                 protocol.as_str(),
                 if needs == "SASL" {
                     "SASL_SSL or SASL_PLAINTEXT"
@@ -1030,7 +1030,7 @@ fn parse_sasl(sources: &Sources<'_>) -> Result<SaslConfig, ConfigError> {
             return Err(invalid(
                 KAFKA_SASL_PASSWORD,
                 "",
-                "the SASL password in KAFKA_SASL_PASSWORD or a file named by                  KAFKA_SASL_PASSWORD_FILE, since KAFKA_SECURITY_PROTOCOL uses SASL",
+                "the SASL password in KAFKA_SASL_PASSWORD or a file named by KAFKA_SASL_PASSWORD_FILE, since KAFKA_SECURITY_PROTOCOL uses SASL",
             ));
         }
     };
