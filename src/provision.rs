@@ -4,7 +4,7 @@
 //! Every database step is retried with backoff until it succeeds or shutdown aborts it: a
 //! fault of the database (busy, read-only, disk full) must delay a request, never fail it,
 //! and never let its offset be committed. The only way to `failed` is a request that can
-//! never succeed (an invalid message, a kubeconfig that cannot be rendered).
+//! never succeed (an invalid message).
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -79,10 +79,7 @@ impl Provisioner {
         }
 
         let token = kubeconfig::new_token();
-        let yaml = match kubeconfig::render(req, &token) {
-            Ok(y) => y,
-            Err(e) => return self.fail(&req.request_id, &format!("cannot render kubeconfig: {e}")),
-        };
+        let yaml = kubeconfig::render(req, &token);
         match self.retry("complete", &req.request_id, || {
             self.store.complete(&req.request_id, &yaml)
         }) {
