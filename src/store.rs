@@ -7,6 +7,12 @@
 //! error whose [`StoreError::is_transient`] is true, and the worker that called retries it with
 //! backoff, where shutdown can interrupt the wait.
 //!
+//! Writes go through one connection, in group commit (`group.rs`): a worker calling
+//! [`Store::claim`], [`Store::complete`] or [`Store::fail`] blocks until its own transition is
+//! committed, but one SQLite transaction carries the transitions of every worker that was
+//! waiting for the writer at the time, each with its own conditional statement and its own
+//! outcome. A lone transition runs at once; nothing ever waits for company.
+//!
 //! Durability: connections run in WAL mode with `synchronous=NORMAL`, which writes each commit
 //! to the `-wal` file without an fsync. [`Store::make_durable`] fsyncs that file, and the poller
 //! calls it before it commits Kafka offsets, so one fsync covers a whole batch of completions.
@@ -17,12 +23,16 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::request::ProvisionRequest;
+use group::GroupCommit;
+
+mod group;
 
 /// Where a request is in its life. Stored as lower-case text in `provision_requests.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +75,16 @@ pub struct Row {
     pub updated_at: String,
 }
 
+/// What the write connection has done since the store opened (see [`Store::write_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteCounts {
+    /// Transactions of transitions committed.
+    pub transactions: u64,
+    /// Transitions (claims, completions, failures) committed in them, including those that
+    /// matched no row.
+    pub transitions: u64,
+}
+
 /// How to open a [`Store`]; [`Store::open`] fills in the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -100,7 +120,15 @@ pub struct Store {
     /// Held open for the store's life, it also keeps the `-wal` file: SQLite deletes it when
     /// the last connection closes, and a re-created one would have a directory entry nobody
     /// fsynced; while this connection is open it keeps the entry that `open` made durable.
+    ///
+    /// Transitions reach it through `group` (whose leader holds this lock for one batch);
+    /// `insert_pending` takes the lock directly.
     writer: Mutex<Connection>,
+    /// The queue of transitions waiting for the writer: group commit (see `group.rs`).
+    group: GroupCommit<Transition, Result<Applied, StoreError>>,
+    /// For [`Store::write_counts`].
+    transactions: AtomicU64,
+    transitions: AtomicU64,
 }
 
 /// Why a store operation failed. See [`StoreError::is_transient`] for which ones to retry.
@@ -152,6 +180,34 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseStatusError {
     pub value: String,
+}
+
+/// One state transition waiting for the writer. It owns what it writes: the leader that runs
+/// it may be another worker's thread.
+#[derive(Debug)]
+enum Transition {
+    Claim {
+        request_id: String,
+        user_id: String,
+        gpu_count: i64,
+        duration_hours: i64,
+    },
+    Complete {
+        request_id: String,
+        kubeconfig: String,
+    },
+    Fail {
+        request_id: String,
+        reason: String,
+    },
+}
+
+/// What one transition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Claim(Claim),
+    /// An update with a conditional `WHERE`: whether the row moved.
+    Moved(bool),
 }
 
 /// The current time in UTC as `YYYY-MM-DD HH:MM:SS.ffffff`, the text SQLAlchemy stores for a
@@ -367,66 +423,57 @@ impl Store {
             path: path.to_owned(),
             wal_path,
             writer: Mutex::new(setup),
+            group: GroupCommit::new(),
+            transactions: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
         })
     }
 
-    /// Takes a request for provisioning, in one write transaction: a missing row is inserted
-    /// from the request as `provisioning`; a `pending` or `provisioning` row becomes
-    /// `provisioning` (a `provisioning` row is a redelivery after a crash); a final row is left
-    /// as it was and reported as [`Claim::AlreadyFinal`].
+    /// Takes a request for provisioning: a missing row is inserted from the request as
+    /// `provisioning`; a `pending` or `provisioning` row becomes `provisioning` (a
+    /// `provisioning` row is a redelivery after a crash); a final row is left as it was and
+    /// reported as [`Claim::AlreadyFinal`]. Returns once committed.
     pub fn claim(&self, req: &ProvisionRequest) -> Result<Claim, StoreError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = utc_now();
-        let changed = tx.prepare_cached(CLAIM_SQL)?.execute(params![
-            req.request_id,
-            req.user_id,
-            i64::from(req.gpu_count),
-            i64::from(req.duration_hours),
-            now,
-        ])?;
-        let claim = if changed > 0 {
-            Claim::Claimed
-        } else {
-            // The upsert skipped the row, so it exists with a status outside
-            // pending/provisioning. Reading it in the same transaction sees the same row.
-            let value: String = tx
-                .prepare_cached(STATUS_SQL)?
-                .query_row(params![req.request_id], |r| r.get(0))?;
-            match value.parse::<Status>() {
-                Ok(status) if status.is_final() => Claim::AlreadyFinal(status),
-                _ => {
-                    return Err(StoreError::UnexpectedStatus {
-                        request_id: req.request_id.clone(),
-                        value,
-                    });
-                }
-            }
+        let transition = Transition::Claim {
+            request_id: req.request_id.clone(),
+            user_id: req.user_id.clone(),
+            gpu_count: i64::from(req.gpu_count),
+            duration_hours: i64::from(req.duration_hours),
         };
-        tx.commit()?;
-        Ok(claim)
+        match self.write(transition)? {
+            Applied::Claim(claim) => Ok(claim),
+            // `apply` answers a claim with `Applied::Claim`, always.
+            Applied::Moved(_) => unreachable!("a claim was answered as an update"),
+        }
     }
 
     /// `provisioning -> completed`, storing the kubeconfig. `Ok(false)` if no row moved: the
-    /// row is missing, still `pending`, or already final.
+    /// row is missing, still `pending`, or already final. Returns once committed.
     pub fn complete(&self, request_id: &str, kubeconfig: &str) -> Result<bool, StoreError> {
-        let conn = self.writer();
-        let changed = conn.prepare_cached(COMPLETE_SQL)?.execute(params![
-            request_id,
-            kubeconfig,
-            utc_now()
-        ])?;
-        Ok(changed > 0)
+        self.write(Transition::Complete {
+            request_id: request_id.to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
+        })
+        .map(|applied| applied.moved())
     }
 
     /// `pending | provisioning -> failed`, storing the reason. `Ok(false)` if no row moved: the
-    /// row is missing or already final.
+    /// row is missing or already final. Returns once committed.
     pub fn fail(&self, request_id: &str, reason: &str) -> Result<bool, StoreError> {
-        let conn = self.writer();
-        let changed =
-            conn.prepare_cached(FAIL_SQL)?
-                .execute(params![request_id, reason, utc_now()])?;
-        Ok(changed > 0)
+        self.write(Transition::Fail {
+            request_id: request_id.to_owned(),
+            reason: reason.to_owned(),
+        })
+        .map(|applied| applied.moved())
+    }
+
+    /// Transactions and transitions the writer has committed since the store opened; their
+    /// ratio is the mean batch of group commit.
+    pub fn write_counts(&self) -> WriteCounts {
+        WriteCounts {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            transitions: self.transitions.load(Ordering::Relaxed),
+        }
     }
 
     /// Makes every transaction committed so far durable by fsyncing the `-wal` file; does
@@ -500,12 +547,99 @@ impl Store {
         self.pool.get().map_err(StoreError::Pool)
     }
 
+    /// Queues one transition for the writer and waits until its batch has run.
+    fn write(&self, transition: Transition) -> Result<Applied, StoreError> {
+        self.group.submit(transition, |batch| self.run_batch(batch))
+    }
+
+    /// Runs a batch of transitions in one write transaction, each with its own statement and
+    /// outcome, and commits it. Called by the leader of group commit.
+    ///
+    /// Each transition's outcome is its own:
+    /// - A statement that fails for its own reasons (a constraint or trigger of the backend's
+    ///   table refuses it, an unknown status) gets that error; SQLite has undone just that
+    ///   statement, and the others go on. If the failure took the whole transaction with it
+    ///   (a trigger's `RAISE(ROLLBACK)`), the others run again, without it, in a new one.
+    /// - A transient fault (busy past the busy timeout, I/O, a full disk) means the
+    ///   transaction cannot commit: every transition of the batch gets it and its worker
+    ///   retries, so another process holding the lock delays the batch and fails nothing.
+    /// - Only a committed transition reports success.
+    fn run_batch(&self, batch: &[&Transition]) -> Vec<Result<Applied, StoreError>> {
+        let mut conn = self.writer();
+        let mut outcomes: Vec<Option<Result<Applied, StoreError>>> =
+            batch.iter().map(|_| None).collect();
+        // Each pass settles at least one transition, so this ends.
+        while outcomes.iter().any(Option::is_none) {
+            // A leader that panicked mid-batch (its thread unwound) may have left a
+            // transaction open on this connection.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+                Ok(tx) => tx,
+                Err(e) => {
+                    settle_all(&mut outcomes, &StoreError::Sqlite(e));
+                    break;
+                }
+            };
+            let now = utc_now();
+            let mut applied: Vec<(usize, Applied)> = Vec::with_capacity(batch.len());
+            let mut lost_transaction = false;
+            for (i, transition) in batch.iter().enumerate() {
+                if outcomes[i].is_some() {
+                    continue;
+                }
+                match apply(&tx, transition, &now) {
+                    Ok(a) => applied.push((i, a)),
+                    Err(e) if e.is_transient() => {
+                        settle_all(&mut outcomes, &e);
+                        outcomes[i] = Some(Err(e));
+                        break;
+                    }
+                    Err(e) => {
+                        outcomes[i] = Some(Err(e));
+                        if tx.is_autocommit() {
+                            lost_transaction = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if lost_transaction || outcomes.iter().all(Option::is_some) {
+                // Dropping `tx` rolls back whatever it still holds.
+                continue;
+            }
+            match tx.commit() {
+                Ok(()) => {
+                    self.transactions.fetch_add(1, Ordering::Relaxed);
+                    self.transitions
+                        .fetch_add(applied.len() as u64, Ordering::Relaxed);
+                    for (i, a) in applied {
+                        outcomes[i] = Some(Ok(a));
+                    }
+                }
+                Err(e) => settle_all(&mut outcomes, &StoreError::Sqlite(e)),
+            }
+        }
+        // Every outcome is settled here: the loop runs until none is missing.
+        outcomes.into_iter().flatten().collect()
+    }
+
     /// The write connection (see `writer`). A writer that panicked left nothing half-done
     /// behind the lock (SQLite rolls its open transaction back), so poisoning is ignored.
     fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Applied {
+    fn moved(self) -> bool {
+        match self {
+            Applied::Moved(moved) => moved,
+            Applied::Claim(claim) => claim == Claim::Claimed,
+        }
     }
 }
 
@@ -718,6 +852,80 @@ SELECT request_id, user_id, gpu_count, duration_hours, status, kubeconfig, error
        created_at, updated_at
 FROM provision_requests WHERE status = 'provisioning' AND updated_at < ?1
 ORDER BY updated_at";
+
+/// Runs one transition inside the batch's transaction.
+fn apply(conn: &Connection, transition: &Transition, now: &str) -> Result<Applied, StoreError> {
+    match transition {
+        Transition::Claim {
+            request_id,
+            user_id,
+            gpu_count,
+            duration_hours,
+        } => {
+            let changed = conn.prepare_cached(CLAIM_SQL)?.execute(params![
+                request_id,
+                user_id,
+                gpu_count,
+                duration_hours,
+                now,
+            ])?;
+            if changed > 0 {
+                return Ok(Applied::Claim(Claim::Claimed));
+            }
+            // The upsert skipped the row, so it exists with a status outside
+            // pending/provisioning. Reading it in the same transaction sees the same row.
+            let value: String = conn
+                .prepare_cached(STATUS_SQL)?
+                .query_row(params![request_id], |r| r.get(0))?;
+            match value.parse::<Status>() {
+                Ok(status) if status.is_final() => Ok(Applied::Claim(Claim::AlreadyFinal(status))),
+                _ => Err(StoreError::UnexpectedStatus {
+                    request_id: request_id.clone(),
+                    value,
+                }),
+            }
+        }
+        Transition::Complete {
+            request_id,
+            kubeconfig,
+        } => {
+            let changed = conn
+                .prepare_cached(COMPLETE_SQL)?
+                .execute(params![request_id, kubeconfig, now])?;
+            Ok(Applied::Moved(changed > 0))
+        }
+        Transition::Fail { request_id, reason } => {
+            let changed = conn
+                .prepare_cached(FAIL_SQL)?
+                .execute(params![request_id, reason, now])?;
+            Ok(Applied::Moved(changed > 0))
+        }
+    }
+}
+
+/// Gives every transition not yet settled its own copy of `error`: the batch's transaction
+/// failed as a whole, so none of them is committed.
+fn settle_all(outcomes: &mut [Option<Result<Applied, StoreError>>], error: &StoreError) {
+    for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+        *outcome = Some(Err(copy_of(error)));
+    }
+}
+
+/// A copy of a transaction-wide error for each transition it failed. SQLite's own errors
+/// copy exactly (code, extended code, message), so `is_transient` answers alike for every
+/// copy; the others (not expected here) keep their message as a generic SQLite error.
+fn copy_of(error: &StoreError) -> StoreError {
+    let sqlite = match error {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(code, message)) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    };
+    StoreError::Sqlite(sqlite)
+}
 
 /// Without `SQLITE_OPEN_URI` (which rusqlite sets by default), so a path that happens to start
 /// with `file:` is still a path.
@@ -1258,6 +1466,359 @@ mod tests {
                 assert_eq!(now, expected.as_str(), "{from} -> {to}");
             }
         }
+    }
+
+    /// Runs each of `ops` on its own thread, all in one batch of group commit: a first claim
+    /// leads a batch of its own and is held at the writer until every op is queued behind
+    /// it. Returns their results in order, and checks that it took exactly two transactions.
+    fn in_one_batch<'s, T: Send>(
+        store: &'s Store,
+        ops: Vec<Box<dyn FnOnce(&'s Store) -> T + Send + 's>>,
+    ) -> Vec<T> {
+        let before = store.write_counts();
+        let n = ops.len();
+        let held = store.writer();
+        let results = std::thread::scope(|s| {
+            let blocker = s.spawn(|| store.claim(&req("blocker")));
+            wait_for_queue(store, 1);
+            let handles: Vec<_> = ops
+                .into_iter()
+                .map(|op| s.spawn(move || op(store)))
+                .collect();
+            wait_for_queue(store, 1 + n);
+            drop(held);
+            assert_eq!(blocker.join().unwrap().unwrap(), Claim::Claimed);
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<T>>()
+        });
+        let after = store.write_counts();
+        assert_eq!(
+            after.transactions - before.transactions,
+            2,
+            "the blocker's transaction and one for the batch: {before:?} -> {after:?}"
+        );
+        results
+    }
+
+    fn wait_for_queue(store: &Store, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.group.waiting() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} queued",
+                store.group.waiting()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    type Op<'s> = Box<dyn FnOnce(&'s Store) -> Result<Applied, StoreError> + Send + 's>;
+
+    fn claim_op<'s>(id: &'static str) -> Op<'s> {
+        Box::new(move |s: &Store| s.claim(&req(id)).map(Applied::Claim))
+    }
+
+    fn complete_op<'s>(id: &'static str, kubeconfig: &'static str) -> Op<'s> {
+        Box::new(move |s: &Store| s.complete(id, kubeconfig).map(Applied::Moved))
+    }
+
+    fn fail_op<'s>(id: &'static str) -> Op<'s> {
+        Box::new(move |s: &Store| s.fail(id, "quota").map(Applied::Moved))
+    }
+
+    /// An audit of every insert and status change, written by triggers inside the
+    /// transitions' own transactions.
+    fn add_audit(store: &Store) {
+        raw(store)
+            .execute_batch(
+                "CREATE TABLE audit (request_id TEXT, old TEXT, new TEXT);
+                 CREATE TRIGGER audit_insert AFTER INSERT ON provision_requests BEGIN
+                   INSERT INTO audit VALUES (NEW.request_id, NULL, NEW.status); END;
+                 CREATE TRIGGER audit_update AFTER UPDATE OF status ON provision_requests BEGIN
+                   INSERT INTO audit VALUES (NEW.request_id, OLD.status, NEW.status); END;",
+            )
+            .unwrap();
+    }
+
+    /// `(old, new)` of each audited change of `request_id`, in order.
+    fn audit_of(store: &Store, request_id: &str) -> Vec<(Option<String>, String)> {
+        let conn = raw(store);
+        let mut stmt = conn
+            .prepare("SELECT old, new FROM audit WHERE request_id = ?1 ORDER BY rowid")
+            .unwrap();
+        stmt.query_map(params![request_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_batch_commits_once_and_each_transition_gets_its_own_outcome() {
+        let (_dir, store) = open_temp();
+        for id in ["provisioning", "moved", "final"] {
+            store.claim(&req(id)).unwrap();
+        }
+        store.insert_pending(&req("pending")).unwrap();
+        // The backend moved one row while we worked; another is already final.
+        force(&store, "moved", "failed");
+        assert!(store.complete("final", "first").unwrap());
+
+        let results = in_one_batch(
+            &store,
+            vec![
+                complete_op("provisioning", "k"),
+                complete_op("moved", "k"),
+                claim_op("final"),
+                claim_op("fresh"),
+                fail_op("pending"),
+                complete_op("missing", "k"),
+                claim_op("provisioning"),
+            ],
+        );
+        let results: Vec<Applied> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            results,
+            [
+                Applied::Moved(true),
+                Applied::Moved(false),
+                Applied::Claim(Claim::AlreadyFinal(Status::Completed)),
+                Applied::Claim(Claim::Claimed),
+                Applied::Moved(true),
+                Applied::Moved(false),
+                // In arrival order: the completion above already ran, so the row is final.
+                Applied::Claim(Claim::AlreadyFinal(Status::Completed)),
+            ]
+        );
+        for (id, status) in [
+            ("provisioning", "completed"),
+            ("moved", "failed"),
+            ("final", "completed"),
+            ("fresh", "provisioning"),
+            ("pending", "failed"),
+        ] {
+            assert_eq!(status_of(&store, id).as_deref(), Some(status), "{id}");
+        }
+        assert_eq!(status_of(&store, "missing"), None);
+        let kept = store.get("final").unwrap().unwrap().kubeconfig;
+        assert_eq!(kept.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn a_statement_refused_in_a_batch_fails_alone() {
+        for raise in ["ABORT", "ROLLBACK"] {
+            let (_dir, store) = open_temp();
+            add_audit(&store);
+            for id in ["good-1", "bad", "good-2"] {
+                store.claim(&req(id)).unwrap();
+            }
+            // A trigger of the backend refuses one row: ABORT undoes that statement alone,
+            // ROLLBACK the whole transaction it ran in.
+            raw(&store)
+                .execute_batch(&format!(
+                    "CREATE TRIGGER refuse BEFORE UPDATE ON provision_requests
+                     WHEN NEW.request_id = 'bad' AND NEW.status = 'completed'
+                     BEGIN SELECT RAISE({raise}, 'refused by the backend'); END;"
+                ))
+                .unwrap();
+            let results = in_one_batch(
+                &store,
+                vec![
+                    complete_op("good-1", "k1"),
+                    complete_op("bad", "k"),
+                    complete_op("good-2", "k2"),
+                ],
+            );
+            assert!(
+                matches!(results[0], Ok(Applied::Moved(true))),
+                "{raise}: {results:?}"
+            );
+            assert!(
+                matches!(results[2], Ok(Applied::Moved(true))),
+                "{raise}: {results:?}"
+            );
+            let err = results[1].as_ref().unwrap_err();
+            assert!(!err.is_transient(), "{raise}: {err:?}");
+            assert!(err.to_string().contains("refused by the backend"), "{err}");
+            assert_eq!(status_of(&store, "bad").as_deref(), Some("provisioning"));
+            for (id, kubeconfig) in [("good-1", "k1"), ("good-2", "k2")] {
+                let row = store.get(id).unwrap().unwrap();
+                assert_eq!(row.status, "completed", "{raise}");
+                assert_eq!(row.kubeconfig.as_deref(), Some(kubeconfig));
+                // Applied once, even when the transaction had to run again without `bad`.
+                let completions = audit_of(&store, id)
+                    .into_iter()
+                    .filter(|(_, new)| new == "completed")
+                    .count();
+                assert_eq!(completions, 1, "{raise}: {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_waits_while_another_process_holds_the_lock_and_fails_nothing() {
+        let (_dir, store) = open_temp();
+        for id in ["a", "b", "c"] {
+            store.claim(&req(id)).unwrap();
+        }
+        let other = raw(&store);
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let before = store.write_counts();
+        let results = std::thread::scope(|s| {
+            let handles: Vec<_> = [("a", true), ("b", true), ("c", false)]
+                .into_iter()
+                .map(|(id, complete)| {
+                    let store = &store;
+                    s.spawn(move || {
+                        if complete {
+                            store.complete(id, "k")
+                        } else {
+                            store.fail(id, "why")
+                        }
+                    })
+                })
+                .collect();
+            wait_for_queue(&store, 3);
+            // All three wait: one leads and sits in SQLite's busy handler, two follow.
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(
+                store.write_counts(),
+                before,
+                "nothing committed while locked"
+            );
+            other.execute_batch("COMMIT").unwrap();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        for result in results {
+            assert!(result.unwrap(), "every transition moved its row");
+        }
+        assert_eq!(status_of(&store, "a").as_deref(), Some("completed"));
+        assert_eq!(status_of(&store, "c").as_deref(), Some("failed"));
+    }
+
+    #[test]
+    fn a_lock_held_past_the_busy_timeout_fails_every_transition_of_the_batch_transiently() {
+        let (_dir, store) = open_temp_with(StoreOptions {
+            pool_size: 1,
+            busy_timeout: Duration::from_millis(100),
+        });
+        for id in ["a", "b"] {
+            store.claim(&req(id)).unwrap();
+        }
+        let other = raw(&store);
+        let results = {
+            let held = store.writer();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            std::thread::scope(|s| {
+                let handles: Vec<_> = ["a", "b", "c"]
+                    .into_iter()
+                    .map(|id| {
+                        let store = &store;
+                        s.spawn(move || store.complete(id, "k"))
+                    })
+                    .collect();
+                wait_for_queue(&store, 3);
+                drop(held);
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        other.execute_batch("ROLLBACK").unwrap();
+        for result in results {
+            let err = result.unwrap_err();
+            assert!(err.is_transient(), "{err:?}");
+        }
+        assert_eq!(status_of(&store, "a").as_deref(), Some("provisioning"));
+        assert!(
+            store.complete("a", "k").unwrap(),
+            "works once the lock is free"
+        );
+    }
+
+    #[test]
+    fn many_threads_each_transition_applies_exactly_once_with_its_own_outcome() {
+        const THREADS: usize = 12;
+        const OWN: usize = 60;
+        const SHARED: usize = 24;
+        let (_dir, store) = open_temp();
+        add_audit(&store);
+        let shared: Vec<String> = (0..SHARED).map(|i| format!("shared-{i}")).collect();
+        for id in &shared {
+            store.claim(&req(id)).unwrap();
+        }
+        let before = store.write_counts();
+        let wins: Vec<Vec<String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (store, shared) = (&store, &shared);
+                    s.spawn(move || {
+                        let mine = format!("by-{t}");
+                        let mut won = Vec::new();
+                        for i in 0..OWN {
+                            let id = format!("own-{t}-{i}");
+                            let request = req(&id);
+                            assert_eq!(store.claim(&request).unwrap(), Claim::Claimed);
+                            let final_status = if i % 2 == 0 {
+                                assert!(store.complete(&id, &mine).unwrap(), "{id}");
+                                Status::Completed
+                            } else {
+                                assert!(store.fail(&id, &mine).unwrap(), "{id}");
+                                Status::Failed
+                            };
+                            assert_eq!(
+                                store.claim(&request).unwrap(),
+                                Claim::AlreadyFinal(final_status)
+                            );
+                            assert!(!store.complete(&id, "late").unwrap(), "{id}");
+                            // Every thread races for each shared row; one completes it.
+                            let shared_id = &shared[(i + t) % SHARED];
+                            if store.complete(shared_id, &mine).unwrap() {
+                                won.push(shared_id.clone());
+                            }
+                        }
+                        won
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for t in 0..THREADS {
+            for i in 0..OWN {
+                let id = format!("own-{t}-{i}");
+                let end = if i % 2 == 0 { "completed" } else { "failed" };
+                let expected = [
+                    (None, "provisioning".to_owned()),
+                    (Some("provisioning".to_owned()), end.to_owned()),
+                ];
+                assert_eq!(audit_of(&store, &id), expected, "{id}");
+            }
+        }
+        for id in &shared {
+            let winners: Vec<usize> = (0..THREADS).filter(|t| wins[*t].contains(id)).collect();
+            assert_eq!(winners.len(), 1, "{id} completed by {winners:?}");
+            let row = store.get(id).unwrap().unwrap();
+            assert_eq!(row.kubeconfig, Some(format!("by-{}", winners[0])), "{id}");
+            let completions = audit_of(&store, id)
+                .into_iter()
+                .filter(|(_, new)| new == "completed")
+                .count();
+            assert_eq!(completions, 1, "{id}");
+        }
+        let counts = store.write_counts();
+        let transitions = counts.transitions - before.transitions;
+        let transactions = counts.transactions - before.transactions;
+        assert_eq!(transitions, (THREADS * OWN * 5) as u64);
+        // Twelve threads writing back to back: batches form.
+        assert!(
+            transactions < transitions,
+            "{transitions} transitions in {transactions} transactions"
+        );
     }
 
     #[test]
