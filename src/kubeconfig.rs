@@ -102,13 +102,27 @@ fn push_context_name(out: &mut String, user: &str, request_id: &str) {
 /// (U+FDD0..U+FDEF and U+xFFFE/U+xFFFF of every plane), which YAML 1.1 does not list as
 /// printable.
 fn push_escaped(out: &mut String, s: &str) {
+    let bytes = s.as_bytes();
     let mut plain_from = 0;
-    for (i, c) in s.char_indices() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // Printable ASCII other than `"` and `\` (nearly every byte of an id) is copied as a
+        // run; only the rest is decoded and looked at as a character.
+        if (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\' {
+            i += 1;
+            continue;
+        }
+        // `i` is always on a character boundary: it moves by whole characters.
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
         if needs_escape(c) {
             out.push_str(&s[plain_from..i]);
             push_escape(out, c);
             plain_from = i + c.len_utf8();
         }
+        i += c.len_utf8();
     }
     out.push_str(&s[plain_from..]);
 }

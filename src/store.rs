@@ -27,11 +27,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use crate::request::ProvisionRequest;
+use checkpoint::Checkpointer;
 use group::GroupCommit;
 
+mod checkpoint;
 mod group;
 
 /// Where a request is in its life. Stored as lower-case text in `provision_requests.status`.
@@ -129,6 +131,9 @@ pub struct Store {
     /// For [`Store::write_counts`].
     transactions: AtomicU64,
     transitions: AtomicU64,
+    /// Copies the WAL into the database off the writer's path (see `checkpoint.rs`); told
+    /// by the writer what it commits. Stopped and joined when the store is dropped.
+    checkpointer: Checkpointer,
 }
 
 /// Why a store operation failed. See [`StoreError::is_transient`] for which ones to retry.
@@ -170,6 +175,8 @@ pub enum StoreError {
     Resolve { path: PathBuf, source: io::Error },
     /// An fsync (of the `-wal` file, or of the directory at start) failed.
     Sync { path: PathBuf, source: io::Error },
+    /// The checkpoint thread could not be started at open.
+    Thread { path: PathBuf, source: io::Error },
     /// `insert_pending` found a row with that request id.
     AlreadyExists { request_id: String },
     /// A row's status is not one this worker knows, so it cannot tell what to do with it.
@@ -413,6 +420,7 @@ impl Store {
             .build(manager)
             .map_err(StoreError::Pool)?;
 
+        let checkpointer = start_checkpointer(path, busy_timeout, &setup)?;
         log::info!(
             "database {} ready (wal, pool of {})",
             path.display(),
@@ -426,6 +434,7 @@ impl Store {
             group: GroupCommit::new(),
             transactions: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
+            checkpointer,
         })
     }
 
@@ -565,23 +574,23 @@ impl Store {
     ///   retries, so another process holding the lock delays the batch and fails nothing.
     /// - Only a committed transition reports success.
     fn run_batch(&self, batch: &[&Transition]) -> Vec<Result<Applied, StoreError>> {
-        let mut conn = self.writer();
+        let conn = self.writer();
+        // A leader that panicked mid-batch (its thread unwound) may have left a transaction
+        // open on this connection.
+        rollback(&conn);
+        if let [transition] = batch
+            && let Some(outcome) = self.run_alone(&conn, transition)
+        {
+            return vec![outcome];
+        }
         let mut outcomes: Vec<Option<Result<Applied, StoreError>>> =
             batch.iter().map(|_| None).collect();
         // Each pass settles at least one transition, so this ends.
         while outcomes.iter().any(Option::is_none) {
-            // A leader that panicked mid-batch (its thread unwound) may have left a
-            // transaction open on this connection.
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+            if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
+                settle_all(&mut outcomes, &StoreError::Sqlite(e));
+                break;
             }
-            let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-                Ok(tx) => tx,
-                Err(e) => {
-                    settle_all(&mut outcomes, &StoreError::Sqlite(e));
-                    break;
-                }
-            };
             let now = utc_now();
             let mut applied: Vec<(usize, Applied)> = Vec::with_capacity(batch.len());
             let mut lost_transaction = false;
@@ -589,7 +598,7 @@ impl Store {
                 if outcomes[i].is_some() {
                     continue;
                 }
-                match apply(&tx, transition, &now) {
+                match apply(&conn, transition, &now) {
                     Ok(a) => applied.push((i, a)),
                     Err(e) if e.is_transient() => {
                         settle_all(&mut outcomes, &e);
@@ -598,7 +607,7 @@ impl Store {
                     }
                     Err(e) => {
                         outcomes[i] = Some(Err(e));
-                        if tx.is_autocommit() {
+                        if conn.is_autocommit() {
                             lost_transaction = true;
                             break;
                         }
@@ -606,23 +615,61 @@ impl Store {
                 }
             }
             if lost_transaction || outcomes.iter().all(Option::is_some) {
-                // Dropping `tx` rolls back whatever it still holds.
+                // Nothing of this transaction is reported as done: undo what it still holds.
+                rollback(&conn);
                 continue;
             }
-            match tx.commit() {
+            match run_cached(&conn, "COMMIT") {
                 Ok(()) => {
                     self.transactions.fetch_add(1, Ordering::Relaxed);
                     self.transitions
                         .fetch_add(applied.len() as u64, Ordering::Relaxed);
+                    self.checkpointer.committed(applied.len() as u64);
                     for (i, a) in applied {
                         outcomes[i] = Some(Ok(a));
                     }
                 }
-                Err(e) => settle_all(&mut outcomes, &StoreError::Sqlite(e)),
+                Err(e) => {
+                    rollback(&conn);
+                    settle_all(&mut outcomes, &StoreError::Sqlite(e));
+                }
             }
         }
         // Every outcome is settled here: the loop runs until none is missing.
         outcomes.into_iter().flatten().collect()
+    }
+
+    /// A batch of one, when it is a single statement, runs as that statement alone: SQLite
+    /// wraps it in a transaction of its own, which costs less than an explicit BEGIN and
+    /// COMMIT around it (two more statements to run). That is every completion and failure,
+    /// and the claim of an existing `pending` or `provisioning` row. `None` when the claim
+    /// needs more than its UPDATE (a missing or final row): then it runs as a batch, in an
+    /// explicit transaction, so its steps see one state of the row.
+    fn run_alone(
+        &self,
+        conn: &Connection,
+        transition: &Transition,
+    ) -> Option<Result<Applied, StoreError>> {
+        let now = utc_now();
+        let outcome = match transition {
+            Transition::Claim { request_id, .. } => {
+                match conn
+                    .prepare_cached(CLAIM_SQL)
+                    .and_then(|mut stmt| stmt.execute(params![request_id, now]))
+                {
+                    Ok(0) => return None,
+                    Ok(_) => Ok(Applied::Claim(Claim::Claimed)),
+                    Err(e) => Err(StoreError::Sqlite(e)),
+                }
+            }
+            Transition::Complete { .. } | Transition::Fail { .. } => apply(conn, transition, &now),
+        };
+        if outcome.is_ok() {
+            self.transactions.fetch_add(1, Ordering::Relaxed);
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+            self.checkpointer.committed(1);
+        }
+        Some(outcome)
     }
 
     /// The write connection (see `writer`). A writer that panicked left nothing half-done
@@ -662,6 +709,7 @@ impl StoreError {
             | StoreError::RequestIdNotUnique { .. }
             | StoreError::Resolve { .. }
             | StoreError::Sync { .. }
+            | StoreError::Thread { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::UnexpectedStatus { .. } => false,
         }
@@ -739,6 +787,13 @@ impl fmt::Display for StoreError {
                  the storage before going on",
                 path.display()
             ),
+            StoreError::Thread { path, source } => write!(
+                f,
+                "cannot start the checkpoint thread of database {}: {source}; the system is out \
+                 of threads or memory, so raise the limit on processes (ulimit -u, TasksMax) or \
+                 free memory",
+                path.display()
+            ),
             StoreError::AlreadyExists { request_id } => write!(
                 f,
                 "request {request_id:?} already exists; use a new request id"
@@ -760,7 +815,9 @@ impl std::error::Error for StoreError {
             | StoreError::Busy { source, .. } => Some(source),
             StoreError::Sqlite(e) => Some(e),
             StoreError::Pool(e) => Some(e),
-            StoreError::Resolve { source, .. } | StoreError::Sync { source, .. } => Some(source),
+            StoreError::Resolve { source, .. }
+            | StoreError::Sync { source, .. }
+            | StoreError::Thread { source, .. } => Some(source),
             StoreError::ZeroPoolSize
             | StoreError::NotWal { .. }
             | StoreError::MissingColumns { .. }
@@ -817,15 +874,22 @@ const REQUIRED_COLUMNS: [&str; 9] = [
 // statuses that `Status::can_move_to` allows into the target; `sql_transitions_follow_can_move_to`
 // checks both.
 
-/// The upsert behind `claim`. `DO UPDATE ... WHERE` leaves a final row untouched, and then the
-/// statement reports 0 changed rows.
+/// `claim`, first step: the usual case, a row the backend inserted as `pending` (or one left
+/// `provisioning` by a crash). A plain UPDATE: cheaper than an upsert, which tries the insert
+/// first and falls back to the update.
 const CLAIM_SQL: &str = "\
+UPDATE provision_requests SET status = 'provisioning', updated_at = ?2
+WHERE request_id = ?1 AND status IN ('pending', 'provisioning')";
+
+/// `claim`, second step, when no row moved: a missing row is inserted as `provisioning`. A row
+/// that exists (final, or with a status we do not know) is a conflict on the unique
+/// `request_id` and is left alone; only that conflict, not, say, a NOT NULL column the backend
+/// added, which must fail loudly.
+const CLAIM_INSERT_SQL: &str = "\
 INSERT INTO provision_requests
   (request_id, user_id, gpu_count, duration_hours, status, created_at, updated_at)
 VALUES (?1, ?2, ?3, ?4, 'provisioning', ?5, ?5)
-ON CONFLICT(request_id) DO UPDATE
-  SET status = 'provisioning', updated_at = excluded.updated_at
-  WHERE provision_requests.status IN ('pending', 'provisioning')";
+ON CONFLICT(request_id) DO NOTHING";
 
 const STATUS_SQL: &str = "SELECT status FROM provision_requests WHERE request_id = ?1";
 
@@ -862,17 +926,23 @@ fn apply(conn: &Connection, transition: &Transition, now: &str) -> Result<Applie
             gpu_count,
             duration_hours,
         } => {
-            let changed = conn.prepare_cached(CLAIM_SQL)?.execute(params![
+            let moved = conn
+                .prepare_cached(CLAIM_SQL)?
+                .execute(params![request_id, now])?;
+            if moved > 0 {
+                return Ok(Applied::Claim(Claim::Claimed));
+            }
+            let inserted = conn.prepare_cached(CLAIM_INSERT_SQL)?.execute(params![
                 request_id,
                 user_id,
                 gpu_count,
                 duration_hours,
                 now,
             ])?;
-            if changed > 0 {
+            if inserted > 0 {
                 return Ok(Applied::Claim(Claim::Claimed));
             }
-            // The upsert skipped the row, so it exists with a status outside
+            // Neither moved nor inserted: the row exists with a status outside
             // pending/provisioning. Reading it in the same transaction sees the same row.
             let value: String = conn
                 .prepare_cached(STATUS_SQL)?
@@ -900,6 +970,22 @@ fn apply(conn: &Connection, transition: &Transition, now: &str) -> Result<Applie
                 .execute(params![request_id, reason, now])?;
             Ok(Applied::Moved(changed > 0))
         }
+    }
+}
+
+/// Runs a statement without parameters or rows (BEGIN, COMMIT, ROLLBACK) from the statement
+/// cache: `execute_batch` would parse it again each time, which cost as much as a tenth of a
+/// transition (callgrind).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Rolls back the open transaction, if any. Its error is of no use: a failed ROLLBACK leaves
+/// no transaction either (SQLite has rolled it back already, or the connection is unusable
+/// and the next BEGIN says so).
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = run_cached(conn, "ROLLBACK");
     }
 }
 
@@ -948,6 +1034,32 @@ fn configure(conn: &mut Connection, busy_timeout: Duration) -> rusqlite::Result<
     // and one connection per worker thread at 2 MiB each would dominate the footprint.
     conn.pragma_update(None, "cache_size", -512)?;
     Ok(mode)
+}
+
+/// Hands checkpoints to a thread of their own (see `checkpoint.rs`): the writer's automatic
+/// checkpoint moves far out, to a safety net, and the thread gets a connection of its own.
+fn start_checkpointer(
+    path: &Path,
+    busy_timeout: Duration,
+    writer: &Connection,
+) -> Result<Checkpointer, StoreError> {
+    let open = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    writer
+        .pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_AUTOCHECKPOINT,
+        )
+        .map_err(open)?;
+    let mut conn = Connection::open_with_flags(path, open_flags()).map_err(open)?;
+    configure(&mut conn, busy_timeout).map_err(open)?;
+    Checkpointer::start(conn).map_err(|source| StoreError::Thread {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// A read-only file shows up during set-up as SQLITE_READONLY (from switching to WAL or
@@ -1084,13 +1196,43 @@ fn format_utc(t: SystemTime) -> String {
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days(secs / 86_400);
     let in_day = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
-        in_day / 3600,
-        in_day % 3600 / 60,
-        in_day % 60,
-        since.subsec_micros()
-    )
+    if year > 9999 {
+        // Past what the fixed width holds (a clock set absurdly far ahead): keep every digit.
+        return format!(
+            "{year}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
+            in_day / 3600,
+            in_day % 3600 / 60,
+            in_day % 60,
+            since.subsec_micros()
+        );
+    }
+    // Digit by digit rather than `format!`: this runs for every write transaction, and the
+    // formatting machinery cost ten times as much (measured with callgrind).
+    let mut out = String::with_capacity(26);
+    for (value, width, then) in [
+        (year, 4, '-'),
+        (month, 2, '-'),
+        (day, 2, ' '),
+        (in_day / 3600, 2, ':'),
+        (in_day % 3600 / 60, 2, ':'),
+        (in_day % 60, 2, '.'),
+        (u64::from(since.subsec_micros()), 6, '\0'),
+    ] {
+        push_digits(&mut out, value, width);
+        if then != '\0' {
+            out.push(then);
+        }
+    }
+    out
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(out: &mut String, value: u64, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10u64.pow(place) % 10;
+        // A digit is below 10, so it fits a u8.
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// Year, month, day of the `days`-th day after 1970-01-01 in the proleptic Gregorian calendar.
@@ -1468,9 +1610,10 @@ mod tests {
         }
     }
 
-    /// Runs each of `ops` on its own thread, all in one batch of group commit: a first claim
-    /// leads a batch of its own and is held at the writer until every op is queued behind
-    /// it. Returns their results in order, and checks that it took exactly two transactions.
+    /// Runs each of `ops` on its own thread, all in one batch of group commit, in the order
+    /// given: a first claim leads a batch of its own and is held at the writer until every op
+    /// is queued behind it. Returns their results in order, and checks that it took exactly
+    /// two transactions.
     fn in_one_batch<'s, T: Send>(
         store: &'s Store,
         ops: Vec<Box<dyn FnOnce(&'s Store) -> T + Send + 's>>,
@@ -1481,9 +1624,15 @@ mod tests {
         let results = std::thread::scope(|s| {
             let blocker = s.spawn(|| store.claim(&req("blocker")));
             wait_for_queue(store, 1);
+            // One at a time, so they queue (and run) in the order given.
             let handles: Vec<_> = ops
                 .into_iter()
-                .map(|op| s.spawn(move || op(store)))
+                .enumerate()
+                .map(|(i, op)| {
+                    let handle = s.spawn(move || op(store));
+                    wait_for_queue(store, 2 + i);
+                    handle
+                })
                 .collect();
             wait_for_queue(store, 1 + n);
             drop(held);
@@ -2048,8 +2197,12 @@ mod tests {
                 source: io::Error::other("ENOENT"),
             },
             StoreError::Sync {
-                path,
+                path: path.clone(),
                 source: io::Error::other("EIO"),
+            },
+            StoreError::Thread {
+                path,
+                source: io::Error::other("EAGAIN"),
             },
             StoreError::AlreadyExists {
                 request_id: "r1".to_owned(),

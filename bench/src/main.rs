@@ -561,6 +561,10 @@ fn batch_run_in(
             .fold(0.0, f64::max);
         out.set("max_completion_gap_ms", gap * 1000.0);
         out.set("kubeconfig_bytes", times.kubeconfig_len);
+        out.set(
+            "transitions_per_transaction",
+            times.transitions_per_timestamp,
+        );
         (last - times.first, times.completed.len())
     } else {
         db::window_from_updated_at(&db)?
@@ -1135,6 +1139,13 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
         ),
         (
             1,
+            "with timing triggers: transitions per transaction",
+            "triggers_transitions_per_transaction",
+            2,
+            "",
+        ),
+        (
+            1,
             "with timing triggers: peak RSS (MiB)",
             "triggers_peak_rss_mib",
             1,
@@ -1199,7 +1210,7 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
         ),
         (
             2,
-            "(µs per claim: BEGIN IMMEDIATE, upsert, COMMIT)",
+            "(µs per claim: BEGIN IMMEDIATE, UPDATE, COMMIT)",
             "worker_sql_claim_us",
             1,
             "",
@@ -1220,6 +1231,13 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
             "≥ 0.95",
         ),
         (3, "peak RSS (MiB)", "peak_rss_mib", 1, "≤ 16"),
+        (
+            3,
+            "transitions per transaction",
+            "transitions_per_transaction",
+            2,
+            "",
+        ),
         (
             4,
             "produce → provisioning p50 (ms)",
