@@ -149,6 +149,15 @@ impl<Op, Out> Waiter<Op, Out> {
     fn set(&self, value: Slot<Out>) {
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = value;
     }
+
+    /// Marks the operation to be queued again, unless it already has its outcome (a leader
+    /// that panicked half-way through handing outcomes out must not run those twice).
+    fn retry_unless_done(&self) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*slot, Slot::Waiting) {
+            *slot = Slot::Retry;
+        }
+    }
 }
 
 /// The end of a leader's turn, also when `run` panics: the batch leaves the queue, its
@@ -164,7 +173,7 @@ impl<Op, Out> Drop for Leading<'_, Op, Out> {
     fn drop(&mut self) {
         if !self.done {
             for waiter in &self.batch[1..] {
-                waiter.set(Slot::Retry);
+                waiter.retry_unless_done();
             }
         }
         let next = {
@@ -278,6 +287,54 @@ mod tests {
         let batches = batches.into_inner();
         assert!(batches <= threads * each, "{batches} batches");
         eprintln!("{} operations in {batches} batches", threads * each);
+    }
+
+    #[test]
+    fn a_follower_that_got_its_outcome_before_the_leader_panicked_is_not_run_again() {
+        let group = GroupCommit::new();
+        let gate = Mutex::new(());
+        let held = gate.lock().unwrap();
+        let entered = Barrier::new(2);
+        let ran = Mutex::new(Vec::new());
+        // The batch [1, 2, 3] gets only two outcomes (a broken runner): 1 (the leader) and 2
+        // have theirs, 3 has none and must queue again; 2 must not run a second time.
+        let runner = |ops: &[&u64]| {
+            if *ops[0] == 0 {
+                entered.wait();
+                drop(gate.lock().unwrap());
+            }
+            ran.lock().unwrap().extend(ops.iter().map(|n| **n));
+            let outs: Vec<u64> = ops.iter().map(|n| **n + 100).collect();
+            if ops.len() == 3 {
+                outs[..2].to_vec()
+            } else {
+                outs
+            }
+        };
+        thread::scope(|s| {
+            let first = s.spawn(|| group.submit(0, runner));
+            entered.wait();
+            let handles: Vec<_> = (1..=3u64)
+                .map(|n| {
+                    let (group, runner) = (&group, &runner);
+                    let handle = s.spawn(move || group.submit(n, runner));
+                    while group.waiting() < 1 + n as usize {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    handle
+                })
+                .collect();
+            drop(held);
+            assert_eq!(first.join().unwrap(), 100);
+            let outs: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+            assert!(outs[0].is_err(), "the leader of the short batch panics");
+            assert_eq!(*outs[1].as_ref().unwrap(), 102);
+            assert_eq!(*outs[2].as_ref().unwrap(), 103);
+        });
+        let ran = ran.into_inner().unwrap();
+        assert_eq!(ran.iter().filter(|n| **n == 2).count(), 1, "{ran:?}");
+        assert_eq!(ran.iter().filter(|n| **n == 3).count(), 2, "{ran:?}");
+        assert!(group.lock().is_empty());
     }
 
     #[test]
