@@ -443,13 +443,7 @@ impl Store {
     /// `provisioning` row is a redelivery after a crash); a final row is left as it was and
     /// reported as [`Claim::AlreadyFinal`]. Returns once committed.
     pub fn claim(&self, req: &ProvisionRequest) -> Result<Claim, StoreError> {
-        let transition = Transition::Claim {
-            request_id: req.request_id.clone(),
-            user_id: req.user_id.clone(),
-            gpu_count: i64::from(req.gpu_count),
-            duration_hours: i64::from(req.duration_hours),
-        };
-        match self.write(transition)? {
+        match self.write(claim_of(req))? {
             Applied::Claim(claim) => Ok(claim),
             // `apply` answers a claim with `Applied::Claim`, always.
             Applied::Moved(_) => unreachable!("a claim was answered as an update"),
@@ -474,6 +468,38 @@ impl Store {
             reason: reason.to_owned(),
         })
         .map(|applied| applied.moved())
+    }
+
+    /// [`Store::complete`] of one request and [`Store::claim`] of the next, written in the same
+    /// transaction, each with its own outcome (one can fail while the other is committed). A
+    /// worker that finishes a request while the next one is already waiting for it saves a
+    /// round trip to the writer, and the transaction carries both.
+    pub fn complete_and_claim(
+        &self,
+        request_id: &str,
+        kubeconfig: &str,
+        next: &ProvisionRequest,
+    ) -> (Result<bool, StoreError>, Result<Claim, StoreError>) {
+        let transitions = vec![
+            Transition::Complete {
+                request_id: request_id.to_owned(),
+                kubeconfig: kubeconfig.to_owned(),
+            },
+            claim_of(next),
+        ];
+        let mut outcomes = self
+            .group
+            .submit_all(transitions, |batch| self.run_batch(batch))
+            .into_iter();
+        let (Some(completed), Some(claimed)) = (outcomes.next(), outcomes.next()) else {
+            unreachable!("group commit answers each transition")
+        };
+        let claimed = claimed.map(|applied| match applied {
+            Applied::Claim(claim) => claim,
+            // `apply` answers a claim with `Applied::Claim`, always.
+            Applied::Moved(_) => unreachable!("a claim was answered as an update"),
+        });
+        (completed.map(Applied::moved), claimed)
     }
 
     /// Transactions and transitions the writer has committed since the store opened; their
@@ -916,6 +942,16 @@ SELECT request_id, user_id, gpu_count, duration_hours, status, kubeconfig, error
        created_at, updated_at
 FROM provision_requests WHERE status = 'provisioning' AND updated_at < ?1
 ORDER BY updated_at";
+
+/// The claim of `req`, as the writer takes it.
+fn claim_of(req: &ProvisionRequest) -> Transition {
+    Transition::Claim {
+        request_id: req.request_id.clone(),
+        user_id: req.user_id.clone(),
+        gpu_count: i64::from(req.gpu_count),
+        duration_hours: i64::from(req.duration_hours),
+    }
+}
 
 /// Runs one transition inside the batch's transaction.
 fn apply(conn: &Connection, transition: &Transition, now: &str) -> Result<Applied, StoreError> {
@@ -1752,6 +1788,55 @@ mod tests {
         assert_eq!(status_of(&store, "missing"), None);
         let kept = store.get("final").unwrap().unwrap().kubeconfig;
         assert_eq!(kept.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn complete_and_claim_write_both_in_one_transaction_each_with_its_own_outcome() {
+        let (_dir, store) = open_temp();
+        add_audit(&store);
+        for id in ["a", "moved", "final"] {
+            store.claim(&req(id)).unwrap();
+        }
+        force(&store, "moved", "failed");
+        assert!(store.complete("final", "k").unwrap());
+        let before = store.write_counts();
+        let outcomes = store.complete_and_claim("a", "ka", &req("b"));
+        assert!(
+            matches!(outcomes, (Ok(true), Ok(Claim::Claimed))),
+            "{outcomes:?}"
+        );
+        let after = store.write_counts();
+        assert_eq!(after.transactions - before.transactions, 1);
+        assert_eq!(after.transitions - before.transitions, 2);
+        // A completion that finds its row moved and a claim of a final row: each reports its
+        // own outcome, neither changes anything.
+        let outcomes = store.complete_and_claim("moved", "k", &req("final"));
+        assert!(matches!(outcomes.0, Ok(false)), "{outcomes:?}");
+        assert!(
+            matches!(outcomes.1, Ok(Claim::AlreadyFinal(Status::Completed))),
+            "{outcomes:?}"
+        );
+        assert_eq!(status_of(&store, "a").as_deref(), Some("completed"));
+        assert_eq!(status_of(&store, "b").as_deref(), Some("provisioning"));
+        assert_eq!(status_of(&store, "moved").as_deref(), Some("failed"));
+        // One refused by the backend, the other committed.
+        raw(&store)
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON provision_requests
+                 WHEN NEW.request_id = 'b' AND NEW.status = 'completed'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the backend'); END;",
+            )
+            .unwrap();
+        let (completed, claimed) = store.complete_and_claim("b", "kb", &req("c"));
+        assert!(!completed.unwrap_err().is_transient());
+        assert_eq!(claimed.unwrap(), Claim::Claimed);
+        assert_eq!(status_of(&store, "b").as_deref(), Some("provisioning"));
+        assert_eq!(status_of(&store, "c").as_deref(), Some("provisioning"));
+        let completions = audit_of(&store, "a")
+            .into_iter()
+            .filter(|(_, new)| new == "completed")
+            .count();
+        assert_eq!(completions, 1);
     }
 
     #[test]

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::kafka::{Offset, Partition};
-use crate::metrics::Final;
-use crate::provision::{Outcome, Provisioner};
+use crate::metrics::{Final, JobTimer};
+use crate::provision::{Outcome, Provisioner, Started};
 use crate::request::ProvisionRequest;
+use crate::store::{Claim, StoreError};
 
 /// One fetched message, on its way to a worker.
 #[derive(Debug)]
@@ -119,18 +120,47 @@ impl WorkerPool {
 }
 
 fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, epoch: &AtomicU64) {
-    for job in jobs.iter() {
-        let timer = provisioner.metrics.job_started();
+    let mut carried: Option<Taken<'_>> = None;
+    loop {
+        let Taken {
+            job,
+            timer,
+            claimed,
+        } = match carried.take() {
+            Some(next) => next,
+            None => match jobs.recv() {
+                Ok(job) => Taken {
+                    job,
+                    timer: provisioner.metrics.job_started(),
+                    claimed: None,
+                },
+                // Every sender is gone: the poller has finished.
+                Err(_) => return,
+            },
+        };
         // Acquire pairs with the poller's release when it bumps the epoch at revocation, so
-        // a job fetched before the revocation is never started after it.
-        let result = if job.epoch != epoch.load(Ordering::Acquire) {
+        // a job fetched before the revocation is never started after it. A job whose claim
+        // is written was started when it was taken (the epoch checked then) and is carried
+        // through like any job in progress.
+        let result = if claimed.is_none() && job.epoch != epoch.load(Ordering::Acquire) {
             JobResult::Dropped
         } else {
             match job.work {
-                Work::Provision(req) => match provisioner.provision(&req) {
-                    Outcome::Aborted => JobResult::Dropped,
-                    outcome => JobResult::Finished(outcome),
-                },
+                Work::Provision(req) => {
+                    let outcome = match provisioner.start(&req, claimed) {
+                        Started::Finished(outcome) => outcome,
+                        Started::Rendered(kubeconfig) => {
+                            let (outcome, next) =
+                                finish(provisioner, &req, &kubeconfig, jobs, epoch);
+                            carried = next;
+                            outcome
+                        }
+                    };
+                    match outcome {
+                        Outcome::Aborted => JobResult::Dropped,
+                        outcome => JobResult::Finished(outcome),
+                    }
+                }
                 Work::Reject {
                     request_id,
                     reason,
@@ -162,6 +192,53 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
             return;
         }
     }
+}
+
+/// Completes `req`. When the next job is already waiting in the channel (the usual case
+/// under load), it is taken now and, if it is a request of the current assignment, its
+/// claim is written in the same transaction as this completion: one trip to the writer
+/// instead of two (see `Store::complete_and_claim`). Returns the completion's outcome and
+/// the job taken, if any, for the worker to go on with.
+fn finish<'m>(
+    provisioner: &'m Provisioner,
+    req: &ProvisionRequest,
+    kubeconfig: &str,
+    jobs: &Receiver<Job>,
+    epoch: &AtomicU64,
+) -> (Outcome, Option<Taken<'m>>) {
+    let Ok(job) = jobs.try_recv() else {
+        return (provisioner.finish(req, kubeconfig, None), None);
+    };
+    let timer = provisioner.metrics.job_started();
+    match &job.work {
+        Work::Provision(next) if job.epoch == epoch.load(Ordering::Acquire) => {
+            let (outcome, claimed) = provisioner.finish_and_claim(req, kubeconfig, next);
+            let taken = Taken {
+                job,
+                timer,
+                claimed: Some(claimed),
+            };
+            (outcome, Some(taken))
+        }
+        // An invalid message, or one from before a revocation: it goes the usual way.
+        _ => {
+            let taken = Taken {
+                job,
+                timer,
+                claimed: None,
+            };
+            (provisioner.finish(req, kubeconfig, None), Some(taken))
+        }
+    }
+}
+
+/// A job a worker took while it was finishing the one before.
+struct Taken<'m> {
+    job: Job,
+    /// Started when the job was taken.
+    timer: JobTimer<'m>,
+    /// The outcome of its claim, when that was written with the completion before.
+    claimed: Option<Result<Claim, StoreError>>,
 }
 
 /// How a job's result counts in the metrics; `None` for a job we did not do.

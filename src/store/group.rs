@@ -40,8 +40,16 @@ impl<Op, Out> GroupCommit<Op, Out> {
     /// If `run` panics, the panic goes on in the leader's thread, and the followers of that
     /// batch queue their operations again rather than wait forever.
     pub fn submit(&self, op: Op, run: impl Fn(&[&Op]) -> Vec<Out>) -> Out {
+        let mut outs = self.submit_all(vec![op], run);
+        // One operation in, one outcome out (`lead` hands each caller as many as it gave).
+        outs.pop().expect("group commit: one outcome per operation")
+    }
+
+    /// [`GroupCommit::submit`] for several operations of one caller: they run in the same
+    /// batch, in this order, and each gets its own outcome.
+    pub fn submit_all(&self, ops: Vec<Op>, run: impl Fn(&[&Op]) -> Vec<Out>) -> Vec<Out> {
         let me = Arc::new(Waiter {
-            op,
+            ops,
             slot: Mutex::new(Slot::Waiting),
             thread: thread::current(),
         });
@@ -72,24 +80,28 @@ impl<Op, Out> GroupCommit<Op, Out> {
 
     /// Runs `batch` (whose first entry is the caller), hands out the outcomes, lets the next
     /// leader go, and returns the caller's own outcome.
-    fn lead(&self, batch: &[Arc<Waiter<Op, Out>>], run: &impl Fn(&[&Op]) -> Vec<Out>) -> Out {
+    fn lead(&self, batch: &[Arc<Waiter<Op, Out>>], run: &impl Fn(&[&Op]) -> Vec<Out>) -> Vec<Out> {
         let mut leading = Leading {
             queue: self,
             batch,
             done: false,
         };
-        let ops: Vec<&Op> = batch.iter().map(|w| &w.op).collect();
+        let ops: Vec<&Op> = batch.iter().flat_map(|w| w.ops.iter()).collect();
         let mut outs = run(&ops).into_iter();
         // The runner's contract is one outcome per operation; a short answer would leave a
-        // follower without one, so it counts as a panic of the leader (followers retry).
-        let mine = outs
-            .next()
-            .expect("group commit: `run` returned no outcomes");
+        // caller without one, so it counts as a panic of the leader (followers retry).
+        let mut take = |n: usize| -> Vec<Out> {
+            let taken: Vec<Out> = outs.by_ref().take(n).collect();
+            assert_eq!(
+                taken.len(),
+                n,
+                "group commit: `run` returned fewer outcomes than operations"
+            );
+            taken
+        };
+        let mine = take(batch[0].ops.len());
         for waiter in &batch[1..] {
-            let out = outs
-                .next()
-                .expect("group commit: `run` returned fewer outcomes than operations");
-            waiter.set(Slot::Done(out));
+            waiter.set(Slot::Done(take(waiter.ops.len())));
         }
         leading.done = true;
         drop(leading);
@@ -122,10 +134,10 @@ impl<Op, Out> Default for GroupCommit<Op, Out> {
     }
 }
 
-/// One caller's entry: its operation, where its outcome goes, and whom to wake.
+/// One caller's entry: its operations, where their outcomes go, and whom to wake.
 struct Waiter<Op, Out> {
-    op: Op,
-    slot: Mutex<Slot<Out>>,
+    ops: Vec<Op>,
+    slot: Mutex<Slot<Vec<Out>>>,
     thread: Thread,
 }
 
@@ -138,7 +150,7 @@ enum Slot<Out> {
 }
 
 impl<Op, Out> Waiter<Op, Out> {
-    fn take(&self) -> Slot<Out> {
+    fn take(&self) -> Slot<Vec<Out>> {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         match *slot {
             Slot::Waiting => Slot::Waiting,
@@ -146,7 +158,7 @@ impl<Op, Out> Waiter<Op, Out> {
         }
     }
 
-    fn set(&self, value: Slot<Out>) {
+    fn set(&self, value: Slot<Vec<Out>>) {
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = value;
     }
 
@@ -254,6 +266,40 @@ mod tests {
         });
         assert_eq!(*sizes.lock().unwrap(), [1, 9]);
         assert!(group.lock().is_empty());
+    }
+
+    #[test]
+    fn several_operations_of_one_caller_run_in_one_batch_in_order_with_their_own_outcomes() {
+        let group = GroupCommit::new();
+        let sizes = Mutex::new(Vec::new());
+        assert_eq!(group.submit_all(vec![1, 2, 3], doubling(&sizes)), [2, 4, 6]);
+        let gate = Mutex::new(());
+        let held = gate.lock().unwrap();
+        let entered = Barrier::new(2);
+        let runner = |ops: &[&u64]| {
+            if *ops[0] == 0 {
+                entered.wait();
+                drop(gate.lock().unwrap());
+            }
+            doubling(&sizes)(ops)
+        };
+        thread::scope(|s| {
+            let first = s.spawn(|| group.submit(0, runner));
+            entered.wait();
+            let pair = s.spawn(|| group.submit_all(vec![10, 11], runner));
+            while group.waiting() < 2 {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let one = s.spawn(|| group.submit(20, runner));
+            while group.waiting() < 3 {
+                thread::sleep(Duration::from_millis(1));
+            }
+            drop(held);
+            assert_eq!(first.join().unwrap(), 0);
+            assert_eq!(pair.join().unwrap(), [20, 22]);
+            assert_eq!(one.join().unwrap(), 40);
+        });
+        assert_eq!(*sizes.lock().unwrap(), [3, 1, 3]);
     }
 
     #[test]
