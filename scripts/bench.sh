@@ -4,7 +4,7 @@
 # driver, which starts its own tansu on a free port and measures the worker from outside.
 #
 # Usage:
-#   scripts/bench.sh                 all five scenarios, 3 runs each (under 10 minutes)
+#   scripts/bench.sh                 all six scenarios, 3 runs each (under 10 minutes)
 #   scripts/bench.sh --quick         CI smoke: scenario 1 with 2,000 requests, 1 run; exits 1
 #                                    only if a request is lost or processed twice, never on speed
 #   scripts/bench.sh --scenario 4 --runs 5

@@ -1,30 +1,28 @@
 //! Rendering the mock kubeconfig handed back for a completed request (pure).
 //!
-//! The document is built from serde structs and serialized by serde_yaml, never by string
-//! formatting: the user id is arbitrary text (quotes, newlines, `: `, `#`, `!!`, …), and only a
-//! real YAML emitter quotes every such value correctly.
+//! The document has one fixed shape, so it is written by a small emitter here rather than a
+//! general YAML serializer. What matters is how the strings are written: the user id and the
+//! request id are arbitrary text (quotes, newlines, `: `, `#`, `!!`, ...), and the programs
+//! that read kubeconfigs parse YAML 1.1 (PyYAML under the Python Kubernetes client, go-yaml
+//! v2 under kubectl), where a plain `no` is false, `1:30` is 90, `2026-12-01` a date and `<<`
+//! a merge key, while YAML 1.2 parsers read those as strings. So every string value is written
+//! double-quoted, where neither version resolves types, with only the escapes both versions
+//! define (see [`push_escaped`]): it reads back as the same string under YAML 1.1 and 1.2
+//! (DESIGN.md invariant 10; tests/kubeconfig.rs checks it with PyYAML and the Kubernetes
+//! client).
 //!
 //! Architecture Invariant: this module has no log calls, because everything it handles
 //! includes the bearer token.
 
-use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::Write as _;
+use std::sync::LazyLock;
 
 use rand::Rng;
-use serde::Serialize;
 
 use crate::request::ProvisionRequest;
 
 /// Length of the bearer token from [`new_token`].
 pub const TOKEN_CHARS: usize = 48;
-
-/// Why a kubeconfig could not be rendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KubeconfigError {
-    /// serde_yaml refused the document (its message); the document is plain strings, so this
-    /// is a bug.
-    Serialize(String),
-}
 
 /// A random [`TOKEN_CHARS`]-character `[A-Za-z0-9]` bearer token.
 pub fn new_token() -> String {
@@ -38,48 +36,38 @@ pub fn new_token() -> String {
 }
 
 /// Renders the kubeconfig YAML giving `request.user_id` access to the request's cluster.
-pub fn render(request: &ProvisionRequest, token: &str) -> Result<String, KubeconfigError> {
-    let cluster_name = format!("gpu-{}", request.request_id);
-    let context_name = format!("{}@{cluster_name}", request.user_id);
-    let document = Kubeconfig {
-        api_version: "v1",
-        kind: "Config",
-        clusters: vec![Named {
-            name: &cluster_name,
-            cluster: Cluster {
-                server: server_url(&request.request_id),
-                certificate_authority_data: base64(FAKE_CA_PEM.as_bytes()),
-            },
-        }],
-        users: vec![NamedUser {
-            name: &request.user_id,
-            user: User { token },
-        }],
-        contexts: vec![NamedContext {
-            name: &context_name,
-            context: Context {
-                cluster: &cluster_name,
-                user: &request.user_id,
-            },
-        }],
-        current_context: &context_name,
-        preferences: BTreeMap::new(),
-    };
-    serde_yaml::to_string(&document).map_err(|err| KubeconfigError::Serialize(err.to_string()))
+///
+/// The keys and their order follow the kubeconfig documentation (and what kubectl writes):
+/// one cluster `gpu-<request id>`, one user named by the user id with a bearer token, one
+/// context `<user id>@gpu-<request id>` joining them, which is the current context.
+pub fn render(request: &ProvisionRequest, token: &str) -> String {
+    let id = request.request_id.as_str();
+    let user = request.user_id.as_str();
+    // The fixed text is about 560 bytes with the certificate; names appear twice or three
+    // times, and escapes can lengthen them.
+    let mut out = String::with_capacity(640 + 3 * id.len() + 3 * user.len() + token.len());
+    out.push_str("apiVersion: v1\nkind: Config\nclusters:\n- name: \"gpu-");
+    push_escaped(&mut out, id);
+    out.push_str("\"\n  cluster:\n    server: \"");
+    push_server_url(&mut out, id);
+    out.push_str("\"\n    certificate-authority-data: \"");
+    out.push_str(&CA_DATA);
+    out.push_str("\"\nusers:\n- name: \"");
+    push_escaped(&mut out, user);
+    out.push_str("\"\n  user:\n    token: \"");
+    push_escaped(&mut out, token);
+    out.push_str("\"\ncontexts:\n- name: \"");
+    push_context_name(&mut out, user, id);
+    out.push_str("\"\n  context:\n    cluster: \"gpu-");
+    push_escaped(&mut out, id);
+    out.push_str("\"\n    user: \"");
+    push_escaped(&mut out, user);
+    out.push_str("\"\ncurrent-context: \"");
+    push_context_name(&mut out, user, id);
+    // `{}` is what kubectl writes for "no preferences".
+    out.push_str("\"\npreferences: {}\n");
+    out
 }
-
-impl fmt::Display for KubeconfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KubeconfigError::Serialize(message) => write!(
-                f,
-                "cannot render the kubeconfig as YAML ({message}); this is a bug, please report it with the request"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for KubeconfigError {}
 
 /// A self-evidently fake CA certificate: clients need the field to be present and base64,
 /// nothing more, since the server it vouches for does not exist.
@@ -87,76 +75,118 @@ const FAKE_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\n\
 MOCKCERTIFICATEFORTHEPROVISIONWORKERNOTAREALCERTIFICATEAUTHORITY0\n\
 -----END CERTIFICATE-----\n";
 
+/// The certificate as `certificate-authority-data` holds it, encoded once.
+static CA_DATA: LazyLock<String> = LazyLock::new(|| base64(FAKE_CA_PEM.as_bytes()));
+
 /// The API server port every mock cluster listens on.
 const API_PORT: u16 = 6443;
 
-/// Field order here is the order in the YAML, following the kubeconfig documentation.
-#[derive(Serialize)]
-struct Kubeconfig<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'static str,
-    kind: &'static str,
-    clusters: Vec<Named<'a>>,
-    users: Vec<NamedUser<'a>>,
-    contexts: Vec<NamedContext<'a>>,
-    #[serde(rename = "current-context")]
-    current_context: &'a str,
-    /// Serializes as `{}`, which kubectl writes for "no preferences".
-    preferences: BTreeMap<String, String>,
+/// The body of a double-quoted scalar for `user@gpu-request_id` (escaping each part escapes
+/// the whole, since every escape stands for one character).
+fn push_context_name(out: &mut String, user: &str, request_id: &str) {
+    push_escaped(out, user);
+    out.push_str("@gpu-");
+    push_escaped(out, request_id);
 }
 
-#[derive(Serialize)]
-struct Named<'a> {
-    name: &'a str,
-    cluster: Cluster,
+/// Appends `s` as the body of a YAML double-quoted scalar that YAML 1.1 and 1.2 both read
+/// back as exactly `s`.
+///
+/// Left literal: printable characters, which both versions take as they are inside double
+/// quotes (no type is ever resolved for a quoted scalar). Escaped, with escapes that exist in
+/// both versions (not `\/`, which only 1.2 has): `"` and `\`; tab, newline and carriage
+/// return (a literal line break would be folded into a space); the other C0 controls, DEL and
+/// the C1 controls (not printable, so a parser refuses them literally); U+0085, U+2028 and
+/// U+2029 as `\N`, `\L`, `\P` (line breaks in YAML 1.1 but not in 1.2, so a literal one reads
+/// differently under each); the byte order mark U+FEFF; and the Unicode non-characters
+/// (U+FDD0..U+FDEF and U+xFFFE/U+xFFFF of every plane), which YAML 1.1 does not list as
+/// printable.
+fn push_escaped(out: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    let mut plain_from = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // Printable ASCII other than `"` and `\` (nearly every byte of an id) is copied as a
+        // run; only the rest is decoded and looked at as a character.
+        if (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\' {
+            i += 1;
+            continue;
+        }
+        // `i` is always on a character boundary: it moves by whole characters.
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
+        if needs_escape(c) {
+            out.push_str(&s[plain_from..i]);
+            push_escape(out, c);
+            plain_from = i + c.len_utf8();
+        }
+        i += c.len_utf8();
+    }
+    out.push_str(&s[plain_from..]);
 }
 
-#[derive(Serialize)]
-struct Cluster {
-    server: String,
-    #[serde(rename = "certificate-authority-data")]
-    certificate_authority_data: String,
+fn needs_escape(c: char) -> bool {
+    match c {
+        '"' | '\\' => true,
+        ' '..='~' => false,
+        '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' => true,
+        '\u{2028}' | '\u{2029}' | '\u{feff}' => true,
+        _ => is_noncharacter(c),
+    }
 }
 
-#[derive(Serialize)]
-struct NamedUser<'a> {
-    name: &'a str,
-    user: User<'a>,
+fn is_noncharacter(c: char) -> bool {
+    let c = u32::from(c);
+    (0xfdd0..=0xfdef).contains(&c) || c & 0xfffe == 0xfffe
 }
 
-#[derive(Serialize)]
-struct User<'a> {
-    token: &'a str,
-}
-
-#[derive(Serialize)]
-struct NamedContext<'a> {
-    name: &'a str,
-    context: Context<'a>,
-}
-
-#[derive(Serialize)]
-struct Context<'a> {
-    cluster: &'a str,
-    user: &'a str,
-}
-
-/// `https://gpu-<label>.provision.local:6443`, where the label is the first 8 ASCII letters
-/// or digits of the request id, lower-cased, or `cluster` if it has none; whatever the id
-/// holds, the host stays a valid DNS name.
-fn server_url(request_id: &str) -> String {
-    let label: String = request_id
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(8)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let label = if label.is_empty() {
-        "cluster".to_string()
-    } else {
-        label
+fn push_escape(out: &mut String, c: char) {
+    let short = match c {
+        '"' => "\\\"",
+        '\\' => "\\\\",
+        '\0' => "\\0",
+        '\t' => "\\t",
+        '\n' => "\\n",
+        '\r' => "\\r",
+        '\u{85}' => "\\N",
+        '\u{2028}' => "\\L",
+        '\u{2029}' => "\\P",
+        _ => "",
     };
-    format!("https://gpu-{label}.provision.local:{API_PORT}")
+    if !short.is_empty() {
+        out.push_str(short);
+        return;
+    }
+    // Writing to a String cannot fail.
+    let code = u32::from(c);
+    let _ = if code <= 0xff {
+        write!(out, "\\x{code:02X}")
+    } else if code <= 0xffff {
+        write!(out, "\\u{code:04X}")
+    } else {
+        write!(out, "\\U{code:08X}")
+    };
+}
+
+/// Appends `https://gpu-<label>.provision.local:6443`, where the label is the first 8 ASCII
+/// letters or digits of the request id, lower-cased, or `cluster` if it has none; whatever
+/// the id holds, the host stays a valid DNS name (and needs no escape).
+fn push_server_url(out: &mut String, request_id: &str) {
+    out.push_str("https://gpu-");
+    let before = out.len();
+    out.extend(
+        request_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(8)
+            .map(|c| c.to_ascii_lowercase()),
+    );
+    if out.len() == before {
+        out.push_str("cluster");
+    }
+    let _ = write!(out, ".provision.local:{API_PORT}");
 }
 
 /// Standard base64 with padding; a dozen lines instead of a dependency for one constant.
@@ -198,7 +228,7 @@ mod tests {
     }
 
     fn parse_back(request: &ProvisionRequest, token: &str) -> Value {
-        let yaml = render(request, token).unwrap();
+        let yaml = render(request, token);
         serde_yaml::from_str(&yaml).unwrap_or_else(|err| panic!("{err}\n{yaml}"))
     }
 
@@ -257,6 +287,66 @@ mod tests {
         assert_eq!(at(&doc, &["current-context"]), context);
         assert_eq!(doc["preferences"], Value::Mapping(Default::default()));
         assert_eq!(doc.as_mapping().unwrap().len(), 7);
+    }
+
+    #[test]
+    fn renders_the_kubeconfig_layout_with_every_string_double_quoted() {
+        let yaml = render(&request("r-1", "alice"), "TOKEN");
+        let ca = base64(FAKE_CA_PEM.as_bytes());
+        let expected = [
+            "apiVersion: v1",
+            "kind: Config",
+            "clusters:",
+            "- name: \"gpu-r-1\"",
+            "  cluster:",
+            "    server: \"https://gpu-r1.provision.local:6443\"",
+            &format!("    certificate-authority-data: \"{ca}\""),
+            "users:",
+            "- name: \"alice\"",
+            "  user:",
+            "    token: \"TOKEN\"",
+            "contexts:",
+            "- name: \"alice@gpu-r-1\"",
+            "  context:",
+            "    cluster: \"gpu-r-1\"",
+            "    user: \"alice\"",
+            "current-context: \"alice@gpu-r-1\"",
+            "preferences: {}",
+            "",
+        ]
+        .join("\n");
+        assert_eq!(yaml, expected);
+    }
+
+    #[test]
+    fn escapes_only_what_needs_it_with_escapes_of_both_yaml_versions() {
+        for (raw, body) in [
+            (
+                "plain text: # & * ! | > ' % @ ` {} [] , ?",
+                "plain text: # & * ! | > ' % @ ` {} [] , ?",
+            ),
+            ("\"quoted\" back\\slash /", "\\\"quoted\\\" back\\\\slash /"),
+            ("nul\0tab\tlf\ncr\r", "nul\\0tab\\tlf\\ncr\\r"),
+            (
+                "\u{1}\u{1b}\u{1f}\u{7f}\u{80}\u{9f}",
+                "\\x01\\x1B\\x1F\\x7F\\x80\\x9F",
+            ),
+            ("\u{85}\u{2028}\u{2029}", "\\N\\L\\P"),
+            (
+                "\u{feff}\u{fdd0}\u{fffe}\u{ffff}",
+                "\\uFEFF\\uFDD0\\uFFFE\\uFFFF",
+            ),
+            ("\u{1fffe}\u{10ffff}", "\\U0001FFFE\\U0010FFFF"),
+            // Printable non-ASCII stays literal, including the edges of YAML's printable set.
+            (
+                "\u{a0}é日本語😀\u{d7ff}\u{e000}\u{fffd}\u{10000}",
+                "\u{a0}é日本語😀\u{d7ff}\u{e000}\u{fffd}\u{10000}",
+            ),
+        ] {
+            let mut out = String::new();
+            push_escaped(&mut out, raw);
+            assert_eq!(out, body, "{raw:?}");
+        }
     }
 
     #[test]
@@ -332,13 +422,6 @@ mod tests {
         assert_eq!(first.len(), TOKEN_CHARS);
         assert!(first.chars().all(|c| c.is_ascii_alphanumeric()), "{first}");
         assert_ne!(first, new_token());
-    }
-
-    #[test]
-    fn error_says_it_is_a_bug() {
-        let message = KubeconfigError::Serialize("boom".into()).to_string();
-        assert!(message.starts_with("cannot render"), "{message}");
-        assert!(!message.ends_with('.'), "{message}");
     }
 
     proptest! {

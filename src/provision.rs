@@ -4,7 +4,7 @@
 //! Every database step is retried with backoff until it succeeds or shutdown aborts it: a
 //! fault of the database (busy, read-only, disk full) must delay a request, never fail it,
 //! and never let its offset be committed. The only way to `failed` is a request that can
-//! never succeed (an invalid message, a kubeconfig that cannot be rendered).
+//! never succeed (an invalid message).
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -27,6 +27,15 @@ pub enum Outcome {
     Aborted,
 }
 
+/// How far [`Provisioner::start`] got.
+#[derive(Debug)]
+pub enum Started {
+    /// Claimed, waited and rendered: the kubeconfig to complete the request with.
+    Rendered(String),
+    /// Nothing more to do: the request was already final, or shutdown interrupted it.
+    Finished(Outcome),
+}
+
 /// What a worker needs, shared by all workers.
 pub struct Provisioner {
     pub store: std::sync::Arc<Store>,
@@ -44,6 +53,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 impl Provisioner {
     /// Carries a valid request from `pending` to `completed`.
     pub fn provision(&self, req: &ProvisionRequest) -> Outcome {
+        match self.start(req, None) {
+            Started::Finished(outcome) => outcome,
+            Started::Rendered(kubeconfig) => self.finish(req, &kubeconfig, None),
+        }
+    }
+
+    /// The first part of [`Provisioner::provision`]: claims the row, simulates the work and
+    /// renders the kubeconfig. `claimed` is the outcome of a claim already written (with the
+    /// completion of the request before, see [`Provisioner::finish_and_claim`]); a failed one
+    /// is retried here like any other.
+    pub fn start(
+        &self,
+        req: &ProvisionRequest,
+        claimed: Option<Result<Claim, StoreError>>,
+    ) -> Started {
         log::info!(
             "Processing provision request: {} (user={}, gpus={}, duration={}h)",
             req.request_id,
@@ -51,15 +75,15 @@ impl Provisioner {
             req.gpu_count,
             req.duration_hours
         );
-        match self.retry("claim", &req.request_id, || self.store.claim(req)) {
-            None => return Outcome::Aborted,
+        match self.retry("claim", &req.request_id, claimed, || self.store.claim(req)) {
+            None => return Started::Finished(Outcome::Aborted),
             Some(Claim::AlreadyFinal(status)) => {
                 log::info!(
                     "Request {} is already {}; leaving it unchanged",
                     req.request_id,
                     status.as_str()
                 );
-                return Outcome::AlreadyFinal(status);
+                return Started::Finished(Outcome::AlreadyFinal(status));
             }
             Some(Claim::Claimed) => {
                 log::info!("Updated request {} to status: provisioning", req.request_id);
@@ -75,16 +99,24 @@ impl Provisioner {
                 "Shutdown interrupted request {}; it stays provisioning and will be redelivered",
                 req.request_id
             );
-            return Outcome::Aborted;
+            return Started::Finished(Outcome::Aborted);
         }
 
         let token = kubeconfig::new_token();
-        let yaml = match kubeconfig::render(req, &token) {
-            Ok(y) => y,
-            Err(e) => return self.fail(&req.request_id, &format!("cannot render kubeconfig: {e}")),
-        };
-        match self.retry("complete", &req.request_id, || {
-            self.store.complete(&req.request_id, &yaml)
+        Started::Rendered(kubeconfig::render(req, &token))
+    }
+
+    /// The last part of [`Provisioner::provision`]: completes the row with the kubeconfig.
+    /// `completed` is the outcome of a completion already written (by `finish_and_claim`); a
+    /// failed one is retried here like any other.
+    pub fn finish(
+        &self,
+        req: &ProvisionRequest,
+        kubeconfig: &str,
+        completed: Option<Result<bool, StoreError>>,
+    ) -> Outcome {
+        match self.retry("complete", &req.request_id, completed, || {
+            self.store.complete(&req.request_id, kubeconfig)
         }) {
             None => Outcome::Aborted,
             Some(true) => {
@@ -108,6 +140,21 @@ impl Provisioner {
         }
     }
 
+    /// [`Provisioner::finish`] for `req` and the claim of `next`, the request the worker
+    /// takes up next, written together (see [`Store::complete_and_claim`]). Returns the
+    /// completion's outcome and the claim's, for [`Provisioner::start`] of `next`.
+    pub fn finish_and_claim(
+        &self,
+        req: &ProvisionRequest,
+        kubeconfig: &str,
+        next: &ProvisionRequest,
+    ) -> (Outcome, Result<Claim, StoreError>) {
+        let (completed, claimed) = self
+            .store
+            .complete_and_claim(&req.request_id, kubeconfig, next);
+        (self.finish(req, kubeconfig, Some(completed)), claimed)
+    }
+
     /// Marks the row of an invalid message `failed` with the reason, when it exists.
     pub fn reject(&self, request_id: Option<&str>, reason: &str) -> Outcome {
         match request_id {
@@ -117,7 +164,9 @@ impl Provisioner {
     }
 
     fn fail(&self, request_id: &str, reason: &str) -> Outcome {
-        match self.retry("fail", request_id, || self.store.fail(request_id, reason)) {
+        match self.retry("fail", request_id, None, || {
+            self.store.fail(request_id, reason)
+        }) {
             None => Outcome::Aborted,
             Some(true) => {
                 log::info!("Updated request {request_id} to status: failed ({reason})");
@@ -128,15 +177,18 @@ impl Provisioner {
     }
 
     /// Runs a database step until it succeeds; `None` when shutdown aborted the retries.
+    /// `first` is the result of a first attempt already made, if there was one.
     fn retry<T>(
         &self,
         step: &str,
         request_id: &str,
+        first: Option<Result<T, StoreError>>,
         mut f: impl FnMut() -> Result<T, StoreError>,
     ) -> Option<T> {
         let mut backoff = Duration::from_millis(50);
+        let mut attempt = first;
         loop {
-            match f() {
+            match attempt.take().unwrap_or_else(&mut f) {
                 Ok(v) => return Some(v),
                 Err(e) => {
                     self.metrics.db_retry(is_busy(&e));

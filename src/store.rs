@@ -7,6 +7,12 @@
 //! error whose [`StoreError::is_transient`] is true, and the worker that called retries it with
 //! backoff, where shutdown can interrupt the wait.
 //!
+//! Writes go through one connection, in group commit (`group.rs`): a worker calling
+//! [`Store::claim`], [`Store::complete`] or [`Store::fail`] blocks until its own transition is
+//! committed, but one SQLite transaction carries the transitions of every worker that was
+//! waiting for the writer at the time, each with its own conditional statement and its own
+//! outcome. A lone transition runs at once; nothing ever waits for company.
+//!
 //! Durability: connections run in WAL mode with `synchronous=NORMAL`, which writes each commit
 //! to the `-wal` file without an fsync. [`Store::make_durable`] fsyncs that file, and the poller
 //! calls it before it commits Kafka offsets, so one fsync covers a whole batch of completions.
@@ -17,12 +23,18 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use crate::request::ProvisionRequest;
+use checkpoint::Checkpointer;
+use group::GroupCommit;
+
+mod checkpoint;
+mod group;
 
 /// Where a request is in its life. Stored as lower-case text in `provision_requests.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +77,16 @@ pub struct Row {
     pub updated_at: String,
 }
 
+/// What the write connection has done since the store opened (see [`Store::write_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteCounts {
+    /// Transactions of transitions committed.
+    pub transactions: u64,
+    /// Transitions (claims, completions, failures) committed in them, including those that
+    /// matched no row.
+    pub transitions: u64,
+}
+
 /// How to open a [`Store`]; [`Store::open`] fills in the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -100,7 +122,18 @@ pub struct Store {
     /// Held open for the store's life, it also keeps the `-wal` file: SQLite deletes it when
     /// the last connection closes, and a re-created one would have a directory entry nobody
     /// fsynced; while this connection is open it keeps the entry that `open` made durable.
+    ///
+    /// Transitions reach it through `group` (whose leader holds this lock for one batch);
+    /// `insert_pending` takes the lock directly.
     writer: Mutex<Connection>,
+    /// The queue of transitions waiting for the writer: group commit (see `group.rs`).
+    group: GroupCommit<Transition, Result<Applied, StoreError>>,
+    /// For [`Store::write_counts`].
+    transactions: AtomicU64,
+    transitions: AtomicU64,
+    /// Copies the WAL into the database off the writer's path (see `checkpoint.rs`); told
+    /// by the writer what it commits. Stopped and joined when the store is dropped.
+    checkpointer: Checkpointer,
 }
 
 /// Why a store operation failed. See [`StoreError::is_transient`] for which ones to retry.
@@ -142,6 +175,8 @@ pub enum StoreError {
     Resolve { path: PathBuf, source: io::Error },
     /// An fsync (of the `-wal` file, or of the directory at start) failed.
     Sync { path: PathBuf, source: io::Error },
+    /// The checkpoint thread could not be started at open.
+    Thread { path: PathBuf, source: io::Error },
     /// `insert_pending` found a row with that request id.
     AlreadyExists { request_id: String },
     /// A row's status is not one this worker knows, so it cannot tell what to do with it.
@@ -152,6 +187,34 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseStatusError {
     pub value: String,
+}
+
+/// One state transition waiting for the writer. It owns what it writes: the leader that runs
+/// it may be another worker's thread.
+#[derive(Debug)]
+enum Transition {
+    Claim {
+        request_id: String,
+        user_id: String,
+        gpu_count: i64,
+        duration_hours: i64,
+    },
+    Complete {
+        request_id: String,
+        kubeconfig: String,
+    },
+    Fail {
+        request_id: String,
+        reason: String,
+    },
+}
+
+/// What one transition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Claim(Claim),
+    /// An update with a conditional `WHERE`: whether the row moved.
+    Moved(bool),
 }
 
 /// The current time in UTC as `YYYY-MM-DD HH:MM:SS.ffffff`, the text SQLAlchemy stores for a
@@ -359,6 +422,7 @@ impl Store {
             .map_err(StoreError::Pool)?;
 
         warn_if_others_can_read(path);
+        let checkpointer = start_checkpointer(path, busy_timeout, &setup)?;
         log::info!(
             "database {} ready (wal, pool of {})",
             path.display(),
@@ -369,66 +433,84 @@ impl Store {
             path: path.to_owned(),
             wal_path,
             writer: Mutex::new(setup),
+            group: GroupCommit::new(),
+            transactions: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
+            checkpointer,
         })
     }
 
-    /// Takes a request for provisioning, in one write transaction: a missing row is inserted
-    /// from the request as `provisioning`; a `pending` or `provisioning` row becomes
-    /// `provisioning` (a `provisioning` row is a redelivery after a crash); a final row is left
-    /// as it was and reported as [`Claim::AlreadyFinal`].
+    /// Takes a request for provisioning: a missing row is inserted from the request as
+    /// `provisioning`; a `pending` or `provisioning` row becomes `provisioning` (a
+    /// `provisioning` row is a redelivery after a crash); a final row is left as it was and
+    /// reported as [`Claim::AlreadyFinal`]. Returns once committed.
     pub fn claim(&self, req: &ProvisionRequest) -> Result<Claim, StoreError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = utc_now();
-        let changed = tx.prepare_cached(CLAIM_SQL)?.execute(params![
-            req.request_id,
-            req.user_id,
-            i64::from(req.gpu_count),
-            i64::from(req.duration_hours),
-            now,
-        ])?;
-        let claim = if changed > 0 {
-            Claim::Claimed
-        } else {
-            // The upsert skipped the row, so it exists with a status outside
-            // pending/provisioning. Reading it in the same transaction sees the same row.
-            let value: String = tx
-                .prepare_cached(STATUS_SQL)?
-                .query_row(params![req.request_id], |r| r.get(0))?;
-            match value.parse::<Status>() {
-                Ok(status) if status.is_final() => Claim::AlreadyFinal(status),
-                _ => {
-                    return Err(StoreError::UnexpectedStatus {
-                        request_id: req.request_id.clone(),
-                        value,
-                    });
-                }
-            }
-        };
-        tx.commit()?;
-        Ok(claim)
+        match self.write(claim_of(req))? {
+            Applied::Claim(claim) => Ok(claim),
+            // `apply` answers a claim with `Applied::Claim`, always.
+            Applied::Moved(_) => unreachable!("a claim was answered as an update"),
+        }
     }
 
     /// `provisioning -> completed`, storing the kubeconfig. `Ok(false)` if no row moved: the
-    /// row is missing, still `pending`, or already final.
+    /// row is missing, still `pending`, or already final. Returns once committed.
     pub fn complete(&self, request_id: &str, kubeconfig: &str) -> Result<bool, StoreError> {
-        let conn = self.writer();
-        let changed = conn.prepare_cached(COMPLETE_SQL)?.execute(params![
-            request_id,
-            kubeconfig,
-            utc_now()
-        ])?;
-        Ok(changed > 0)
+        self.write(Transition::Complete {
+            request_id: request_id.to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
+        })
+        .map(|applied| applied.moved())
     }
 
     /// `pending | provisioning -> failed`, storing the reason. `Ok(false)` if no row moved: the
-    /// row is missing or already final.
+    /// row is missing or already final. Returns once committed.
     pub fn fail(&self, request_id: &str, reason: &str) -> Result<bool, StoreError> {
-        let conn = self.writer();
-        let changed =
-            conn.prepare_cached(FAIL_SQL)?
-                .execute(params![request_id, reason, utc_now()])?;
-        Ok(changed > 0)
+        self.write(Transition::Fail {
+            request_id: request_id.to_owned(),
+            reason: reason.to_owned(),
+        })
+        .map(|applied| applied.moved())
+    }
+
+    /// [`Store::complete`] of one request and [`Store::claim`] of the next, written in the same
+    /// transaction, each with its own outcome (one can fail while the other is committed). A
+    /// worker that finishes a request while the next one is already waiting for it saves a
+    /// round trip to the writer, and the transaction carries both.
+    pub fn complete_and_claim(
+        &self,
+        request_id: &str,
+        kubeconfig: &str,
+        next: &ProvisionRequest,
+    ) -> (Result<bool, StoreError>, Result<Claim, StoreError>) {
+        let transitions = vec![
+            Transition::Complete {
+                request_id: request_id.to_owned(),
+                kubeconfig: kubeconfig.to_owned(),
+            },
+            claim_of(next),
+        ];
+        let mut outcomes = self
+            .group
+            .submit_all(transitions, |batch| self.run_batch(batch))
+            .into_iter();
+        let (Some(completed), Some(claimed)) = (outcomes.next(), outcomes.next()) else {
+            unreachable!("group commit answers each transition")
+        };
+        let claimed = claimed.map(|applied| match applied {
+            Applied::Claim(claim) => claim,
+            // `apply` answers a claim with `Applied::Claim`, always.
+            Applied::Moved(_) => unreachable!("a claim was answered as an update"),
+        });
+        (completed.map(Applied::moved), claimed)
+    }
+
+    /// Transactions and transitions the writer has committed since the store opened; their
+    /// ratio is the mean batch of group commit.
+    pub fn write_counts(&self) -> WriteCounts {
+        WriteCounts {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            transitions: self.transitions.load(Ordering::Relaxed),
+        }
     }
 
     /// Makes every transaction committed so far durable by fsyncing the `-wal` file; does
@@ -502,12 +584,137 @@ impl Store {
         self.pool.get().map_err(StoreError::Pool)
     }
 
+    /// Queues one transition for the writer and waits until its batch has run.
+    fn write(&self, transition: Transition) -> Result<Applied, StoreError> {
+        self.group.submit(transition, |batch| self.run_batch(batch))
+    }
+
+    /// Runs a batch of transitions in one write transaction, each with its own statement and
+    /// outcome, and commits it. Called by the leader of group commit.
+    ///
+    /// Each transition's outcome is its own:
+    /// - A statement that fails for its own reasons (a constraint or trigger of the backend's
+    ///   table refuses it, an unknown status) gets that error; SQLite has undone just that
+    ///   statement, and the others go on. If the failure took the whole transaction with it
+    ///   (a trigger's `RAISE(ROLLBACK)`), the others run again, without it, in a new one.
+    /// - A transient fault (busy past the busy timeout, I/O, a full disk) means the
+    ///   transaction cannot commit: every transition of the batch gets it and its worker
+    ///   retries, so another process holding the lock delays the batch and fails nothing.
+    /// - Only a committed transition reports success.
+    fn run_batch(&self, batch: &[&Transition]) -> Vec<Result<Applied, StoreError>> {
+        let conn = self.writer();
+        // A leader that panicked mid-batch (its thread unwound) may have left a transaction
+        // open on this connection.
+        rollback(&conn);
+        if let [transition] = batch
+            && let Some(outcome) = self.run_alone(&conn, transition)
+        {
+            return vec![outcome];
+        }
+        let mut outcomes: Vec<Option<Result<Applied, StoreError>>> =
+            batch.iter().map(|_| None).collect();
+        // Each pass settles at least one transition, so this ends.
+        while outcomes.iter().any(Option::is_none) {
+            if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
+                settle_all(&mut outcomes, &StoreError::Sqlite(e));
+                break;
+            }
+            let now = utc_now();
+            let mut applied: Vec<(usize, Applied)> = Vec::with_capacity(batch.len());
+            let mut lost_transaction = false;
+            for (i, transition) in batch.iter().enumerate() {
+                if outcomes[i].is_some() {
+                    continue;
+                }
+                match apply(&conn, transition, &now) {
+                    Ok(a) => applied.push((i, a)),
+                    Err(e) if e.is_transient() => {
+                        settle_all(&mut outcomes, &e);
+                        outcomes[i] = Some(Err(e));
+                        break;
+                    }
+                    Err(e) => {
+                        outcomes[i] = Some(Err(e));
+                        if conn.is_autocommit() {
+                            lost_transaction = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if lost_transaction || outcomes.iter().all(Option::is_some) {
+                // Nothing of this transaction is reported as done: undo what it still holds.
+                rollback(&conn);
+                continue;
+            }
+            match run_cached(&conn, "COMMIT") {
+                Ok(()) => {
+                    self.transactions.fetch_add(1, Ordering::Relaxed);
+                    self.transitions
+                        .fetch_add(applied.len() as u64, Ordering::Relaxed);
+                    self.checkpointer.committed(applied.len() as u64);
+                    for (i, a) in applied {
+                        outcomes[i] = Some(Ok(a));
+                    }
+                }
+                Err(e) => {
+                    rollback(&conn);
+                    settle_all(&mut outcomes, &StoreError::Sqlite(e));
+                }
+            }
+        }
+        // Every outcome is settled here: the loop runs until none is missing.
+        outcomes.into_iter().flatten().collect()
+    }
+
+    /// A batch of one, when it is a single statement, runs as that statement alone: SQLite
+    /// wraps it in a transaction of its own, which costs less than an explicit BEGIN and
+    /// COMMIT around it (two more statements to run). That is every completion and failure,
+    /// and the claim of an existing `pending` or `provisioning` row. `None` when the claim
+    /// needs more than its UPDATE (a missing or final row): then it runs as a batch, in an
+    /// explicit transaction, so its steps see one state of the row.
+    fn run_alone(
+        &self,
+        conn: &Connection,
+        transition: &Transition,
+    ) -> Option<Result<Applied, StoreError>> {
+        let now = utc_now();
+        let outcome = match transition {
+            Transition::Claim { request_id, .. } => {
+                match conn
+                    .prepare_cached(CLAIM_SQL)
+                    .and_then(|mut stmt| stmt.execute(params![request_id, now]))
+                {
+                    Ok(0) => return None,
+                    Ok(_) => Ok(Applied::Claim(Claim::Claimed)),
+                    Err(e) => Err(StoreError::Sqlite(e)),
+                }
+            }
+            Transition::Complete { .. } | Transition::Fail { .. } => apply(conn, transition, &now),
+        };
+        if outcome.is_ok() {
+            self.transactions.fetch_add(1, Ordering::Relaxed);
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+            self.checkpointer.committed(1);
+        }
+        Some(outcome)
+    }
+
     /// The write connection (see `writer`). A writer that panicked left nothing half-done
     /// behind the lock (SQLite rolls its open transaction back), so poisoning is ignored.
     fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Applied {
+    fn moved(self) -> bool {
+        match self {
+            Applied::Moved(moved) => moved,
+            Applied::Claim(claim) => claim == Claim::Claimed,
+        }
     }
 }
 
@@ -530,6 +737,7 @@ impl StoreError {
             | StoreError::RequestIdNotUnique { .. }
             | StoreError::Resolve { .. }
             | StoreError::Sync { .. }
+            | StoreError::Thread { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::UnexpectedStatus { .. } => false,
         }
@@ -607,6 +815,13 @@ impl fmt::Display for StoreError {
                  the storage before going on",
                 path.display()
             ),
+            StoreError::Thread { path, source } => write!(
+                f,
+                "cannot start the checkpoint thread of database {}: {source}; the system is out \
+                 of threads or memory, so raise the limit on processes (ulimit -u, TasksMax) or \
+                 free memory",
+                path.display()
+            ),
             StoreError::AlreadyExists { request_id } => write!(
                 f,
                 "request {request_id:?} already exists; use a new request id"
@@ -628,7 +843,9 @@ impl std::error::Error for StoreError {
             | StoreError::Busy { source, .. } => Some(source),
             StoreError::Sqlite(e) => Some(e),
             StoreError::Pool(e) => Some(e),
-            StoreError::Resolve { source, .. } | StoreError::Sync { source, .. } => Some(source),
+            StoreError::Resolve { source, .. }
+            | StoreError::Sync { source, .. }
+            | StoreError::Thread { source, .. } => Some(source),
             StoreError::ZeroPoolSize
             | StoreError::NotWal { .. }
             | StoreError::MissingColumns { .. }
@@ -685,15 +902,22 @@ const REQUIRED_COLUMNS: [&str; 9] = [
 // statuses that `Status::can_move_to` allows into the target; `sql_transitions_follow_can_move_to`
 // checks both.
 
-/// The upsert behind `claim`. `DO UPDATE ... WHERE` leaves a final row untouched, and then the
-/// statement reports 0 changed rows.
+/// `claim`, first step: the usual case, a row the backend inserted as `pending` (or one left
+/// `provisioning` by a crash). A plain UPDATE: cheaper than an upsert, which tries the insert
+/// first and falls back to the update.
 const CLAIM_SQL: &str = "\
+UPDATE provision_requests SET status = 'provisioning', updated_at = ?2
+WHERE request_id = ?1 AND status IN ('pending', 'provisioning')";
+
+/// `claim`, second step, when no row moved: a missing row is inserted as `provisioning`. A row
+/// that exists (final, or with a status we do not know) is a conflict on the unique
+/// `request_id` and is left alone; only that conflict, not, say, a NOT NULL column the backend
+/// added, which must fail loudly.
+const CLAIM_INSERT_SQL: &str = "\
 INSERT INTO provision_requests
   (request_id, user_id, gpu_count, duration_hours, status, created_at, updated_at)
 VALUES (?1, ?2, ?3, ?4, 'provisioning', ?5, ?5)
-ON CONFLICT(request_id) DO UPDATE
-  SET status = 'provisioning', updated_at = excluded.updated_at
-  WHERE provision_requests.status IN ('pending', 'provisioning')";
+ON CONFLICT(request_id) DO NOTHING";
 
 const STATUS_SQL: &str = "SELECT status FROM provision_requests WHERE request_id = ?1";
 
@@ -721,6 +945,112 @@ SELECT request_id, user_id, gpu_count, duration_hours, status, kubeconfig, error
 FROM provision_requests WHERE status = 'provisioning' AND updated_at < ?1
 ORDER BY updated_at";
 
+/// The claim of `req`, as the writer takes it.
+fn claim_of(req: &ProvisionRequest) -> Transition {
+    Transition::Claim {
+        request_id: req.request_id.clone(),
+        user_id: req.user_id.clone(),
+        gpu_count: i64::from(req.gpu_count),
+        duration_hours: i64::from(req.duration_hours),
+    }
+}
+
+/// Runs one transition inside the batch's transaction.
+fn apply(conn: &Connection, transition: &Transition, now: &str) -> Result<Applied, StoreError> {
+    match transition {
+        Transition::Claim {
+            request_id,
+            user_id,
+            gpu_count,
+            duration_hours,
+        } => {
+            let moved = conn
+                .prepare_cached(CLAIM_SQL)?
+                .execute(params![request_id, now])?;
+            if moved > 0 {
+                return Ok(Applied::Claim(Claim::Claimed));
+            }
+            let inserted = conn.prepare_cached(CLAIM_INSERT_SQL)?.execute(params![
+                request_id,
+                user_id,
+                gpu_count,
+                duration_hours,
+                now,
+            ])?;
+            if inserted > 0 {
+                return Ok(Applied::Claim(Claim::Claimed));
+            }
+            // Neither moved nor inserted: the row exists with a status outside
+            // pending/provisioning. Reading it in the same transaction sees the same row.
+            let value: String = conn
+                .prepare_cached(STATUS_SQL)?
+                .query_row(params![request_id], |r| r.get(0))?;
+            match value.parse::<Status>() {
+                Ok(status) if status.is_final() => Ok(Applied::Claim(Claim::AlreadyFinal(status))),
+                _ => Err(StoreError::UnexpectedStatus {
+                    request_id: request_id.clone(),
+                    value,
+                }),
+            }
+        }
+        Transition::Complete {
+            request_id,
+            kubeconfig,
+        } => {
+            let changed = conn
+                .prepare_cached(COMPLETE_SQL)?
+                .execute(params![request_id, kubeconfig, now])?;
+            Ok(Applied::Moved(changed > 0))
+        }
+        Transition::Fail { request_id, reason } => {
+            let changed = conn
+                .prepare_cached(FAIL_SQL)?
+                .execute(params![request_id, reason, now])?;
+            Ok(Applied::Moved(changed > 0))
+        }
+    }
+}
+
+/// Runs a statement without parameters or rows (BEGIN, COMMIT, ROLLBACK) from the statement
+/// cache: `execute_batch` would parse it again each time, which cost as much as a tenth of a
+/// transition (callgrind).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Rolls back the open transaction, if any. Its error is of no use: a failed ROLLBACK leaves
+/// no transaction either (SQLite has rolled it back already, or the connection is unusable
+/// and the next BEGIN says so).
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = run_cached(conn, "ROLLBACK");
+    }
+}
+
+/// Gives every transition not yet settled its own copy of `error`: the batch's transaction
+/// failed as a whole, so none of them is committed.
+fn settle_all(outcomes: &mut [Option<Result<Applied, StoreError>>], error: &StoreError) {
+    for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+        *outcome = Some(Err(copy_of(error)));
+    }
+}
+
+/// A copy of a transaction-wide error for each transition it failed. SQLite's own errors
+/// copy exactly (code, extended code, message), so `is_transient` answers alike for every
+/// copy; the others (not expected here) keep their message as a generic SQLite error.
+fn copy_of(error: &StoreError) -> StoreError {
+    let sqlite = match error {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(code, message)) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    };
+    StoreError::Sqlite(sqlite)
+}
+
 /// Without `SQLITE_OPEN_URI` (which rusqlite sets by default), so a path that happens to start
 /// with `file:` is still a path.
 fn open_flags() -> OpenFlags {
@@ -742,6 +1072,32 @@ fn configure(conn: &mut Connection, busy_timeout: Duration) -> rusqlite::Result<
     // and one connection per worker thread at 2 MiB each would dominate the footprint.
     conn.pragma_update(None, "cache_size", -512)?;
     Ok(mode)
+}
+
+/// Hands checkpoints to a thread of their own (see `checkpoint.rs`): the writer's automatic
+/// checkpoint moves far out, to a safety net, and the thread gets a connection of its own.
+fn start_checkpointer(
+    path: &Path,
+    busy_timeout: Duration,
+    writer: &Connection,
+) -> Result<Checkpointer, StoreError> {
+    let open = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    writer
+        .pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_AUTOCHECKPOINT,
+        )
+        .map_err(open)?;
+    let mut conn = Connection::open_with_flags(path, open_flags()).map_err(open)?;
+    configure(&mut conn, busy_timeout).map_err(open)?;
+    Checkpointer::start(conn).map_err(|source| StoreError::Thread {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// A read-only file shows up during set-up as SQLITE_READONLY (from switching to WAL or
@@ -912,13 +1268,43 @@ fn format_utc(t: SystemTime) -> String {
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days(secs / 86_400);
     let in_day = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
-        in_day / 3600,
-        in_day % 3600 / 60,
-        in_day % 60,
-        since.subsec_micros()
-    )
+    if year > 9999 {
+        // Past what the fixed width holds (a clock set absurdly far ahead): keep every digit.
+        return format!(
+            "{year}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
+            in_day / 3600,
+            in_day % 3600 / 60,
+            in_day % 60,
+            since.subsec_micros()
+        );
+    }
+    // Digit by digit rather than `format!`: this runs for every write transaction, and the
+    // formatting machinery cost ten times as much (measured with callgrind).
+    let mut out = String::with_capacity(26);
+    for (value, width, then) in [
+        (year, 4, '-'),
+        (month, 2, '-'),
+        (day, 2, ' '),
+        (in_day / 3600, 2, ':'),
+        (in_day % 3600 / 60, 2, ':'),
+        (in_day % 60, 2, '.'),
+        (u64::from(since.subsec_micros()), 6, '\0'),
+    ] {
+        push_digits(&mut out, value, width);
+        if then != '\0' {
+            out.push(then);
+        }
+    }
+    out
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(out: &mut String, value: u64, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10u64.pow(place) % 10;
+        // A digit is below 10, so it fits a u8.
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// Year, month, day of the `days`-th day after 1970-01-01 in the proleptic Gregorian calendar.
@@ -1296,6 +1682,415 @@ mod tests {
         }
     }
 
+    /// Runs each of `ops` on its own thread, all in one batch of group commit, in the order
+    /// given: a first claim leads a batch of its own and is held at the writer until every op
+    /// is queued behind it. Returns their results in order, and checks that it took exactly
+    /// two transactions.
+    fn in_one_batch<'s, T: Send>(
+        store: &'s Store,
+        ops: Vec<Box<dyn FnOnce(&'s Store) -> T + Send + 's>>,
+    ) -> Vec<T> {
+        let before = store.write_counts();
+        let n = ops.len();
+        let held = store.writer();
+        let results = std::thread::scope(|s| {
+            let blocker = s.spawn(|| store.claim(&req("blocker")));
+            wait_for_queue(store, 1);
+            // One at a time, so they queue (and run) in the order given.
+            let handles: Vec<_> = ops
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| {
+                    let handle = s.spawn(move || op(store));
+                    wait_for_queue(store, 2 + i);
+                    handle
+                })
+                .collect();
+            wait_for_queue(store, 1 + n);
+            drop(held);
+            assert_eq!(blocker.join().unwrap().unwrap(), Claim::Claimed);
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<T>>()
+        });
+        let after = store.write_counts();
+        assert_eq!(
+            after.transactions - before.transactions,
+            2,
+            "the blocker's transaction and one for the batch: {before:?} -> {after:?}"
+        );
+        results
+    }
+
+    fn wait_for_queue(store: &Store, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.group.waiting() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} queued",
+                store.group.waiting()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    type Op<'s> = Box<dyn FnOnce(&'s Store) -> Result<Applied, StoreError> + Send + 's>;
+
+    fn claim_op<'s>(id: &'static str) -> Op<'s> {
+        Box::new(move |s: &Store| s.claim(&req(id)).map(Applied::Claim))
+    }
+
+    fn complete_op<'s>(id: &'static str, kubeconfig: &'static str) -> Op<'s> {
+        Box::new(move |s: &Store| s.complete(id, kubeconfig).map(Applied::Moved))
+    }
+
+    fn fail_op<'s>(id: &'static str) -> Op<'s> {
+        Box::new(move |s: &Store| s.fail(id, "quota").map(Applied::Moved))
+    }
+
+    /// An audit of every insert and status change, written by triggers inside the
+    /// transitions' own transactions.
+    fn add_audit(store: &Store) {
+        raw(store)
+            .execute_batch(
+                "CREATE TABLE audit (request_id TEXT, old TEXT, new TEXT);
+                 CREATE TRIGGER audit_insert AFTER INSERT ON provision_requests BEGIN
+                   INSERT INTO audit VALUES (NEW.request_id, NULL, NEW.status); END;
+                 CREATE TRIGGER audit_update AFTER UPDATE OF status ON provision_requests BEGIN
+                   INSERT INTO audit VALUES (NEW.request_id, OLD.status, NEW.status); END;",
+            )
+            .unwrap();
+    }
+
+    /// `(old, new)` of each audited change of `request_id`, in order.
+    fn audit_of(store: &Store, request_id: &str) -> Vec<(Option<String>, String)> {
+        let conn = raw(store);
+        let mut stmt = conn
+            .prepare("SELECT old, new FROM audit WHERE request_id = ?1 ORDER BY rowid")
+            .unwrap();
+        stmt.query_map(params![request_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_batch_commits_once_and_each_transition_gets_its_own_outcome() {
+        let (_dir, store) = open_temp();
+        for id in ["provisioning", "moved", "final"] {
+            store.claim(&req(id)).unwrap();
+        }
+        store.insert_pending(&req("pending")).unwrap();
+        // The backend moved one row while we worked; another is already final.
+        force(&store, "moved", "failed");
+        assert!(store.complete("final", "first").unwrap());
+
+        let results = in_one_batch(
+            &store,
+            vec![
+                complete_op("provisioning", "k"),
+                complete_op("moved", "k"),
+                claim_op("final"),
+                claim_op("fresh"),
+                fail_op("pending"),
+                complete_op("missing", "k"),
+                claim_op("provisioning"),
+            ],
+        );
+        let results: Vec<Applied> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            results,
+            [
+                Applied::Moved(true),
+                Applied::Moved(false),
+                Applied::Claim(Claim::AlreadyFinal(Status::Completed)),
+                Applied::Claim(Claim::Claimed),
+                Applied::Moved(true),
+                Applied::Moved(false),
+                // In arrival order: the completion above already ran, so the row is final.
+                Applied::Claim(Claim::AlreadyFinal(Status::Completed)),
+            ]
+        );
+        for (id, status) in [
+            ("provisioning", "completed"),
+            ("moved", "failed"),
+            ("final", "completed"),
+            ("fresh", "provisioning"),
+            ("pending", "failed"),
+        ] {
+            assert_eq!(status_of(&store, id).as_deref(), Some(status), "{id}");
+        }
+        assert_eq!(status_of(&store, "missing"), None);
+        let kept = store.get("final").unwrap().unwrap().kubeconfig;
+        assert_eq!(kept.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn complete_and_claim_write_both_in_one_transaction_each_with_its_own_outcome() {
+        let (_dir, store) = open_temp();
+        add_audit(&store);
+        for id in ["a", "moved", "final"] {
+            store.claim(&req(id)).unwrap();
+        }
+        force(&store, "moved", "failed");
+        assert!(store.complete("final", "k").unwrap());
+        let before = store.write_counts();
+        let outcomes = store.complete_and_claim("a", "ka", &req("b"));
+        assert!(
+            matches!(outcomes, (Ok(true), Ok(Claim::Claimed))),
+            "{outcomes:?}"
+        );
+        let after = store.write_counts();
+        assert_eq!(after.transactions - before.transactions, 1);
+        assert_eq!(after.transitions - before.transitions, 2);
+        // A completion that finds its row moved and a claim of a final row: each reports its
+        // own outcome, neither changes anything.
+        let outcomes = store.complete_and_claim("moved", "k", &req("final"));
+        assert!(matches!(outcomes.0, Ok(false)), "{outcomes:?}");
+        assert!(
+            matches!(outcomes.1, Ok(Claim::AlreadyFinal(Status::Completed))),
+            "{outcomes:?}"
+        );
+        assert_eq!(status_of(&store, "a").as_deref(), Some("completed"));
+        assert_eq!(status_of(&store, "b").as_deref(), Some("provisioning"));
+        assert_eq!(status_of(&store, "moved").as_deref(), Some("failed"));
+        // One refused by the backend, the other committed.
+        raw(&store)
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON provision_requests
+                 WHEN NEW.request_id = 'b' AND NEW.status = 'completed'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the backend'); END;",
+            )
+            .unwrap();
+        let (completed, claimed) = store.complete_and_claim("b", "kb", &req("c"));
+        assert!(!completed.unwrap_err().is_transient());
+        assert_eq!(claimed.unwrap(), Claim::Claimed);
+        assert_eq!(status_of(&store, "b").as_deref(), Some("provisioning"));
+        assert_eq!(status_of(&store, "c").as_deref(), Some("provisioning"));
+        let completions = audit_of(&store, "a")
+            .into_iter()
+            .filter(|(_, new)| new == "completed")
+            .count();
+        assert_eq!(completions, 1);
+    }
+
+    #[test]
+    fn a_statement_refused_in_a_batch_fails_alone() {
+        for raise in ["ABORT", "ROLLBACK"] {
+            let (_dir, store) = open_temp();
+            add_audit(&store);
+            for id in ["good-1", "bad", "good-2"] {
+                store.claim(&req(id)).unwrap();
+            }
+            // A trigger of the backend refuses one row: ABORT undoes that statement alone,
+            // ROLLBACK the whole transaction it ran in.
+            raw(&store)
+                .execute_batch(&format!(
+                    "CREATE TRIGGER refuse BEFORE UPDATE ON provision_requests
+                     WHEN NEW.request_id = 'bad' AND NEW.status = 'completed'
+                     BEGIN SELECT RAISE({raise}, 'refused by the backend'); END;"
+                ))
+                .unwrap();
+            let results = in_one_batch(
+                &store,
+                vec![
+                    complete_op("good-1", "k1"),
+                    complete_op("bad", "k"),
+                    complete_op("good-2", "k2"),
+                ],
+            );
+            assert!(
+                matches!(results[0], Ok(Applied::Moved(true))),
+                "{raise}: {results:?}"
+            );
+            assert!(
+                matches!(results[2], Ok(Applied::Moved(true))),
+                "{raise}: {results:?}"
+            );
+            let err = results[1].as_ref().unwrap_err();
+            assert!(!err.is_transient(), "{raise}: {err:?}");
+            assert!(err.to_string().contains("refused by the backend"), "{err}");
+            assert_eq!(status_of(&store, "bad").as_deref(), Some("provisioning"));
+            for (id, kubeconfig) in [("good-1", "k1"), ("good-2", "k2")] {
+                let row = store.get(id).unwrap().unwrap();
+                assert_eq!(row.status, "completed", "{raise}");
+                assert_eq!(row.kubeconfig.as_deref(), Some(kubeconfig));
+                // Applied once, even when the transaction had to run again without `bad`.
+                let completions = audit_of(&store, id)
+                    .into_iter()
+                    .filter(|(_, new)| new == "completed")
+                    .count();
+                assert_eq!(completions, 1, "{raise}: {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_waits_while_another_process_holds_the_lock_and_fails_nothing() {
+        let (_dir, store) = open_temp();
+        for id in ["a", "b", "c"] {
+            store.claim(&req(id)).unwrap();
+        }
+        let other = raw(&store);
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let before = store.write_counts();
+        let results = std::thread::scope(|s| {
+            let handles: Vec<_> = [("a", true), ("b", true), ("c", false)]
+                .into_iter()
+                .map(|(id, complete)| {
+                    let store = &store;
+                    s.spawn(move || {
+                        if complete {
+                            store.complete(id, "k")
+                        } else {
+                            store.fail(id, "why")
+                        }
+                    })
+                })
+                .collect();
+            wait_for_queue(&store, 3);
+            // All three wait: one leads and sits in SQLite's busy handler, two follow.
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(
+                store.write_counts(),
+                before,
+                "nothing committed while locked"
+            );
+            other.execute_batch("COMMIT").unwrap();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        for result in results {
+            assert!(result.unwrap(), "every transition moved its row");
+        }
+        assert_eq!(status_of(&store, "a").as_deref(), Some("completed"));
+        assert_eq!(status_of(&store, "c").as_deref(), Some("failed"));
+    }
+
+    #[test]
+    fn a_lock_held_past_the_busy_timeout_fails_every_transition_of_the_batch_transiently() {
+        let (_dir, store) = open_temp_with(StoreOptions {
+            pool_size: 1,
+            busy_timeout: Duration::from_millis(100),
+        });
+        for id in ["a", "b"] {
+            store.claim(&req(id)).unwrap();
+        }
+        let other = raw(&store);
+        let results = {
+            let held = store.writer();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            std::thread::scope(|s| {
+                let handles: Vec<_> = ["a", "b", "c"]
+                    .into_iter()
+                    .map(|id| {
+                        let store = &store;
+                        s.spawn(move || store.complete(id, "k"))
+                    })
+                    .collect();
+                wait_for_queue(&store, 3);
+                drop(held);
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        other.execute_batch("ROLLBACK").unwrap();
+        for result in results {
+            let err = result.unwrap_err();
+            assert!(err.is_transient(), "{err:?}");
+        }
+        assert_eq!(status_of(&store, "a").as_deref(), Some("provisioning"));
+        assert!(
+            store.complete("a", "k").unwrap(),
+            "works once the lock is free"
+        );
+    }
+
+    #[test]
+    fn many_threads_each_transition_applies_exactly_once_with_its_own_outcome() {
+        const THREADS: usize = 12;
+        const OWN: usize = 60;
+        const SHARED: usize = 24;
+        let (_dir, store) = open_temp();
+        add_audit(&store);
+        let shared: Vec<String> = (0..SHARED).map(|i| format!("shared-{i}")).collect();
+        for id in &shared {
+            store.claim(&req(id)).unwrap();
+        }
+        let before = store.write_counts();
+        let wins: Vec<Vec<String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (store, shared) = (&store, &shared);
+                    s.spawn(move || {
+                        let mine = format!("by-{t}");
+                        let mut won = Vec::new();
+                        for i in 0..OWN {
+                            let id = format!("own-{t}-{i}");
+                            let request = req(&id);
+                            assert_eq!(store.claim(&request).unwrap(), Claim::Claimed);
+                            let final_status = if i % 2 == 0 {
+                                assert!(store.complete(&id, &mine).unwrap(), "{id}");
+                                Status::Completed
+                            } else {
+                                assert!(store.fail(&id, &mine).unwrap(), "{id}");
+                                Status::Failed
+                            };
+                            assert_eq!(
+                                store.claim(&request).unwrap(),
+                                Claim::AlreadyFinal(final_status)
+                            );
+                            assert!(!store.complete(&id, "late").unwrap(), "{id}");
+                            // Every thread races for each shared row; one completes it.
+                            let shared_id = &shared[(i + t) % SHARED];
+                            if store.complete(shared_id, &mine).unwrap() {
+                                won.push(shared_id.clone());
+                            }
+                        }
+                        won
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for t in 0..THREADS {
+            for i in 0..OWN {
+                let id = format!("own-{t}-{i}");
+                let end = if i % 2 == 0 { "completed" } else { "failed" };
+                let expected = [
+                    (None, "provisioning".to_owned()),
+                    (Some("provisioning".to_owned()), end.to_owned()),
+                ];
+                assert_eq!(audit_of(&store, &id), expected, "{id}");
+            }
+        }
+        for id in &shared {
+            let winners: Vec<usize> = (0..THREADS).filter(|t| wins[*t].contains(id)).collect();
+            assert_eq!(winners.len(), 1, "{id} completed by {winners:?}");
+            let row = store.get(id).unwrap().unwrap();
+            assert_eq!(row.kubeconfig, Some(format!("by-{}", winners[0])), "{id}");
+            let completions = audit_of(&store, id)
+                .into_iter()
+                .filter(|(_, new)| new == "completed")
+                .count();
+            assert_eq!(completions, 1, "{id}");
+        }
+        let counts = store.write_counts();
+        let transitions = counts.transitions - before.transitions;
+        let transactions = counts.transactions - before.transactions;
+        assert_eq!(transitions, (THREADS * OWN * 5) as u64);
+        // Twelve threads writing back to back: batches form.
+        assert!(
+            transactions < transitions,
+            "{transitions} transitions in {transactions} transactions"
+        );
+    }
+
     #[test]
     fn a_held_write_lock_makes_transitions_fail_transiently_after_the_busy_timeout() {
         let busy_timeout = Duration::from_millis(200);
@@ -1537,8 +2332,12 @@ mod tests {
                 source: io::Error::other("ENOENT"),
             },
             StoreError::Sync {
-                path,
+                path: path.clone(),
                 source: io::Error::other("EIO"),
+            },
+            StoreError::Thread {
+                path,
+                source: io::Error::other("EAGAIN"),
             },
             StoreError::AlreadyExists {
                 request_id: "r1".to_owned(),

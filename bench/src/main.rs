@@ -32,7 +32,7 @@ provision-bench: benchmark of the release provision-worker (issue 5). Use script
 Options:
   --quick             CI smoke: scenario 1 with 2,000 requests, 1 run; exits 1 only if a
                       request is lost or processed twice, never because of speed
-  --scenario N        run scenario N (1-6); repeat or comma-separate; default 1-5
+  --scenario N        run scenario N (1-7); repeat or comma-separate; default 1-6
   --runs N            runs per scenario (default 3; --quick: 1)
   --requests N        requests in scenario 1 (default 20000; --quick: 2000)
   --worker PATH       worker binary (default ROOT/target/release/provision-worker)
@@ -41,9 +41,11 @@ Options:
   --out PATH          JSON lines file to append to (default ROOT/bench/results.jsonl)
   --worker-env K=V    extra environment for the worker (repeatable), e.g. KAFKA_FETCH_MAX_WAIT_MS=10
   --perf PATH         perf record (cpu-clock) the worker during the first run of scenario 1
+                      (of scenario 6 when 1 is not selected)
   --perf-call-graph M perf's --call-graph mode (default none; e.g. dwarf,16384)
   --sample-threads    sample each worker thread's current system call every 2 ms during
-                      scenario 1 (where wall time goes: running, futex, fdatasync, ...)
+                      the profiled run (as --perf): where wall time goes (running, futex,
+                      fdatasync, ...)
   --keep              keep each run's directory (database, logs) under bench/target/runs
   --kubeconfig-bytes N  kubeconfig size for scenario 2's worker-SQL limit (default: the
                       mean stored in scenario 1's run, else 692, what the worker renders)
@@ -53,11 +55,15 @@ Scenarios:
     worker starts; requests/s from the first row leaving pending to the last completed
   2 the limit: single-row UPDATE transactions/s with the worker's settings (WAL,
     synchronous=NORMAL, busy_timeout 5 s, one fdatasync of the -wal per second), divided by
-    2 write transactions per request (claim, complete); throughput/limit per run
+    2 write transactions per request (claim, complete); throughput/limit per run, and the
+    worker's CPU per request in scenario 1 divided by the time of one such transaction
   3 concurrency: 640 requests, delay 0.5 s, 64 threads; makespan against the ideal 5 s
   4 latency: 100 requests/s for 30 s, delay 0; produce -> provisioning / completed
   5 footprint: peak RSS (VmHWM) in 1 and 3, binary size, start to \"Kafka consumer started\"
-  6 TLS cost (only when asked for): scenario 1's run with the worker on PLAINTEXT and on
+  6 many in flight: 4,096 requests, delay 2 s, 1,024 threads; makespan against the ideal
+    8 s, peak RSS, and the memory per worker thread (idle peak RSS with 1,024 threads
+    against 8)
+  7 TLS cost (only when asked for): scenario 1's run with the worker on PLAINTEXT and on
     SSL (stunnel4 in front of a second tansu; needs stunnel4 and openssl), order alternating;
     throughput and worker CPU per request of each, and TLS/plaintext ratios
 ";
@@ -111,9 +117,9 @@ fn parse_args() -> Res<Opts> {
                     let n: u32 = part
                         .trim()
                         .parse()
-                        .map_err(|_| format!("--scenario: '{part}' is not a number 1-6"))?;
-                    if !(1..=6).contains(&n) {
-                        return Err(format!("--scenario: {n} is not one of 1-6"));
+                        .map_err(|_| format!("--scenario: '{part}' is not a number 1-7"))?;
+                    if !(1..=7).contains(&n) {
+                        return Err(format!("--scenario: {n} is not one of 1-7"));
                     }
                     if !scenarios.contains(&n) {
                         scenarios.push(n);
@@ -170,7 +176,7 @@ fn parse_args() -> Res<Opts> {
         scenarios = if o_quick {
             vec![1]
         } else {
-            vec![1, 2, 3, 4, 5]
+            vec![1, 2, 3, 4, 5, 6]
         };
     }
     scenarios.sort();
@@ -560,6 +566,10 @@ fn batch_run_in(
             .fold(0.0, f64::max);
         out.set("max_completion_gap_ms", gap * 1000.0);
         out.set("kubeconfig_bytes", times.kubeconfig_len);
+        out.set(
+            "transitions_per_transaction",
+            times.transitions_per_timestamp,
+        );
         (last - times.first, times.completed.len())
     } else {
         db::window_from_updated_at(&db)?
@@ -654,7 +664,7 @@ fn merge_s1(plain: RunOut, timed: RunOut) -> RunOut {
     out
 }
 
-/// Scenario 6: scenario 1's run with the worker on PLAINTEXT and on SSL, in alternating order,
+/// Scenario 7: scenario 1's run with the worker on PLAINTEXT and on SSL, in alternating order,
 /// against a second broker behind [`tls::TlsFront`] (same relay hop for both).
 fn tls_cost(
     ctx: &Ctx,
@@ -663,7 +673,7 @@ fn tls_cost(
     n: usize,
     deadline: Duration,
 ) -> Res<ScenarioOut> {
-    let dir = ctx.work.join("s6-front");
+    let dir = ctx.work.join("s7-front");
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let port = procs::free_port()?;
     let broker = Broker::start_advertising(tansu, &dir, Some(port))?;
@@ -676,8 +686,8 @@ fn tls_cost(
         work: ctx.work.clone(),
         t0: ctx.t0,
     };
-    let mut s6 = ScenarioOut {
-        id: 6,
+    let mut s7 = ScenarioOut {
+        id: 7,
         name: "tls_cost",
         params: json!({"requests": n, "partitions": 6, "delay_s": 0, "worker_threads": 8,
             "tls": "stunnel4 (OpenSSL) in front of tansu; worker on rustls (ring)"}),
@@ -695,10 +705,10 @@ fn tls_cost(
             tctx.o.worker_env = [ctx.o.worker_env.clone(), front.worker_env(secure)].concat();
             let which = if secure { "tls" } else { "plain" };
             ctx.say(&format!(
-                "scenario 6 (TLS cost), run {}/{runs}, {which}",
+                "scenario 7 (TLS cost), run {}/{runs}, {which}",
                 i + 1
             ));
-            let label = format!("s6-run{}-{which}", i + 1);
+            let label = format!("s7-run{}-{which}", i + 1);
             let out = batch_run(&tctx, &label, n, 6, 0.0, 8, deadline, false, false);
             if secure {
                 tls = out;
@@ -706,9 +716,9 @@ fn tls_cost(
                 plain = out;
             }
         }
-        s6.runs.push(merge_tls(plain, tls));
+        s7.runs.push(merge_tls(plain, tls));
     }
-    Ok(s6)
+    Ok(s7)
 }
 
 fn merge_tls(plain: RunOut, tls: RunOut) -> RunOut {
@@ -747,7 +757,13 @@ fn merge_tls(plain: RunOut, tls: RunOut) -> RunOut {
 }
 
 /// Scenario 2, one run: the limits.
-fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1_rps: Option<f64>) -> RunOut {
+/// Scenario 1's numbers that scenario 2 relates to the limit.
+struct S1Figures {
+    requests_per_s: f64,
+    worker_cpu_us_per_request: f64,
+}
+
+fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1: Option<S1Figures>) -> RunOut {
     let mut out = RunOut::default();
     let dir = match ctx.run_dir(label) {
         Ok(d) => d,
@@ -781,10 +797,18 @@ fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1_rps: Option<f64>)
         out.set("worker_sql_complete_us", exact.complete_us);
         out.set("update_us", 1e6 / plain.tx_per_s());
         out.set("fsyncs", plain.fsyncs as f64);
-        if let Some(rps) = s1_rps {
+        if let Some(s1) = &s1 {
+            let rps = s1.requests_per_s;
             out.set("throughput_requests_per_s", rps);
             out.set("ratio", rps / limit_rps);
             out.set("ratio_to_worker_sql", rps / (exact.tx_per_s() / 2.0));
+            // The CPU bar of issue 11: the worker's CPU per request (scenario 1, project
+            // schema) in units of one single-row UPDATE transaction, both from this run.
+            out.set("worker_cpu_us_per_request", s1.worker_cpu_us_per_request);
+            out.set(
+                "cpu_per_request_in_updates",
+                s1.worker_cpu_us_per_request / (1e6 / plain.tx_per_s()),
+            );
         }
         ctx.say(&format!(
             "{label}: single-row UPDATE {:.0} tx/s = {:.0} req/s at 2 tx/req (with triggers {:.0} tx/s, {:+.1} %); the worker's SQL on one thread {:.0} req/s (with triggers {:.0}){}",
@@ -794,8 +818,12 @@ fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1_rps: Option<f64>)
             -(1.0 - trig.tx_per_s() / plain.tx_per_s()) * 100.0,
             exact.tx_per_s() / 2.0,
             exact_trig.tx_per_s() / 2.0,
-            s1_rps
-                .map(|r| format!("; throughput/limit = {:.3}", r / limit_rps))
+            s1.as_ref()
+                .map(|s1| format!(
+                    "; throughput/limit = {:.3}; worker CPU per request = {:.2} UPDATE transactions",
+                    s1.requests_per_s / limit_rps,
+                    s1.worker_cpu_us_per_request / (1e6 / plain.tx_per_s())
+                ))
                 .unwrap_or_default()
         ));
         Ok(())
@@ -981,8 +1009,52 @@ fn latency_run_in(
     Ok(())
 }
 
+/// Scenario 6, one run: 4,096 requests of 2 s on 1,024 threads (as scenario 3), then the
+/// worker idle with 1,024 threads and with 8, for the memory each thread costs.
+fn many_in_flight_run(ctx: &Ctx, label: &str, profile: bool) -> RunOut {
+    const THREADS: u32 = 1024;
+    const FEW: u32 = 8;
+    let mut out = batch_run(
+        ctx,
+        label,
+        4096,
+        6,
+        2.0,
+        THREADS,
+        Duration::from_secs(60),
+        true,
+        profile,
+    );
+    let many = startup_run(ctx, &format!("{label}-idle-{THREADS}"), THREADS);
+    let few = startup_run(ctx, &format!("{label}-idle-{FEW}"), FEW);
+    let (many_mib, few_mib) = (many.get("idle_rss_mib"), few.get("idle_rss_mib"));
+    out.set("idle_rss_many_threads_mib", many_mib);
+    out.set("idle_rss_few_threads_mib", few_mib);
+    out.set(
+        "rss_per_thread_kib",
+        (many_mib - few_mib) * 1024.0 / f64::from(THREADS - FEW),
+    );
+    out.set(
+        "idle_vm_size_many_threads_mib",
+        many.get("idle_vm_size_mib"),
+    );
+    let errors: Vec<String> = [out.error.take(), many.error, few.error]
+        .into_iter()
+        .flatten()
+        .collect();
+    out.error = (!errors.is_empty()).then(|| errors.join("; "));
+    ctx.say(&format!(
+        "{label}: makespan {:.2} s (efficiency {:.3}); peak RSS {:.1} MiB; idle peak RSS {many_mib:.1} MiB with {THREADS} threads, {few_mib:.1} MiB with {FEW}: {:.1} KiB per thread",
+        out.get("window_s"),
+        out.get("efficiency"),
+        out.get("peak_rss_mib"),
+        out.get("rss_per_thread_kib")
+    ));
+    out
+}
+
 /// Scenario 5, one run: start-up time on an empty topic.
-fn startup_run(ctx: &Ctx, label: &str) -> RunOut {
+fn startup_run(ctx: &Ctx, label: &str, threads: u32) -> RunOut {
     let mut out = RunOut::default();
     let dir = match ctx.run_dir(label) {
         Ok(d) => d,
@@ -1005,7 +1077,7 @@ fn startup_run(ctx: &Ctx, label: &str) -> RunOut {
             topic: &topic,
             group: &topic,
             delay_s: 0.0,
-            threads: 8,
+            threads,
             log_level: "INFO",
             extra_env: &ctx.o.worker_env,
         })?;
@@ -1041,6 +1113,7 @@ fn startup_run(ctx: &Ctx, label: &str) -> RunOut {
             (assigned - worker.spawned).as_secs_f64() * 1000.0,
         );
         out.set("idle_rss_mib", mib(snap.vm_hwm_kib));
+        out.set("idle_vm_size_mib", mib(snap.vm_size_kib));
         ctx.say(&format!(
             "{label}: consumer started after {:.1} ms, partitions assigned after {:.0} ms, idle peak RSS {:.1} MiB",
             out.get("startup_ms"),
@@ -1163,6 +1236,13 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
         ),
         (
             1,
+            "with timing triggers: transitions per transaction",
+            "triggers_transitions_per_transaction",
+            2,
+            "",
+        ),
+        (
+            1,
             "with timing triggers: peak RSS (MiB)",
             "triggers_peak_rss_mib",
             1,
@@ -1184,46 +1264,60 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
         ),
         (2, "throughput / limit", "ratio", 3, "≥ 0.60"),
         (
-            6,
+            7,
             "PLAINTEXT: throughput (requests/s)",
             "plain_requests_per_s",
             0,
             "",
         ),
         (
-            6,
+            7,
             "SSL: throughput (requests/s)",
             "tls_requests_per_s",
             0,
             "",
         ),
         (
-            6,
+            7,
             "throughput SSL / PLAINTEXT",
             "tls_throughput_ratio",
             3,
             "",
         ),
         (
-            6,
+            7,
             "PLAINTEXT: worker CPU per request (µs)",
             "plain_worker_cpu_us_per_request",
             0,
             "",
         ),
         (
-            6,
+            7,
             "SSL: worker CPU per request (µs)",
             "tls_worker_cpu_us_per_request",
             0,
             "",
         ),
         (
-            6,
+            7,
             "worker CPU per request SSL / PLAINTEXT",
             "tls_cpu_ratio",
             3,
             "",
+        ),
+        (
+            2,
+            "worker CPU per request (µs, scenario 1)",
+            "worker_cpu_us_per_request",
+            0,
+            "",
+        ),
+        (
+            2,
+            "worker CPU per request ÷ one UPDATE transaction",
+            "cpu_per_request_in_updates",
+            2,
+            "≤ 2.5",
         ),
         (
             2,
@@ -1255,7 +1349,7 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
         ),
         (
             2,
-            "(µs per claim: BEGIN IMMEDIATE, upsert, COMMIT)",
+            "(µs per claim: BEGIN IMMEDIATE, UPDATE, COMMIT)",
             "worker_sql_claim_us",
             1,
             "",
@@ -1276,6 +1370,13 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
             "≥ 0.95",
         ),
         (3, "peak RSS (MiB)", "peak_rss_mib", 1, "≤ 16"),
+        (
+            3,
+            "transitions per transaction",
+            "transitions_per_transaction",
+            2,
+            "",
+        ),
         (
             4,
             "produce → provisioning p50 (ms)",
@@ -1315,6 +1416,50 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
             "",
         ),
         (5, "idle peak RSS (MiB)", "idle_rss_mib", 1, ""),
+        (6, "makespan (s, ideal 8.0)", "window_s", 2, ""),
+        (
+            6,
+            "efficiency (ideal / makespan)",
+            "efficiency",
+            3,
+            "≥ 0.90",
+        ),
+        (6, "peak RSS (MiB)", "peak_rss_mib", 1, ""),
+        (
+            6,
+            "worker CPU per request (µs)",
+            "worker_cpu_us_per_request",
+            0,
+            "",
+        ),
+        (
+            6,
+            "idle peak RSS, 1,024 threads (MiB)",
+            "idle_rss_many_threads_mib",
+            1,
+            "",
+        ),
+        (
+            6,
+            "idle peak RSS, 8 threads (MiB)",
+            "idle_rss_few_threads_mib",
+            1,
+            "",
+        ),
+        (
+            6,
+            "memory per worker thread (KiB of RSS)",
+            "rss_per_thread_kib",
+            1,
+            "",
+        ),
+        (
+            6,
+            "idle virtual size, 1,024 threads (MiB)",
+            "idle_vm_size_many_threads_mib",
+            0,
+            "",
+        ),
     ];
     println!();
     println!(
@@ -1341,7 +1486,7 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
                 ""
             );
         }
-        if s.id <= 4 {
+        if s.id <= 4 || s.id == 6 {
             let lost = s.sum_verdict(|v| v.lost);
             let dup = s.sum_verdict(|v| v.duplicated);
             let re = s.sum_verdict(|v| v.reclaimed);
@@ -1496,10 +1641,13 @@ fn run(o: Opts) -> Res<i32> {
                     .filter(|v| v.is_finite())
                     .unwrap_or(692.0) as usize
             });
-            let rps = s1_run
-                .map(|r| r.get("requests_per_s"))
-                .filter(|v| v.is_finite());
-            s2.runs.push(limit_run(&ctx, &label, kube, rps));
+            let figures = s1_run
+                .map(|r| S1Figures {
+                    requests_per_s: r.get("requests_per_s"),
+                    worker_cpu_us_per_request: r.get("worker_cpu_us_per_request"),
+                })
+                .filter(|f| f.requests_per_s.is_finite());
+            s2.runs.push(limit_run(&ctx, &label, kube, figures));
         }
     }
     if want(1) {
@@ -1557,7 +1705,8 @@ fn run(o: Opts) -> Res<i32> {
         };
         for i in 0..runs {
             ctx.say(&format!("scenario 5 (start-up), run {}/{runs}", i + 1));
-            s5.runs.push(startup_run(&ctx, &format!("s5-run{}", i + 1)));
+            s5.runs
+                .push(startup_run(&ctx, &format!("s5-run{}", i + 1), 8));
         }
         let size = std::fs::metadata(&ctx.o.worker)
             .map(|m| m.len())
@@ -1581,8 +1730,31 @@ fn run(o: Opts) -> Res<i32> {
         }
         results.push(s5);
     }
-
     if want(6) {
+        let mut s6 = ScenarioOut {
+            id: 6,
+            name: "many_in_flight",
+            params: json!({"requests": 4096, "partitions": 6, "delay_s": 2.0, "worker_threads": 1024, "ideal_s": 8.0,
+                "idle_threads_compared": [1024, 8]}),
+            runs: vec![],
+        };
+        for i in 0..runs {
+            ctx.say(&format!(
+                "scenario 6 (many in flight), run {}/{runs}",
+                i + 1
+            ));
+            // Profiled only when scenario 1 (which is profiled first) is not selected.
+            let profile = i == 0 && !want(1);
+            s6.runs.push(many_in_flight_run(
+                &ctx,
+                &format!("s6-run{}", i + 1),
+                profile,
+            ));
+        }
+        results.push(s6);
+    }
+
+    if want(7) {
         results.push(tls_cost(&ctx, &tansu, runs, n1, d1)?);
     }
 
@@ -1630,7 +1802,7 @@ fn run(o: Opts) -> Res<i32> {
                     .collect::<Vec<_>>()
             ),
         );
-        if s.id <= 4 {
+        if s.id <= 4 || s.id == 6 {
             line.insert("lost".into(), json!(s.sum_verdict(|v| v.lost)));
             line.insert("duplicated".into(), json!(s.sum_verdict(|v| v.duplicated)));
             line.insert("reclaimed".into(), json!(s.sum_verdict(|v| v.reclaimed)));

@@ -131,6 +131,8 @@ pub struct ProcSnap {
     pub involuntary_cs: u64,
     pub vm_hwm_kib: u64,
     pub vm_rss_kib: u64,
+    /// Virtual size: thread stacks count here in full, in RSS only as far as they are used.
+    pub vm_size_kib: u64,
     pub rss_anon_kib: u64,
     pub rss_file_kib: u64,
     /// From /proc/PID/io: read and write system calls, bytes sent to the block layer.
@@ -155,6 +157,7 @@ pub fn snapshot(pid: u32) -> ProcSnap {
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
         snap.vm_hwm_kib = status_value(&status, "VmHWM:");
         snap.vm_rss_kib = status_value(&status, "VmRSS:");
+        snap.vm_size_kib = status_value(&status, "VmSize:");
         snap.rss_anon_kib = status_value(&status, "RssAnon:");
         snap.rss_file_kib = status_value(&status, "RssFile:");
     }

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::kafka::{Offset, Partition};
-use crate::metrics::Final;
-use crate::provision::{Outcome, Provisioner};
+use crate::metrics::{Final, JobTimer};
+use crate::provision::{Outcome, Provisioner, Started};
 use crate::request::ProvisionRequest;
+use crate::store::{Claim, StoreError};
 
 /// One fetched message, on its way to a worker.
 #[derive(Debug)]
@@ -65,6 +66,19 @@ pub enum JobResult {
     Dropped,
 }
 
+/// The stack of each worker thread: 256 KiB instead of Rust's default of 2 MiB.
+///
+/// Why: a worker's deepest path is SQLite preparing and running a batch as the leader of
+/// group commit. At full load the most any thread of the release worker touched was 72 KiB
+/// (the workers 8-20 KiB; the Rss of each stack mapping in /proc/PID/smaps during the
+/// benchmark's scenario 1), and the test below, which runs that path with a backend's
+/// trigger, overflows 32 KiB and passes on 64 KiB even in a debug build. Memory in use is the same either way (a stack counts in RSS
+/// only as far as it is touched, about 10 KiB per idle worker), but every stack is reserved
+/// in full: with WORKER_THREADS=1024 that is 2 GiB of address space at 2 MiB each, which a
+/// host with strict overcommit (vm.overcommit_memory=2) or a `ulimit -v` refuses, and 256
+/// MiB at this size.
+const WORKER_STACK_BYTES: usize = 256 * 1024;
+
 /// Owns the worker threads. Dropping every job sender tells them to finish; `join` waits.
 pub struct WorkerPool {
     handles: Vec<JoinHandle<()>>,
@@ -88,6 +102,7 @@ impl WorkerPool {
             );
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
+                .stack_size(WORKER_STACK_BYTES)
                 .spawn(move || work(&provisioner, &jobs, &done, &epoch))?;
             handles.push(handle);
         }
@@ -105,18 +120,47 @@ impl WorkerPool {
 }
 
 fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, epoch: &AtomicU64) {
-    for job in jobs.iter() {
-        let timer = provisioner.metrics.job_started();
+    let mut carried: Option<Taken<'_>> = None;
+    loop {
+        let Taken {
+            job,
+            timer,
+            claimed,
+        } = match carried.take() {
+            Some(next) => next,
+            None => match jobs.recv() {
+                Ok(job) => Taken {
+                    job,
+                    timer: provisioner.metrics.job_started(),
+                    claimed: None,
+                },
+                // Every sender is gone: the poller has finished.
+                Err(_) => return,
+            },
+        };
         // Acquire pairs with the poller's release when it bumps the epoch at revocation, so
-        // a job fetched before the revocation is never started after it.
-        let result = if job.epoch != epoch.load(Ordering::Acquire) {
+        // a job fetched before the revocation is never started after it. A job whose claim
+        // is written was started when it was taken (the epoch checked then) and is carried
+        // through like any job in progress.
+        let result = if claimed.is_none() && job.epoch != epoch.load(Ordering::Acquire) {
             JobResult::Dropped
         } else {
             match job.work {
-                Work::Provision(req) => match provisioner.provision(&req) {
-                    Outcome::Aborted => JobResult::Dropped,
-                    outcome => JobResult::Finished(outcome),
-                },
+                Work::Provision(req) => {
+                    let outcome = match provisioner.start(&req, claimed) {
+                        Started::Finished(outcome) => outcome,
+                        Started::Rendered(kubeconfig) => {
+                            let (outcome, next) =
+                                finish(provisioner, &req, &kubeconfig, jobs, epoch);
+                            carried = next;
+                            outcome
+                        }
+                    };
+                    match outcome {
+                        Outcome::Aborted => JobResult::Dropped,
+                        outcome => JobResult::Finished(outcome),
+                    }
+                }
                 Work::Reject {
                     request_id,
                     reason,
@@ -150,6 +194,53 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
     }
 }
 
+/// Completes `req`. When the next job is already waiting in the channel (the usual case
+/// under load), it is taken now and, if it is a request of the current assignment, its
+/// claim is written in the same transaction as this completion: one trip to the writer
+/// instead of two (see `Store::complete_and_claim`). Returns the completion's outcome and
+/// the job taken, if any, for the worker to go on with.
+fn finish<'m>(
+    provisioner: &'m Provisioner,
+    req: &ProvisionRequest,
+    kubeconfig: &str,
+    jobs: &Receiver<Job>,
+    epoch: &AtomicU64,
+) -> (Outcome, Option<Taken<'m>>) {
+    let Ok(job) = jobs.try_recv() else {
+        return (provisioner.finish(req, kubeconfig, None), None);
+    };
+    let timer = provisioner.metrics.job_started();
+    match &job.work {
+        Work::Provision(next) if job.epoch == epoch.load(Ordering::Acquire) => {
+            let (outcome, claimed) = provisioner.finish_and_claim(req, kubeconfig, next);
+            let taken = Taken {
+                job,
+                timer,
+                claimed: Some(claimed),
+            };
+            (outcome, Some(taken))
+        }
+        // An invalid message, or one from before a revocation: it goes the usual way.
+        _ => {
+            let taken = Taken {
+                job,
+                timer,
+                claimed: None,
+            };
+            (provisioner.finish(req, kubeconfig, None), Some(taken))
+        }
+    }
+}
+
+/// A job a worker took while it was finishing the one before.
+struct Taken<'m> {
+    job: Job,
+    /// Started when the job was taken.
+    timer: JobTimer<'m>,
+    /// The outcome of its claim, when that was written with the completion before.
+    claimed: Option<Result<Claim, StoreError>>,
+}
+
 /// How a job's result counts in the metrics; `None` for a job we did not do.
 fn final_of(result: &JobResult) -> Option<Final> {
     match result {
@@ -158,5 +249,51 @@ fn final_of(result: &JobResult) -> Option<Final> {
         JobResult::Finished(Outcome::AlreadyFinal(_)) => Some(Final::AlreadyFinal),
         JobResult::Rejected { .. } => Some(Final::Invalid),
         JobResult::Finished(Outcome::Aborted) | JobResult::Dropped => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Claim, Store};
+
+    /// The deepest work a worker does, on a stack of a worker's size: SQLite preparing and
+    /// running the transitions (as a group-commit leader) against a table with a backend's
+    /// trigger compiled into them, and rendering a kubeconfig for the longest user id.
+    #[test]
+    fn a_worker_stack_holds_the_deepest_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("poc.db");
+        let store = Store::open(&path, 1).unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE audit (request_id TEXT, status TEXT, note TEXT);
+                 CREATE TRIGGER audit AFTER UPDATE OF status ON provision_requests BEGIN
+                   INSERT INTO audit VALUES (NEW.request_id, NEW.status,
+                     CASE WHEN NEW.status = 'completed' THEN upper(substr(NEW.kubeconfig, 1, 10))
+                          WHEN NEW.status = 'failed' THEN lower(NEW.error_message)
+                          ELSE coalesce(NEW.user_id, '') || '@' || NEW.request_id END);
+                 END;",
+            )
+            .unwrap();
+        let worker = std::thread::Builder::new()
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || {
+                for i in 0..3 {
+                    let req = ProvisionRequest {
+                        request_id: format!("r{i}"),
+                        user_id: "ü'\":#\n😀x".repeat(32),
+                        gpu_count: 1,
+                        duration_hours: 1,
+                    };
+                    assert_eq!(store.claim(&req).unwrap(), Claim::Claimed);
+                    let yaml = crate::kubeconfig::render(&req, &crate::kubeconfig::new_token());
+                    assert!(store.complete(&req.request_id, &yaml).unwrap());
+                }
+                assert!(!store.fail("r0", "late").unwrap());
+            })
+            .unwrap();
+        worker.join().unwrap();
     }
 }
