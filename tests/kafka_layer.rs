@@ -1123,7 +1123,7 @@ fn member_loop(
             Err(RecvTimeoutError::Timeout) => {}
         }
         match consumer.heartbeat() {
-            Ok(GroupSignal::Fine) => {}
+            Ok(GroupSignal::Fine | GroupSignal::NotDue) => {}
             Ok(GroupSignal::Rejoin(_)) => {
                 must_join = true;
                 continue;

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::proxy::broker_behind_proxy;
 use common::{OutMessage, TempDb, WorkerProcess, librdkafka_produce, wait_until};
@@ -128,6 +128,20 @@ fn healthz_and_metrics_follow_the_worker_through_work_and_an_outage() {
         || get(&addr, "/healthz").filter(|r| r.status == 503),
     );
     assert!(down.body.contains("heartbeat failed"), "{down:?}");
+    // And it keeps saying so while the outage lasts: a pass of the poller with no heartbeat
+    // due must not clear the failure (it did, so /healthz flapped back to 200 within
+    // milliseconds of each failed heartbeat). Five heartbeat intervals of watching.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(1500) {
+        let during = get(&addr, "/healthz").expect("/healthz during the outage");
+        assert_eq!(
+            during.status,
+            503,
+            "/healthz said healthy {:?} into a broker outage: {during:?}",
+            watch.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     proxy.restore();
     wait_until("/healthz to recover", Duration::from_secs(30), || {
         get(&addr, "/healthz").filter(|r| r.status == 200)

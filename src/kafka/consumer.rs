@@ -36,8 +36,10 @@ pub struct ConsumerSettings {
 /// What the group side asks of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupSignal {
-    /// Keep going.
+    /// The coordinator confirmed our membership just now: keep going.
     Fine,
+    /// No heartbeat was due; keep going (says nothing about Kafka being reachable).
+    NotDue,
     /// Revoke every partition (finish or drop their work, commit), then call `join`.
     Rejoin(&'static str),
 }
@@ -180,6 +182,7 @@ impl Consumer {
     pub fn heartbeat(&mut self) -> Result<GroupSignal, KafkaError> {
         match self.group.heartbeat_if_due(&mut self.cluster)? {
             Heartbeat::Fine => Ok(GroupSignal::Fine),
+            Heartbeat::NotDue => Ok(GroupSignal::NotDue),
             Heartbeat::Rejoin(why) => Ok(GroupSignal::Rejoin(why)),
         }
     }

