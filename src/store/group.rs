@@ -152,10 +152,7 @@ enum Slot<Out> {
 impl<Op, Out> Waiter<Op, Out> {
     fn take(&self) -> Slot<Vec<Out>> {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        match *slot {
-            Slot::Waiting => Slot::Waiting,
-            _ => std::mem::replace(&mut *slot, Slot::Waiting),
-        }
+        std::mem::replace(&mut *slot, Slot::Waiting)
     }
 
     fn set(&self, value: Slot<Vec<Out>>) {
@@ -219,6 +216,53 @@ mod tests {
         }
     }
 
+    /// Holds the batch led by operation 0 at the writer until the test opens it, so that
+    /// the callers the test starts meanwhile queue behind it.
+    struct Gate {
+        lock: Mutex<()>,
+        entered: Barrier,
+    }
+
+    impl Gate {
+        fn new() -> Gate {
+            Gate {
+                lock: Mutex::new(()),
+                entered: Barrier::new(2),
+            }
+        }
+
+        /// Closes the gate; dropping the guard opens it.
+        fn close(&self) -> MutexGuard<'_, ()> {
+            self.lock.lock().unwrap()
+        }
+
+        /// Called by a runner with its batch: the batch led by 0 waits here for the gate.
+        fn pass(&self, ops: &[&u64]) {
+            if *ops[0] == 0 {
+                self.entered.wait();
+                drop(self.lock.lock().unwrap());
+            }
+        }
+
+        /// Returns once the batch led by 0 is at the gate.
+        fn wait_for_leader(&self) {
+            self.entered.wait();
+        }
+    }
+
+    /// Waits until `n` callers are in the queue (the leader included), failing after 10 s.
+    fn wait_for_queue<Op, Out>(group: &GroupCommit<Op, Out>, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while group.waiting() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} callers queued",
+                group.waiting()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn a_lone_operation_runs_at_once_in_a_batch_of_one() {
         let group = GroupCommit::new();
@@ -234,19 +278,15 @@ mod tests {
         let group = GroupCommit::new();
         let sizes = Mutex::new(Vec::new());
         // The first leader's batch is held up until every other caller is queued.
-        let gate = Mutex::new(());
-        let held = gate.lock().unwrap();
-        let entered = Barrier::new(2);
+        let gate = Gate::new();
+        let held = gate.close();
         let runner = |ops: &[&u64]| {
-            if *ops[0] == 0 {
-                entered.wait();
-                drop(gate.lock().unwrap());
-            }
+            gate.pass(ops);
             doubling(&sizes)(ops)
         };
         thread::scope(|s| {
             let first = s.spawn(|| group.submit(0, runner));
-            entered.wait();
+            gate.wait_for_leader();
             let followers: Vec<_> = (1..=9u64)
                 .map(|n| {
                     let runner = &runner;
@@ -254,9 +294,7 @@ mod tests {
                     s.spawn(move || (n, group.submit(n, runner)))
                 })
                 .collect();
-            while group.lock().len() < 10 {
-                thread::sleep(Duration::from_millis(1));
-            }
+            wait_for_queue(&group, 10);
             drop(held);
             assert_eq!(first.join().unwrap(), 0);
             for f in followers {
@@ -273,27 +311,19 @@ mod tests {
         let group = GroupCommit::new();
         let sizes = Mutex::new(Vec::new());
         assert_eq!(group.submit_all(vec![1, 2, 3], doubling(&sizes)), [2, 4, 6]);
-        let gate = Mutex::new(());
-        let held = gate.lock().unwrap();
-        let entered = Barrier::new(2);
+        let gate = Gate::new();
+        let held = gate.close();
         let runner = |ops: &[&u64]| {
-            if *ops[0] == 0 {
-                entered.wait();
-                drop(gate.lock().unwrap());
-            }
+            gate.pass(ops);
             doubling(&sizes)(ops)
         };
         thread::scope(|s| {
             let first = s.spawn(|| group.submit(0, runner));
-            entered.wait();
+            gate.wait_for_leader();
             let pair = s.spawn(|| group.submit_all(vec![10, 11], runner));
-            while group.waiting() < 2 {
-                thread::sleep(Duration::from_millis(1));
-            }
+            wait_for_queue(&group, 2);
             let one = s.spawn(|| group.submit(20, runner));
-            while group.waiting() < 3 {
-                thread::sleep(Duration::from_millis(1));
-            }
+            wait_for_queue(&group, 3);
             drop(held);
             assert_eq!(first.join().unwrap(), 0);
             assert_eq!(pair.join().unwrap(), [20, 22]);
@@ -330,25 +360,24 @@ mod tests {
         runs.sort_unstable();
         runs.dedup();
         assert_eq!(runs.len(), threads * each, "an operation ran twice");
-        let batches = batches.into_inner();
-        assert!(batches <= threads * each, "{batches} batches");
-        eprintln!("{} operations in {batches} batches", threads * each);
+        // How many batches formed depends on scheduling, so it is shown, not asserted.
+        eprintln!(
+            "{} operations in {} batches",
+            threads * each,
+            batches.into_inner()
+        );
     }
 
     #[test]
     fn a_follower_that_got_its_outcome_before_the_leader_panicked_is_not_run_again() {
         let group = GroupCommit::new();
-        let gate = Mutex::new(());
-        let held = gate.lock().unwrap();
-        let entered = Barrier::new(2);
+        let gate = Gate::new();
+        let held = gate.close();
         let ran = Mutex::new(Vec::new());
         // The batch [1, 2, 3] gets only two outcomes (a broken runner): 1 (the leader) and 2
         // have theirs, 3 has none and must queue again; 2 must not run a second time.
         let runner = |ops: &[&u64]| {
-            if *ops[0] == 0 {
-                entered.wait();
-                drop(gate.lock().unwrap());
-            }
+            gate.pass(ops);
             ran.lock().unwrap().extend(ops.iter().map(|n| **n));
             let outs: Vec<u64> = ops.iter().map(|n| **n + 100).collect();
             if ops.len() == 3 {
@@ -359,14 +388,12 @@ mod tests {
         };
         thread::scope(|s| {
             let first = s.spawn(|| group.submit(0, runner));
-            entered.wait();
+            gate.wait_for_leader();
             let handles: Vec<_> = (1..=3u64)
                 .map(|n| {
                     let (group, runner) = (&group, &runner);
                     let handle = s.spawn(move || group.submit(n, runner));
-                    while group.waiting() < 1 + n as usize {
-                        thread::sleep(Duration::from_millis(1));
-                    }
+                    wait_for_queue(group, 1 + n as usize);
                     handle
                 })
                 .collect();
@@ -386,15 +413,11 @@ mod tests {
     #[test]
     fn followers_of_a_leader_that_panics_run_their_operations_again() {
         let group = GroupCommit::new();
-        let gate = Mutex::new(());
-        let held = gate.lock().unwrap();
-        let entered = Barrier::new(2);
+        let gate = Gate::new();
+        let held = gate.close();
         let ran = Mutex::new(Vec::new());
         let runner = |ops: &[&u64]| {
-            if *ops[0] == 0 {
-                entered.wait();
-                drop(gate.lock().unwrap());
-            }
+            gate.pass(ops);
             // The batch led by operation 1 (with the others behind it) panics once.
             if *ops[0] == 1 && ops.len() > 1 {
                 panic!("leader of {ops:?} panics");
@@ -404,20 +427,16 @@ mod tests {
         };
         thread::scope(|s| {
             let first = s.spawn(|| group.submit(0, runner));
-            entered.wait();
+            gate.wait_for_leader();
             let one = s.spawn(|| group.submit(1, runner));
-            while group.lock().len() < 2 {
-                thread::sleep(Duration::from_millis(1));
-            }
+            wait_for_queue(&group, 2);
             let rest: Vec<_> = (2..=4u64)
                 .map(|n| {
                     let (group, runner) = (&group, &runner);
                     s.spawn(move || (n, group.submit(n, runner)))
                 })
                 .collect();
-            while group.lock().len() < 5 {
-                thread::sleep(Duration::from_millis(1));
-            }
+            wait_for_queue(&group, 5);
             drop(held);
             assert_eq!(first.join().unwrap(), 100);
             assert!(one.join().is_err(), "the leader's own panic goes on");
