@@ -445,11 +445,7 @@ impl Store {
     /// `provisioning` row is a redelivery after a crash); a final row is left as it was and
     /// reported as [`Claim::AlreadyFinal`]. Returns once committed.
     pub fn claim(&self, req: &ProvisionRequest) -> Result<Claim, StoreError> {
-        match self.write(claim_of(req))? {
-            Applied::Claim(claim) => Ok(claim),
-            // `apply` answers a claim with `Applied::Claim`, always.
-            Applied::Moved(_) => unreachable!("a claim was answered as an update"),
-        }
+        self.write(claim_of(req)).map(Applied::claim)
     }
 
     /// `provisioning -> completed`, storing the kubeconfig. `Ok(false)` if no row moved: the
@@ -496,12 +492,7 @@ impl Store {
         let (Some(completed), Some(claimed)) = (outcomes.next(), outcomes.next()) else {
             unreachable!("group commit answers each transition")
         };
-        let claimed = claimed.map(|applied| match applied {
-            Applied::Claim(claim) => claim,
-            // `apply` answers a claim with `Applied::Claim`, always.
-            Applied::Moved(_) => unreachable!("a claim was answered as an update"),
-        });
-        (completed.map(Applied::moved), claimed)
+        (completed.map(Applied::moved), claimed.map(Applied::claim))
     }
 
     /// Transactions and transitions the writer has committed since the store opened; their
@@ -710,6 +701,15 @@ impl Store {
 }
 
 impl Applied {
+    /// The outcome of a claim.
+    fn claim(self) -> Claim {
+        match self {
+            Applied::Claim(claim) => claim,
+            // `apply` answers a claim with `Applied::Claim`, always.
+            Applied::Moved(_) => unreachable!("a claim was answered as an update"),
+        }
+    }
+
     fn moved(self) -> bool {
         match self {
             Applied::Moved(moved) => moved,
@@ -1775,6 +1775,14 @@ mod tests {
             .unwrap()
     }
 
+    /// How many times the audit saw `request_id` become `completed`.
+    fn completions_of(store: &Store, request_id: &str) -> usize {
+        audit_of(store, request_id)
+            .into_iter()
+            .filter(|(_, new)| new == "completed")
+            .count()
+    }
+
     #[test]
     fn a_batch_commits_once_and_each_transition_gets_its_own_outcome() {
         let (_dir, store) = open_temp();
@@ -1868,10 +1876,7 @@ mod tests {
         assert_eq!(claimed.unwrap(), Claim::Claimed);
         assert_eq!(status_of(&store, "b").as_deref(), Some("provisioning"));
         assert_eq!(status_of(&store, "c").as_deref(), Some("provisioning"));
-        let completions = audit_of(&store, "a")
-            .into_iter()
-            .filter(|(_, new)| new == "completed")
-            .count();
+        let completions = completions_of(&store, "a");
         assert_eq!(completions, 1);
     }
 
@@ -1917,10 +1922,7 @@ mod tests {
                 assert_eq!(row.status, "completed", "{raise}");
                 assert_eq!(row.kubeconfig.as_deref(), Some(kubeconfig));
                 // Applied once, even when the transaction had to run again without `bad`.
-                let completions = audit_of(&store, id)
-                    .into_iter()
-                    .filter(|(_, new)| new == "completed")
-                    .count();
+                let completions = completions_of(&store, id);
                 assert_eq!(completions, 1, "{raise}: {id}");
             }
         }
@@ -2074,10 +2076,7 @@ mod tests {
             assert_eq!(winners.len(), 1, "{id} completed by {winners:?}");
             let row = store.get(id).unwrap().unwrap();
             assert_eq!(row.kubeconfig, Some(format!("by-{}", winners[0])), "{id}");
-            let completions = audit_of(&store, id)
-                .into_iter()
-                .filter(|(_, new)| new == "completed")
-                .count();
+            let completions = completions_of(&store, id);
             assert_eq!(completions, 1, "{id}");
         }
         let counts = store.write_counts();
