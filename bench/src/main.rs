@@ -756,13 +756,13 @@ fn merge_tls(plain: RunOut, tls: RunOut) -> RunOut {
     out
 }
 
-/// Scenario 2, one run: the limits.
 /// Scenario 1's numbers that scenario 2 relates to the limit.
 struct S1Figures {
     requests_per_s: f64,
     worker_cpu_us_per_request: f64,
 }
 
+/// Scenario 2, one run: the limits.
 fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1: Option<S1Figures>) -> RunOut {
     let mut out = RunOut::default();
     let dir = match ctx.run_dir(label) {
@@ -795,7 +795,8 @@ fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1: Option<S1Figures
         );
         out.set("worker_sql_claim_us", exact.claim_us);
         out.set("worker_sql_complete_us", exact.complete_us);
-        out.set("update_us", 1e6 / plain.tx_per_s());
+        let update_us = 1e6 / plain.tx_per_s();
+        out.set("update_us", update_us);
         out.set("fsyncs", plain.fsyncs as f64);
         if let Some(s1) = &s1 {
             let rps = s1.requests_per_s;
@@ -807,7 +808,7 @@ fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1: Option<S1Figures
             out.set("worker_cpu_us_per_request", s1.worker_cpu_us_per_request);
             out.set(
                 "cpu_per_request_in_updates",
-                s1.worker_cpu_us_per_request / (1e6 / plain.tx_per_s()),
+                s1.worker_cpu_us_per_request / update_us,
             );
         }
         ctx.say(&format!(
@@ -822,7 +823,7 @@ fn limit_run(ctx: &Ctx, label: &str, kubeconfig_len: usize, s1: Option<S1Figures
                 .map(|s1| format!(
                     "; throughput/limit = {:.3}; worker CPU per request = {:.2} UPDATE transactions",
                     s1.requests_per_s / limit_rps,
-                    s1.worker_cpu_us_per_request / (1e6 / plain.tx_per_s())
+                    s1.worker_cpu_us_per_request / update_us
                 ))
                 .unwrap_or_default()
         ));
