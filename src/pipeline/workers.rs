@@ -72,11 +72,11 @@ pub enum JobResult {
 /// group commit. At full load the most any thread of the release worker touched was 72 KiB
 /// (the workers 8-20 KiB; the Rss of each stack mapping in /proc/PID/smaps during the
 /// benchmark's scenario 1), and the test below, which runs that path with a backend's
-/// trigger, overflows 32 KiB and passes on 64 KiB even in a debug build. Memory in use is the same either way (a stack counts in RSS
-/// only as far as it is touched, about 10 KiB per idle worker), but every stack is reserved
-/// in full: with WORKER_THREADS=1024 that is 2 GiB of address space at 2 MiB each, which a
-/// host with strict overcommit (vm.overcommit_memory=2) or a `ulimit -v` refuses, and 256
-/// MiB at this size.
+/// trigger, overflows 32 KiB and passes on 64 KiB even in a debug build. Memory in use is
+/// the same either way (a stack counts in RSS only as far as it is touched, about 10 KiB per
+/// idle worker), but every stack is reserved in full: with WORKER_THREADS=1024 that is 2 GiB
+/// of address space at 2 MiB each, which a host with strict overcommit
+/// (vm.overcommit_memory=2) or a `ulimit -v` refuses, and 256 MiB at this size.
 const WORKER_STACK_BYTES: usize = 256 * 1024;
 
 /// Owns the worker threads. Dropping every job sender tells them to finish; `join` waits.
