@@ -1970,48 +1970,14 @@ fn hostile_messages(rng: &mut Rng, n: usize, huge: usize) -> Vec<Hostile> {
     out
 }
 
-/// User ids a naive renderer or query builder would get wrong; all valid.
-const TRICKY_USERS: &[&str] = &[
-    "alice",
-    "'; DROP TABLE provision_requests; --",
-    "\" OR 1=1 --",
-    "Robert'); DELETE FROM provision_requests WHERE ('1'='1",
-    "a: b",
-    "key: value\nother: thing",
-    "- item",
-    "!!python/object/apply:os.system ['rm -rf /']",
-    "&anchor *alias",
-    "# comment",
-    "{flow: map}",
-    "[flow, seq]",
-    "---\n...",
-    "%YAML 1.2",
-    "null",
-    "~",
-    "yes",
-    "0x1F",
-    "1e3",
-    "|\n  block",
-    ">",
-    "@at `tick`",
-    "tab\there",
-    "nul\0byte",
-    "bell\u{7}esc\u{1b}del\u{7f}",
-    "\u{85}\u{2028}\u{2029}\u{feff}",
-    "日本語 😀 ﷽",
-    "\\backslash\\",
-    "  leading and trailing  ",
-    "cr\r\nlf",
-];
-
 fn valid_hostile(rng: &mut Rng, id: &str) -> Hostile {
     let user = match rng.below(4) {
         0 => {
             // Right at the 256-character limit, mixing multi-byte characters.
-            let base: Vec<char> = "ä'\":#\n😀x".chars().collect();
+            let base: Vec<char> = common::hostile_ids::LONG_USER_CHARS.chars().collect();
             (0..256).map(|_| *rng.pick(&base)).collect()
         }
-        _ => rng.pick(TRICKY_USERS).to_string(),
+        _ => rng.pick(common::hostile_ids::TRICKY_USERS).to_string(),
     };
     let id = match rng.below(5) {
         0 => format!("{id}: !!str # &x *y"),

@@ -10,6 +10,8 @@
 //! `load_kube_config`, whose current context must lead to our user entry and token
 //! (tests/interop/kubeconfig_check.py).
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -345,32 +347,11 @@ fn ambiguous_ids() -> Vec<String> {
     ] {
         add(s);
     }
-    // The fault tests' hostile user ids (tests/faults.rs TRICKY_USERS).
-    for s in [
-        "alice",
-        "'; DROP TABLE provision_requests; --",
-        "\" OR 1=1 --",
-        "Robert'); DELETE FROM provision_requests WHERE ('1'='1",
-        "key: value\nother: thing",
-        "!!python/object/apply:os.system ['rm -rf /']",
-        "&anchor *alias",
-        "# comment",
-        "{flow: map}",
-        "[flow, seq]",
-        "---\n...",
-        "%YAML 1.2",
-        "|\n  block",
-        "@at `tick`",
-        "nul\0byte",
-        "bell\u{7}esc\u{1b}del\u{7f}",
-        "\u{85}\u{2028}\u{2029}\u{feff}",
-        "\\backslash\\",
-        "  leading and trailing  ",
-        "cr\r\nlf",
-    ] {
+    // The fault tests' hostile user ids.
+    for s in common::hostile_ids::TRICKY_USERS {
         add(s);
     }
     // The longest user id the worker accepts (256 characters), mixing multi-byte text.
-    add(&"ä'\":#\n😀x".repeat(32));
+    add(&common::hostile_ids::LONG_USER_CHARS.repeat(32));
     ids
 }

@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod hostile_batch;
+pub mod hostile_ids;
 pub mod produce_faults;
 pub mod proxy;
 pub mod secure;
