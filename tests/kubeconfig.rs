@@ -42,8 +42,9 @@ fn yaml_ambiguous_and_hostile_ids_read_back_exactly_with_pyyaml_and_the_kubernet
         .take(40)
         .map(|f| {
             format!(
-                "{:?}: {}",
+                "user {:?}, request {:?}: {}",
                 f["user_id"].as_str().unwrap_or("?"),
+                f["request_id"].as_str().unwrap_or("?"),
                 f["problems"]
             )
         })
@@ -55,6 +56,11 @@ fn yaml_ambiguous_and_hostile_ids_read_back_exactly_with_pyyaml_and_the_kubernet
         failures.len(),
         cases.len(),
         shown.join("\n")
+    );
+    eprintln!(
+        "{} ids, {} kubeconfigs read back exactly by serde_yaml, PyYAML and the Kubernetes client",
+        ids.len(),
+        cases.len()
     );
 }
 

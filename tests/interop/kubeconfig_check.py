@@ -10,10 +10,10 @@ must resolve to our user entry, its token and the server.
 
 Input on stdin: a JSON list of
   {"user_id": str, "request_id": str, "token": str, "yaml": str}
-Output on stdout: a JSON list of {"user_id": str, "problems": [str, ...]}, one entry per case
-with at least one problem (an empty list when everything read back). Exit status 0 either
-way; 2 if PyYAML or the kubernetes package is missing (scripts/test.sh installs both from
-tests/requirements.txt).
+Output on stdout: a JSON list of {"user_id": str, "request_id": str, "problems": [str, ...]},
+one entry per case with at least one problem (an empty list when everything read back).
+Exit status 0 either way; 2 if PyYAML or the kubernetes package is missing (scripts/test.sh
+installs both from tests/requirements.txt).
 """
 
 import json
@@ -117,12 +117,13 @@ def main():
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            failures.append({"user_id": case["user_id"],
+            failures.append({"user_id": case["user_id"], "request_id": case["request_id"],
                              "problems": [f"PyYAML cannot load it: {e}"]})
             continue
         problems = check_strings(doc, case) + check_client(text, doc, case)
         if problems:
-            failures.append({"user_id": case["user_id"], "problems": problems})
+            failures.append({"user_id": case["user_id"], "request_id": case["request_id"],
+                             "problems": problems})
     json.dump(failures, sys.stdout)
     print()
 
