@@ -8,8 +8,6 @@
 //! - `request`: one provisioning request, validated once from the raw message bytes.
 //! - `kubeconfig`: rendering the mock kubeconfig (pure).
 //! - `store`: SQLite: schema from `sql/`, the pool, the state transitions as named functions.
-//! - `kafka`: the Kafka layer (group membership, fetch, commits, produce); knows nothing
-//!   about provisioning.
 //! - `provision`: what a worker does with one request.
 //! - `pipeline`: the poller thread, the worker pool, the offset tracker; `run`.
 //! - `signals`: SIGTERM/SIGINT/SIGHUP: one graceful shutdown per request, signals arriving
@@ -18,11 +16,14 @@
 //! - `metrics`: counters, gauges and histograms on atomics, and the optional HTTP listener
 //!   (`METRICS_ADDR`) serving `/metrics` and `/healthz`.
 //!
-//! Dependencies point one way: `main` → `pipeline` → (`kafka`, `provision` → (`store`,
-//! `kubeconfig`, `request`)). `kafka` and `store` never import each other.
+//! The Kafka client is a crate of its own, `blocking_kafka` (crates/blocking-kafka): group
+//! membership, fetch, commits, produce, TLS and SASL. It knows nothing about provisioning,
+//! and the compiler holds it to that: it cannot name anything of this crate.
+//!
+//! Dependencies point one way: `main` → `pipeline` → (`blocking_kafka`, `provision` →
+//! (`store`, `kubeconfig`, `request`)). `blocking_kafka` and `store` never import each other.
 pub mod cli;
 pub mod config;
-pub mod kafka;
 pub mod kubeconfig;
 pub mod logging;
 pub mod metrics;

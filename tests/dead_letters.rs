@@ -1,30 +1,27 @@
-//! Producing on our own Kafka layer, checked from outside: librdkafka reads what we write
+//! Dead letters, end to end: the worker's own producer (the client crate's `Producer`) on
+//! its dead-letter topic, checked from outside. librdkafka reads what the worker writes
 //! (every byte, every header, the CreateTime, the partition of each key), a raw Fetch shows
 //! each batch's header (codec, size, producer id and sequence), and a proxy that refuses or
 //! rewrites Produce answers shows what the worker does with errors tansu never sends.
+//! (The producer alone is tested in crates/blocking-kafka/tests/producer.rs.)
 //!
 //! Every test starts its own broker; every wait is a condition with a deadline.
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use provision_worker::kafka::{
-    BatchCompression, OutRecord, Producer, ProducerSettings, Security, partition_for_key,
-};
+use blocking_kafka::partition_for_key;
 use serde_json::Value;
 
 use common::produce_faults::{Fault, MESSAGE_TOO_LARGE, ProduceFaults, REQUEST_TIMED_OUT};
 use common::proxy::broker_behind_faulty_proxy;
 use common::{
-    Broker, OutMessage, TempDb, WorkerProcess, b64_decode, b64_encode, librdkafka_committed,
-    librdkafka_produce, produce, python_tool, repo_root, wait_until,
+    Broker, OutMessage, TempDb, WorkerProcess, batch_headers, java_partitions, json_i64,
+    librdkafka_committed, librdkafka_produce, librdkafka_read, produce, wait_until,
 };
 
 const TOPIC: &str = "provision-requests";
@@ -32,159 +29,6 @@ const DLQ: &str = "provision-requests.dlq";
 const GROUP: &str = "producer-test-group";
 /// A group join takes ~3 s on tansu; a few requests and dead letters a few more.
 const JOIN_AND_WORK: Duration = Duration::from_secs(45);
-
-// ------------------------------------------------------------------------------------
-// The producer itself
-
-#[test]
-fn records_we_produce_are_read_back_exactly_by_librdkafka_stamped_now_and_keyed_as_java_does() {
-    let broker = Broker::start();
-    broker.create_topic("out", 5);
-    broker.create_topic("java", 5);
-    let mut producer = Producer::new(ProducerSettings {
-        bootstrap: vec![broker.addr()],
-        client_id: "producer-test".into(),
-        topic: "out".into(),
-        request_timeout: Duration::from_secs(5),
-        security: Arc::new(Security::plaintext()),
-    });
-
-    let binary: Vec<u8> = (0..=255u8).collect();
-    let mut records: Vec<(OutRecord, BatchCompression)> = Vec::new();
-    for i in 0..12 {
-        // Compressible values (JSON with repeated text), repeated header names, an empty
-        // and a null header value.
-        let value = format!(
-            r#"{{"request_id":"req-{i}","note":"{}"}}"#,
-            "the same words again ".repeat(40)
-        );
-        records.push((
-            OutRecord {
-                key: Some(Bytes::from(format!("req-{i}"))),
-                value: Some(Bytes::from(value)),
-                headers: vec![
-                    ("h".into(), Some(Bytes::from_static(b"1"))),
-                    ("h".into(), Some(Bytes::from_static(b"2"))),
-                    ("empty".into(), Some(Bytes::new())),
-                    ("null".into(), None),
-                ],
-            },
-            BatchCompression::Gzip,
-        ));
-    }
-    records.push((
-        OutRecord {
-            key: Some(Bytes::from_static(b"binary")),
-            value: Some(Bytes::from(binary.clone())),
-            headers: vec![("bytes".into(), Some(Bytes::from(binary)))],
-        },
-        BatchCompression::None,
-    ));
-    for _ in 0..2 {
-        records.push((
-            OutRecord {
-                key: None,
-                value: None,
-                headers: Vec::new(),
-            },
-            BatchCompression::Gzip,
-        ));
-    }
-
-    let before = now_ms();
-    let delivered: Vec<_> = records
-        .iter()
-        .map(|(r, c)| producer.send(r, *c).expect("produce to tansu"))
-        .collect();
-    let after = now_ms();
-
-    // librdkafka reads every record exactly as we sent it, with our CreateTime.
-    let read = librdkafka_read(&broker.addr(), "readers", "out", records.len());
-    let by_position: HashMap<(i32, i64), &Received> =
-        read.iter().map(|r| ((r.partition, r.offset), r)).collect();
-    for ((record, _), delivery) in records.iter().zip(&delivered) {
-        let offset = delivery.offset.expect("a first write has an offset");
-        let got = by_position
-            .get(&(delivery.partition.0, offset.0))
-            .unwrap_or_else(|| panic!("librdkafka did not read {delivery:?}"));
-        assert_eq!(got.key.as_deref(), record.key.as_deref(), "{delivery:?}");
-        assert_eq!(
-            got.value.as_deref(),
-            record.value.as_deref(),
-            "{delivery:?}"
-        );
-        let want: Vec<(String, Option<Vec<u8>>)> = record
-            .headers
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_ref().map(|v| v.to_vec())))
-            .collect();
-        assert_eq!(got.headers, want, "{delivery:?}");
-        assert_eq!(got.timestamp_type, 1, "CreateTime");
-        assert!(
-            (before..=after).contains(&got.timestamp),
-            "timestamp {} not within the sends ({before}..{after})",
-            got.timestamp
-        );
-    }
-
-    // Each key is where the Java client's partitioner puts it: librdkafka with
-    // partitioner=murmur2_random (its Java-compatible partitioner) is the judge.
-    let keyed: Vec<(&[u8], i32)> = records
-        .iter()
-        .zip(&delivered)
-        .filter_map(|((r, _), d)| Some((r.key.as_deref()?, d.partition.0)))
-        .collect();
-    let java = java_partitions(
-        &broker,
-        "java",
-        &keyed.iter().map(|k| k.0).collect::<Vec<_>>(),
-    );
-    for ((key, ours), theirs) in keyed.iter().zip(&java) {
-        assert_eq!(
-            ours,
-            theirs,
-            "key {:?}: ours {ours}, Java's {theirs}",
-            String::from_utf8_lossy(key)
-        );
-    }
-    assert!(
-        java.iter().collect::<std::collections::HashSet<_>>().len() > 1,
-        "the keys spread over partitions: {java:?}"
-    );
-
-    // The batches as stored: gzip where asked (and it helped), CreateTime, one idempotent
-    // producer whose sequence counts 0, 1, 2, ... in each partition.
-    let batches = batch_headers(&broker.addr(), "out");
-    assert_eq!(batches.len(), records.len(), "one batch per send");
-    let mut sequences: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for b in &batches {
-        let (partition, offset) = (int(b, "partition"), int(b, "base_offset"));
-        let index = delivered
-            .iter()
-            .position(|d| {
-                d.partition.0 as i64 == partition && d.offset.map(|o| o.0) == Some(offset)
-            })
-            .expect("every batch is one of our sends");
-        let (record, compression) = &records[index];
-        let want = match (compression, record.value.is_some()) {
-            (BatchCompression::Gzip, true) => "gzip",
-            // Nothing to gain on a record without value: sent as it is.
-            _ => "none",
-        };
-        assert_eq!(b["codec"], want, "{b}");
-        assert_eq!(b["timestamp_type"], "create", "{b}");
-        assert_eq!(b["magic"], 2, "{b}");
-        assert!(int(b, "producer_id") >= 0, "idempotent: {b}");
-        sequences
-            .entry(partition)
-            .or_default()
-            .push(int(b, "base_sequence"));
-    }
-    for (partition, seqs) in sequences {
-        let want: Vec<i64> = (0..seqs.len() as i64).collect();
-        assert_eq!(seqs, want, "sequences of partition {partition}");
-    }
-}
 
 // ------------------------------------------------------------------------------------
 // Dead letters
@@ -258,7 +102,7 @@ fn dead_letters_carry_every_header_and_create_time_are_gzipped_and_land_on_their
     }
     for b in batch_headers(&broker.addr(), DLQ) {
         assert_eq!(b["codec"], "gzip", "{b}");
-        assert!(int(&b, "producer_id") >= 0, "idempotent: {b}");
+        assert!(json_i64(&b, "producer_id") >= 0, "idempotent: {b}");
     }
     worker.signal("TERM");
     assert!(worker.wait_exit(Duration::from_secs(30)).success());
@@ -288,7 +132,7 @@ fn a_dead_letter_of_a_large_original_is_cut_to_the_size_limit_with_headers_sayin
 
     let batches = batch_headers(&broker.addr(), DLQ);
     assert_eq!(batches.len(), 1, "{batches:?}");
-    let size = int(&batches[0], "size");
+    let size = json_i64(&batches[0], "size");
     assert!(
         (990_000..=1_000_000).contains(&size),
         "the dead letter's batch is {size} bytes: at most the limit, and not far below it"
@@ -431,16 +275,13 @@ fn a_dead_letter_refused_for_good_is_retried_cut_down_then_logged_counted_and_sk
 
     // What reached the dead-letter topic: the cut-down form of the second, the third whole.
     let read = librdkafka_read(&proxy.addr(), "dlq-readers", DLQ, 2);
-    let offsets: Vec<Vec<u8>> = read
-        .iter()
-        .map(|r| header_of(r, "x-original-offset"))
-        .collect();
+    let offsets: Vec<Vec<u8>> = read.iter().map(|r| r.header("x-original-offset")).collect();
     assert_eq!(offsets, [b"2".to_vec(), b"3".to_vec()]);
     let cut = &read[0];
     assert_eq!(cut.value.as_deref(), Some(&values[2][..4096]));
-    assert_eq!(header_of(cut, "x-dlq-truncated"), b"true");
+    assert_eq!(cut.header("x-dlq-truncated"), b"true");
     assert_eq!(
-        header_of(cut, "x-original-size"),
+        cut.header("x-original-size"),
         values[2].len().to_string().into_bytes()
     );
     assert_eq!(read[1].value.as_deref(), Some(&values[3][..]));
@@ -644,122 +485,6 @@ fn send_publishes_keyed_by_request_id_stamped_now_and_gzipped_and_the_latency_is
 
 // ------------------------------------------------------------------------------------
 // Helpers
-
-/// A record as librdkafka received it.
-#[derive(Debug)]
-struct Received {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
-    timestamp: i64,
-    /// 1: CreateTime, 2: LogAppendTime.
-    timestamp_type: i64,
-}
-
-/// Reads `count` records of `topic` from the start with a librdkafka consumer of `group`.
-fn librdkafka_read(bootstrap: &str, group: &str, topic: &str, count: usize) -> Vec<Received> {
-    let count = count.to_string();
-    let args = [
-        "consume",
-        "--bootstrap",
-        bootstrap,
-        "--group",
-        group,
-        "--topic",
-        topic,
-        "--count",
-        &count,
-        "--timeout",
-        "60",
-    ];
-    python_tool(&args, b"")
-        .lines()
-        .map(|line| {
-            let v: Value = serde_json::from_str(line).expect("kafka_tool.py prints JSON");
-            let bytes = |v: &Value| v.as_str().map(b64_decode);
-            Received {
-                partition: int(&v, "partition") as i32,
-                offset: int(&v, "offset"),
-                key: bytes(&v["key"]),
-                value: bytes(&v["value"]),
-                headers: v["headers"]
-                    .as_array()
-                    .expect("headers")
-                    .iter()
-                    .map(|h| (h[0].as_str().expect("a name").to_owned(), bytes(&h[1])))
-                    .collect(),
-                timestamp: int(&v, "timestamp"),
-                timestamp_type: int(&v, "timestamp_type"),
-            }
-        })
-        .collect()
-}
-
-/// Where the Java client puts each key in `topic`: librdkafka produces them with its
-/// Java-compatible partitioner (`murmur2_random`) and says where they landed.
-fn java_partitions(broker: &Broker, topic: &str, keys: &[&[u8]]) -> Vec<i32> {
-    let input: String = keys
-        .iter()
-        .map(|k| {
-            format!(
-                "{}\n",
-                serde_json::json!({"key": b64_encode(k), "value": null})
-            )
-        })
-        .collect();
-    let addr = broker.addr();
-    let args = [
-        "produce",
-        "--bootstrap",
-        &addr,
-        "--topic",
-        topic,
-        "-X",
-        "partitioner=murmur2_random",
-    ];
-    python_tool(&args, input.as_bytes())
-        .lines()
-        .map(|line| {
-            let v: Value = serde_json::from_str(line).expect("kafka_tool.py prints JSON");
-            int(&v, "partition") as i32
-        })
-        .collect()
-}
-
-/// Every batch of `topic` as the broker stores it (tests/interop/batch_headers.py).
-fn batch_headers(bootstrap: &str, topic: &str) -> Vec<Value> {
-    let script = repo_root().join("tests/interop/batch_headers.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(["--bootstrap", bootstrap, "--topic", topic])
-        .output()
-        .expect("run batch_headers.py");
-    assert!(
-        out.status.success(),
-        "batch_headers.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("batch_headers.py prints JSON"))
-        .collect()
-}
-
-fn header_of(r: &Received, name: &str) -> Vec<u8> {
-    r.headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v.clone())
-        .unwrap_or_else(|| panic!("no header {name}: {r:?}"))
-}
-
-fn int(v: &Value, field: &str) -> i64 {
-    v[field]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{field} is not an integer in {v}"))
-}
 
 /// The worker against `bootstrap` with the dead-letter topic on and test-sized timings;
 /// `extra` adds or overrides variables.

@@ -12,8 +12,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use super::cluster::Cluster;
-use super::{ConsumerSettings, KafkaError, Offset, Partition};
+use crate::cluster::Cluster;
+use crate::consumer::ConsumerSettings;
+use crate::error::{KafkaError, check_code};
+use crate::types::{Offset, Partition};
 
 const FIND_COORDINATOR_VERSIONS: (i16, i16) = (1, 3);
 const DESCRIBE_GROUPS_VERSIONS: (i16, i16) = (1, 5);
@@ -93,7 +95,7 @@ impl Admin {
                 conn.call::<_, FindCoordinatorResponse>(ApiKey::FindCoordinator, v, &request)
             });
         let response = result.inspect_err(|_| self.cluster.drop_conn(&addr))?;
-        super::check_code("FindCoordinator", response.error_code)?;
+        check_code("FindCoordinator", response.error_code)?;
         let coordinator = format!("{}:{}", response.host.as_str(), response.port);
         self.coordinator = Some(coordinator.clone());
         Ok(coordinator)
@@ -119,7 +121,7 @@ impl Admin {
                 ),
             });
         };
-        super::check_code("DescribeGroups", group.error_code)?;
+        check_code("DescribeGroups", group.error_code)?;
         Ok(GroupDescription {
             coordinator,
             state: group.group_state.to_string(),

@@ -17,9 +17,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::conn::Connection;
-use super::security::Security;
-use super::{KafkaError, Partition};
+use crate::error::{KafkaError, check_code};
+use crate::net::settings::{Security, SessionInfo};
+use crate::net::transport::Connection;
+use crate::types::Partition;
 
 const METADATA_VERSIONS: (i16, i16) = (1, 9);
 const REFUSAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -128,7 +129,7 @@ impl Cluster {
     }
 
     /// What the connection to some broker negotiated (TLS, SASL), for `check`.
-    pub fn session_info(&mut self) -> Result<super::SessionInfo, KafkaError> {
+    pub fn session_info(&mut self) -> Result<SessionInfo, KafkaError> {
         Ok(self.any()?.session_info())
     }
 
@@ -215,7 +216,7 @@ impl Cluster {
         if t.error_code == 3 {
             return Ok(TopicState::Missing);
         }
-        super::check_code("Metadata", t.error_code)?;
+        check_code("Metadata", t.error_code)?;
         self.leaders = t
             .partitions
             .iter()

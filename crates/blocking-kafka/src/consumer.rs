@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cluster::{Cluster, TopicState};
-use super::fetch::{self, Message};
-use super::group::{Group, GroupSettings, Heartbeat};
-use super::records::RecordLimits;
-use super::security::Security;
-use super::{KafkaError, Offset, Partition, StartFrom};
+use crate::cluster::{Cluster, TopicState};
+use crate::error::KafkaError;
+use crate::fetch::{self, Message};
+use crate::group::{Group, GroupSettings, Heartbeat};
+use crate::net::settings::{Security, SessionInfo};
+use crate::types::{Offset, Partition, StartFrom};
+use crate::wire::decoder::RecordLimits;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -123,7 +124,7 @@ impl Consumer {
 
     /// What the connection to some broker negotiated (TLS version, cipher suite, the
     /// broker's certificate, the SASL identity), for `check`.
-    pub fn session_info(&mut self) -> Result<super::SessionInfo, KafkaError> {
+    pub fn session_info(&mut self) -> Result<SessionInfo, KafkaError> {
         self.cluster.session_info()
     }
 

@@ -1,82 +1,8 @@
-//! The Kafka layer: everything the poller thread needs to be a well-behaved member of a
-//! consumer group, and nothing about provisioning.
-//!
-//! - `conn`: one TCP connection to one broker, typed `kafka-protocol` requests over it.
-//! - `cluster`: bootstrap, metadata (partitions and their leaders), connections per broker.
-//! - `group`: our own consumer-group membership (find coordinator, join with the member-id
-//!   round trip, leader-side range assignment, sync, heartbeat, leave) and offset commits
-//!   with the current generation and member id.
-//! - `fetch`: read_committed fetches of exactly the assigned partitions, answers read as
-//!   they arrive; `records`: batches decoded record by record within hard memory bounds,
-//!   with pure-Rust streaming codecs (`codec`), control records and aborted transactions
-//!   hidden.
-//! - `consumer`: the facade the poller drives: join, start positions, fetch, commit, leave.
-//! - `producer`: records with key, value and headers, acks=all, idempotent when the cluster
-//!   allows it, keys placed by the Java client's partitioner (`partitioner`), batches
-//!   encoded and gzip-compressed by `batch`.
-//! - `security`: the TLS and SASL settings every connection applies (`Security`); `tls`
-//!   (rustls on ring: trust roots, mutual TLS, errors in words) and `sasl` (SaslHandshake,
-//!   SaslAuthenticate, PLAIN and SCRAM, re-authentication) do the work inside `conn`.
-//!
-//! Everything is ours, on `kafka-protocol` messages, so TLS and SASL live in one place
-//! (`conn`). README "Why not the kafka crate" says why no Kafka client crate does this.
-pub mod admin;
-mod batch;
-mod cluster;
-mod codec;
-mod conn;
-mod consumer;
-mod fetch;
-mod group;
-mod partitioner;
-mod producer;
-mod records;
-mod sasl;
-mod security;
-mod tls;
-
+//! What can go wrong talking to Kafka: [`KafkaError`], whose every variant says what to do
+//! about it, and `check_code`, which turns an answer's error code into one. The bottom of the
+//! crate: it imports nothing of the rest.
 use std::fmt;
 use std::time::Duration;
-
-pub use batch::{BatchCompression, OutRecord, uncompressed_batch_len};
-pub use cluster::TopicState;
-pub use consumer::{Assignment, Consumer, ConsumerSettings, GroupSignal};
-pub use fetch::{Message, Undecoded};
-pub use group::{Generation, assign_range, encode_offset_commit};
-pub use partitioner::{murmur2, partition_for_key};
-pub use producer::{Delivery, ProduceError, Producer, ProducerSettings};
-pub use records::RecordLimits;
-pub use security::{
-    ClientIdentity, Password, SaslMechanism, SaslSettings, Security, SecurityError, SessionInfo,
-    TlsSettings,
-};
-
-/// A partition number of the one topic the worker consumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Partition(pub i32);
-
-/// A position in a partition's log: the offset of a record, or the next one to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Offset(pub i64);
-
-/// Where to start when a partition has no committed offset (or it is out of range).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartFrom {
-    Earliest,
-    Latest,
-}
-
-impl fmt::Display for Partition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl fmt::Display for Offset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// What went wrong talking to Kafka. Every variant says what to do about it.
 #[derive(Debug)]

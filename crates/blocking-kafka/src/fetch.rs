@@ -23,10 +23,13 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{HeaderVersion, StrBytes};
 
-use super::cluster::Cluster;
-use super::conn::Body;
-use super::records::{BATCH_HEADER_LEN, Budget, Failure, PartitionDecoder, RecordLimits};
-use super::{KafkaError, Offset, Partition, StartFrom};
+use crate::cluster::Cluster;
+use crate::error::{KafkaError, check_code};
+use crate::net::transport::Body;
+use crate::types::{Offset, Partition, StartFrom};
+use crate::wire::decoder::{
+    BATCH_HEADER_LEN, Budget, Failure, PartitionDecoder, RecordLimits, be_i32, corrupt,
+};
 
 const FETCH_VERSIONS: (i16, i16) = (4, 12);
 const LIST_OFFSETS_VERSIONS: (i16, i16) = (1, 7);
@@ -180,7 +183,7 @@ pub fn list_offsets(
         };
         for t in &response.topics {
             for p in &t.partitions {
-                super::check_code("ListOffsets", p.error_code)?;
+                check_code("ListOffsets", p.error_code)?;
                 out.insert(Partition(p.partition_index), Offset(p.offset));
             }
         }
@@ -262,7 +265,7 @@ fn read_response(
     if version >= 7 {
         let code = body.i16()?;
         let _session_id = body.i32()?;
-        super::check_code("Fetch", code)?;
+        check_code("Fetch", code)?;
     }
     for _ in 0..array_len(body, flexible)? {
         // The topic's name: we asked for one topic only.
@@ -388,14 +391,12 @@ fn read_records(
     while left >= BATCH_HEADER_LEN as u64 && !decoder.stopped() {
         body.exact(&mut header[..12])?;
         left -= 12;
-        let batch_len = super::records::be_i32(&header[8..12]);
+        let batch_len = be_i32(&header[8..12]);
         let total = u64::try_from(batch_len)
             .ok()
             .map(|l| l + 12)
             .filter(|t| *t >= BATCH_HEADER_LEN as u64)
-            .ok_or_else(|| {
-                super::records::corrupt(partition, format!("batch length {batch_len}"))
-            })?;
+            .ok_or_else(|| corrupt(partition, format!("batch length {batch_len}")))?;
         let rest = total - 12;
         if rest > left {
             // Cut short by a fetch limit: the next fetch starts with it.
@@ -445,7 +446,7 @@ fn array_len(body: &mut Body<'_>, flexible: bool) -> Result<u64, KafkaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::codec::peak;
+    use crate::wire::codec::peak;
     use indexmap::IndexMap;
     use kafka_protocol::messages::ProducerId;
     use kafka_protocol::messages::fetch_response::{

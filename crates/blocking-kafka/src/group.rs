@@ -25,9 +25,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use super::cluster::Cluster;
-use super::conn::Connection;
-use super::{KafkaError, Offset, Partition};
+use crate::cluster::Cluster;
+use crate::error::{KafkaError, check_code};
+use crate::net::transport::Connection;
+use crate::types::{Offset, Partition};
 
 /// The generation of the group we were admitted to; commits must carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +270,7 @@ impl Group {
         )?;
         self.generation = None;
         self.member_id.clear();
-        super::check_code("LeaveGroup", response.error_code)
+        check_code("LeaveGroup", response.error_code)
     }
 
     fn join_once(
@@ -445,7 +446,7 @@ impl Group {
                 return Err(e);
             }
         };
-        super::check_code("FindCoordinator", response.error_code)?;
+        check_code("FindCoordinator", response.error_code)?;
         let coordinator = format!("{}:{}", response.host.as_str(), response.port);
         cluster.remember_broker(response.node_id.0, coordinator.clone());
         self.coordinator = Some(coordinator.clone());

@@ -26,11 +26,13 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::batch::{BatchCompression, OutRecord, ProducerStamp, encode_batch};
-use super::cluster::{Cluster, TopicState};
-use super::partitioner::partition_for_key;
-use super::security::Security;
-use super::{ConsumerSettings, KafkaError, Offset, Partition};
+use crate::cluster::{Cluster, TopicState};
+use crate::consumer::ConsumerSettings;
+use crate::error::KafkaError;
+use crate::net::settings::Security;
+use crate::types::{Offset, Partition};
+use crate::wire::batch::{BatchCompression, OutRecord, ProducerStamp, encode_batch};
+use crate::wire::partitioner::partition_for_key;
 
 /// Where and how a producer connects, and the one topic it writes to.
 #[derive(Debug, Clone)]

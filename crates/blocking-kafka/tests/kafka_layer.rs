@@ -1,5 +1,5 @@
-//! The Kafka layer (`provision_worker::kafka`) against a real broker (a private tansu per
-//! test) and an independent client (librdkafka, through tests/interop/kafka_tool.py):
+//! The client (`blocking_kafka`) against a real broker (a private tansu per
+//! test) and an independent client (librdkafka, through kafka-testkit's interop/kafka_tool.py):
 //!
 //! - interop: librdkafka's records, in every codec, are consumed byte-exact; committed
 //!   offsets are shared with librdkafka consumers of the same group, both ways;
@@ -7,19 +7,17 @@
 //! - groups: two members split a topic without overlap; when one leaves or stops
 //!   heartbeating, the other takes every partition over from the committed offsets;
 //! - failures: an unreachable bootstrap server, and a connection cut, refused or frozen
-//!   mid-request by a proxy (tests/common/proxy.rs, itself checked here against an echo
+//!   mid-request by a proxy (kafka-testkit's proxy.rs, itself checked here against an echo
 //!   server), give retriable errors within a bounded time, and the next calls carry on
 //!   without losing or repeating a record.
 //!
-//! Not here: the encoding of our OffsetCommit request (unit-tested in src/kafka/group.rs),
+//! Not here: the encoding of our OffsetCommit request (unit-tested in src/group.rs),
 //! and the reset of a committed offset that is out of range: tansu 0.6 answers a fetch
 //! beyond the log end with an empty success instead of OFFSET_OUT_OF_RANGE (librdkafka
 //! stalls there too), so no test against it can reach that path.
 //!
 //! A group join takes about half the session timeout on tansu (3 s here), so each test
 //! joins as few times as it can; everything else waits for conditions with deadlines.
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -28,15 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::proxy::{Proxy, broker_behind_proxy};
-use common::{
-    Broker, OutMessage, librdkafka_committed, librdkafka_consume, librdkafka_produce, produce,
-    wait_until,
-};
-use provision_worker::kafka::{
+use blocking_kafka::{
     Assignment, Consumer, ConsumerSettings, GroupSignal, KafkaError, Message, Offset, Partition,
     StartFrom,
+};
+use bytes::Bytes;
+use kafka_testkit::proxy::{Proxy, broker_behind_proxy};
+use kafka_testkit::{
+    Broker, OutMessage, librdkafka_committed, librdkafka_consume, librdkafka_produce, produce,
+    wait_until,
 };
 
 /// Short enough that a silent member is noticed quickly, long enough for a loaded machine;

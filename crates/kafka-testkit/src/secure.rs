@@ -9,7 +9,7 @@
 //!   and an unrelated CA.
 //! - [`Stunnel`]: stunnel4 (OpenSSL) terminating TLS, optionally requiring a client
 //!   certificate signed by the CA (mutual TLS), forwarding to a plaintext port.
-//! - [`SaslFront`]: `tests/interop/sasl_front.py`, whose SCRAM server is Python's `scramp`,
+//! - [`SaslFront`]: `interop/sasl_front.py`, whose SCRAM server is Python's `scramp`,
 //!   answering SaslHandshake/SaslAuthenticate (with an optional session lifetime) and
 //!   relaying everything else to tansu.
 //! - [`SecureBroker`]: tansu advertising the outermost port, with those parts stacked in
@@ -17,7 +17,7 @@
 //!
 //! A missing stunnel, openssl or scramp fails the test with what to install.
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -26,15 +26,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-use super::{Broker, repo_root, wait_until};
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0 to find a free port")
-        .port()
-}
+use super::{Broker, free_port, interop_script, wait_until};
 
 // ------------------------------------------------------------------------------------
 // Certificates
@@ -232,7 +224,7 @@ impl Drop for Stunnel {
 // ------------------------------------------------------------------------------------
 // The SASL front
 
-/// `tests/interop/sasl_front.py` on 127.0.0.1:`port`, relaying to 127.0.0.1:`upstream`.
+/// `interop/sasl_front.py` on 127.0.0.1:`port`, relaying to 127.0.0.1:`upstream`.
 pub struct SaslFront {
     pub port: u16,
     /// The Python process; killed in `Drop`.
@@ -273,7 +265,7 @@ impl SaslFront {
             .prefix("sasl-front-")
             .tempdir()
             .expect("create a directory for the SASL front");
-        let script = repo_root().join("tests/interop/sasl_front.py");
+        let script = interop_script("sasl_front.py");
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
         let front = SaslFront {
             port,

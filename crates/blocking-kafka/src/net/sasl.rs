@@ -22,9 +22,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sha2::Digest;
 
-use super::KafkaError;
-use super::conn::Connection;
-use super::security::{SaslMechanism, SaslSettings};
+use crate::error::KafkaError;
+use crate::net::settings::{SaslMechanism, SaslSettings};
+use crate::net::transport::Connection;
 
 const SASL_HANDSHAKE_VERSIONS: (i16, i16) = (1, 1);
 const SASL_AUTHENTICATE_VERSIONS: (i16, i16) = (0, 2);

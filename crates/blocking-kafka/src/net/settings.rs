@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::tls::TlsContext;
+use crate::net::tls::TlsContext;
 
 /// The security settings every connection of one client uses.
 #[derive(Debug, Default)]

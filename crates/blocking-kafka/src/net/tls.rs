@@ -19,8 +19,8 @@ use rustls::{
     RootCertStore, SignatureScheme, StreamOwned,
 };
 
-use super::KafkaError;
-use super::security::{SecurityError, TlsSessionInfo, TlsSettings};
+use crate::error::KafkaError;
+use crate::net::settings::{SecurityError, TlsSessionInfo, TlsSettings};
 
 /// The rustls client configuration every connection of one client shares. Its `Debug`
 /// shows the settings, never the configuration itself (which holds the client's key).

@@ -22,10 +22,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use super::KafkaError;
-use super::sasl;
-use super::security::{Security, SessionInfo};
-use super::tls::{self, Stream};
+use crate::error::{KafkaError, check_code};
+use crate::net::sasl;
+use crate::net::settings::{Security, SessionInfo};
+use crate::net::tls::{self, Stream};
 
 /// The largest response we read into memory; anything bigger is a corrupt length prefix.
 /// (Fetch answers, whose size the broker decides, are read as they arrive instead: see
@@ -421,7 +421,7 @@ impl Connection {
         // "flexible", so a broker that knows nothing newer still answers in a form we decode.
         let request = ApiVersionsRequest::default();
         let response: ApiVersionsResponse = self.call(ApiKey::ApiVersions, 2, &request)?;
-        super::check_code("ApiVersions", response.error_code)?;
+        check_code("ApiVersions", response.error_code)?;
         self.versions = response
             .api_keys
             .iter()

@@ -218,8 +218,9 @@ fn gzip(data: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::records::{Budget, PartitionDecoder, RecordLimits};
-    use crate::kafka::{Offset, Partition};
+    use crate::fetch::Message;
+    use crate::types::{Offset, Partition};
+    use crate::wire::decoder::{Budget, PartitionDecoder, RecordLimits};
 
     fn record(
         key: Option<&str>,
@@ -236,7 +237,7 @@ mod tests {
         }
     }
 
-    fn decode(batch: &Bytes) -> Vec<crate::kafka::Message> {
+    fn decode(batch: &Bytes) -> Vec<Message> {
         let mut out = Vec::new();
         let mut decoder =
             PartitionDecoder::new(Partition(0), Offset(0), vec![], RecordLimits::default());

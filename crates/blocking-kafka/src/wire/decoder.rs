@@ -26,9 +26,10 @@ use std::io::{self, Read};
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::records::Compression;
 
-use super::codec::{self, Compressed};
-use super::fetch::{Message, Undecoded};
-use super::{KafkaError, Offset, Partition};
+use crate::error::KafkaError;
+use crate::fetch::{Message, Undecoded};
+use crate::types::{Offset, Partition};
+use crate::wire::codec::{self, Compressed};
 
 /// The fixed part of a v2 record batch: base offset to record count.
 pub(crate) const BATCH_HEADER_LEN: usize = 61;
@@ -908,7 +909,7 @@ fn be_i16(b: &[u8]) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::codec::peak;
+    use crate::wire::codec::peak;
     use bytes::BufMut;
     use indexmap::IndexMap;
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};

@@ -4,7 +4,7 @@
 //!
 //! `partition = (murmur2(key) & 0x7fffffff) % partition_count`, with Kafka's murmur2
 //! (seed 0x9747b28c), as `org.apache.kafka.common.utils.Utils.murmur2` computes it.
-use super::Partition;
+use crate::types::Partition;
 
 /// The partition of a keyed record in a topic of `count` partitions (`count` > 0).
 pub fn partition_for_key(key: &[u8], count: usize) -> Partition {

@@ -1,0 +1,26 @@
+//! blocking-kafka: a Kafka client for one thread at a time, in plain blocking Rust.
+pub mod admin;
+mod cluster;
+mod consumer;
+mod error;
+mod fetch;
+mod group;
+mod net;
+mod producer;
+mod types;
+mod wire;
+
+pub use cluster::TopicState;
+pub use consumer::{Assignment, Consumer, ConsumerSettings, GroupSignal};
+pub use error::KafkaError;
+pub use fetch::{Message, Undecoded};
+pub use group::{Generation, assign_range, encode_offset_commit};
+pub use net::settings::{
+    ClientIdentity, Password, SaslMechanism, SaslSettings, Security, SecurityError, SessionInfo,
+    TlsSettings,
+};
+pub use producer::{Delivery, ProduceError, Producer, ProducerSettings};
+pub use types::{Offset, Partition, StartFrom};
+pub use wire::batch::{BatchCompression, OutRecord, uncompressed_batch_len};
+pub use wire::decoder::RecordLimits;
+pub use wire::partitioner::{murmur2, partition_for_key};
