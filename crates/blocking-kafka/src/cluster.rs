@@ -18,8 +18,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::error::{KafkaError, check_code};
-use crate::net::settings::{Security, SessionInfo};
-use crate::net::transport::Connection;
+use crate::net::conn::Connection;
+use crate::net::security::Security;
+use crate::net::settings::SessionInfo;
 use crate::types::Partition;
 
 const METADATA_VERSIONS: (i16, i16) = (1, 9);

@@ -10,7 +10,8 @@ use crate::cluster::{Cluster, TopicState};
 use crate::error::KafkaError;
 use crate::fetch::{self, Message};
 use crate::group::{Group, GroupSettings, Heartbeat};
-use crate::net::settings::{Security, SessionInfo};
+use crate::net::security::Security;
+use crate::net::settings::SessionInfo;
 use crate::types::{Offset, Partition, StartFrom};
 use crate::wire::decoder::RecordLimits;
 

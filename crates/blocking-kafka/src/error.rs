@@ -2,6 +2,7 @@
 //! about it, and `check_code`, which turns an answer's error code into one. The bottom of the
 //! crate: it imports nothing of the rest.
 use std::fmt;
+use std::io;
 use std::time::Duration;
 
 /// What went wrong talking to Kafka. Every variant says what to do about it.
@@ -257,5 +258,27 @@ pub(crate) fn check_code(what: &'static str, code: i16) -> Result<(), KafkaError
         Ok(())
     } else {
         Err(KafkaError::Broker { what, code })
+    }
+}
+
+/// A socket error of `what` on the connection to `broker`: a timeout (the deadline `after`
+/// passed) or any other I/O failure.
+pub(crate) fn io_error(
+    broker: &str,
+    what: &'static str,
+    after: Duration,
+    source: io::Error,
+) -> KafkaError {
+    match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => KafkaError::Timeout {
+            broker: broker.to_owned(),
+            what,
+            after,
+        },
+        _ => KafkaError::Io {
+            broker: broker.to_owned(),
+            what,
+            source,
+        },
     }
 }

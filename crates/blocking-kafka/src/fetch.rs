@@ -25,7 +25,7 @@ use kafka_protocol::protocol::{HeaderVersion, StrBytes};
 
 use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
-use crate::net::transport::Body;
+use crate::net::body::Body;
 use crate::types::{Offset, Partition, StartFrom};
 use crate::wire::decoder::{
     BATCH_HEADER_LEN, Budget, Failure, PartitionDecoder, RecordLimits, be_i32, corrupt,

@@ -27,7 +27,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
-use crate::net::transport::Connection;
+use crate::net::conn::Connection;
 use crate::types::{Offset, Partition};
 
 /// The generation of the group we were admitted to; commits must carry it.

@@ -15,9 +15,10 @@ pub use consumer::{Assignment, Consumer, ConsumerSettings, GroupSignal};
 pub use error::KafkaError;
 pub use fetch::{Message, Undecoded};
 pub use group::{Generation, assign_range, encode_offset_commit};
+pub use net::security::Security;
 pub use net::settings::{
-    ClientIdentity, Password, SaslMechanism, SaslSettings, Security, SecurityError, SessionInfo,
-    TlsSettings,
+    ClientIdentity, Password, SaslMechanism, SaslSettings, SecurityError, SessionInfo,
+    TlsSessionInfo, TlsSettings,
 };
 pub use producer::{Delivery, ProduceError, Producer, ProducerSettings};
 pub use types::{Offset, Partition, StartFrom};

@@ -29,7 +29,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::cluster::{Cluster, TopicState};
 use crate::consumer::ConsumerSettings;
 use crate::error::KafkaError;
-use crate::net::settings::Security;
+use crate::net::security::Security;
 use crate::types::{Offset, Partition};
 use crate::wire::batch::{BatchCompression, OutRecord, ProducerStamp, encode_batch};
 use crate::wire::partitioner::partition_for_key;

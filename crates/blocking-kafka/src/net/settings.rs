@@ -1,23 +1,10 @@
-//! How every connection to Kafka is secured: TLS and SASL, set up once and applied by
-//! `Connection::open` to bootstrap, broker, coordinator and producer connections alike.
-//!
-//! `Security::new` reads and checks every file once, at start (CA bundle, client certificate
-//! and key), so a file that cannot be used stops the program before it talks to anyone.
-//! `Security::default()` is PLAINTEXT: no TLS, no SASL.
+//! What the caller asks of TLS and SASL, and what a connection negotiated: the settings
+//! `Security::new` is built from (`TlsSettings`, `SaslSettings` with its `Password`), the
+//! errors of files that cannot be used (`SecurityError`), and `SessionInfo` for `check`.
+//! Plain data: the bottom of `net`, importing nothing of the crate.
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-use crate::net::tls::TlsContext;
-
-/// The security settings every connection of one client uses.
-#[derive(Debug, Default)]
-pub struct Security {
-    /// `None`: plain TCP.
-    tls: Option<TlsContext>,
-    /// `None`: no SASL authentication after connecting.
-    sasl: Option<SaslSettings>,
-}
 
 /// What `Security::new` needs for TLS (`KAFKA_SSL_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,45 +88,6 @@ pub struct TlsSessionInfo {
     pub subject: String,
     /// The broker certificate's notAfter, e.g. `2027-03-01 12:00:00 UTC`.
     pub not_after: String,
-}
-
-impl Security {
-    /// No TLS, no SASL.
-    pub fn plaintext() -> Security {
-        Security::default()
-    }
-
-    /// Reads and checks the TLS files and sets up SASL. Errors name the variable and the file.
-    pub fn new(
-        tls: Option<TlsSettings>,
-        sasl: Option<SaslSettings>,
-    ) -> Result<Security, SecurityError> {
-        let tls = tls.map(|t| TlsContext::new(&t)).transpose()?;
-        Ok(Security { tls, sasl })
-    }
-
-    /// The name `KAFKA_SECURITY_PROTOCOL` uses for this combination.
-    pub fn protocol(&self) -> &'static str {
-        match (self.tls.is_some(), self.sasl.is_some()) {
-            (false, false) => "PLAINTEXT",
-            (true, false) => "SSL",
-            (false, true) => "SASL_PLAINTEXT",
-            (true, true) => "SASL_SSL",
-        }
-    }
-
-    /// True when the broker's host name is not checked (`KAFKA_SSL_ENDPOINT_IDENTIFICATION=none`).
-    pub fn skips_hostname_verification(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| !t.verify_hostname())
-    }
-
-    pub(crate) fn tls(&self) -> Option<&TlsContext> {
-        self.tls.as_ref()
-    }
-
-    pub(crate) fn sasl(&self) -> Option<&SaslSettings> {
-        self.sasl.as_ref()
-    }
 }
 
 impl SaslMechanism {
@@ -280,25 +228,6 @@ fn read_password_file(path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_show_in_debug_output() {
-        let p = Password::fixed("hunter2".into());
-        assert!(!format!("{p:?}").contains("hunter2"));
-        let s = Security::new(
-            None,
-            Some(SaslSettings {
-                mechanism: SaslMechanism::ScramSha512,
-                username: "alice".into(),
-                password: p,
-            }),
-        )
-        .expect("no files to read");
-        let text = format!("{s:?}");
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("alice"), "{text}");
-        assert_eq!(s.protocol(), "SASL_PLAINTEXT");
-    }
 
     #[test]
     fn a_password_file_is_read_again_and_a_vanished_file_keeps_the_last_password() {

@@ -1,40 +1,40 @@
-//! One connection to one broker, carrying typed `kafka-protocol` requests: plain TCP or
-//! TLS over TCP, authenticated with SASL when the security settings say so.
+//! One TCP connection to one broker, plain or TLS, carrying typed `kafka-protocol`
+//! requests: framing, correlation ids, deadlines, and the broker's API versions (asked once,
+//! with ApiVersions). SASL is not its business: `conn` authenticates on top of it, and
+//! `sasl` speaks through it.
 //!
 //! Requests are strictly one at a time (send, then read the answer), which is all a single
 //! poller thread needs and keeps correlation trivial. Every read and write has a deadline,
 //! so a broker that stops answering turns into an error the caller retries, never a hang.
 //!
-//! SASL sessions with a lifetime (KIP-368, `connections.max.reauth.ms`) are renewed in band,
-//! on the same connection, as the Java client does: before a request is sent after 85 to 95 %
-//! of the lifetime has passed, SaslHandshake and SaslAuthenticate run again. Renewing in band
-//! keeps the TLS session, the broker's fetch state and the coordinator connection as they
-//! are; the requests are sequential, so there is never one in flight to wait for.
+//! A listener that speaks the other protocol (TLS where we speak plaintext, or the
+//! reverse) is recognised and named, so the error says which setting is wrong.
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use crate::error::{KafkaError, check_code};
-use crate::net::sasl;
-use crate::net::settings::{Security, SessionInfo};
+use crate::error::{KafkaError, check_code, io_error};
+use crate::net::body::Body;
+use crate::net::security::Security;
+use crate::net::settings::TlsSessionInfo;
 use crate::net::tls::{self, Stream};
 
 /// The largest response we read into memory; anything bigger is a corrupt length prefix.
 /// (Fetch answers, whose size the broker decides, are read as they arrive instead: see
 /// `call_streaming`.)
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
-/// The read buffer of an answer read as it arrives.
-const BODY_BUFFER: usize = 64 * 1024;
 
-pub struct Connection {
+/// One broker's socket and what is known about it: its address, its API versions, whether
+/// it is still in step.
+pub struct Transport {
     addr: String,
     stream: Stream,
     client_id: StrBytes,
@@ -43,27 +43,23 @@ pub struct Connection {
     versions: HashMap<i16, (i16, i16)>,
     /// Read/write deadline for requests that are not long-polls.
     timeout: Duration,
-    /// The settings this connection was opened with; SASL needs them again to re-authenticate.
+    /// The settings this connection was opened with: the TLS context explains its errors,
+    /// and `conn` authenticates with their SASL settings (again, when the session ends).
     security: Arc<Security>,
-    /// When the SASL session must be renewed (KIP-368); `None`: it never expires.
-    reauthenticate_at: Option<Instant>,
-    /// The session lifetime the broker set at the last authentication, for `check`.
-    session_lifetime: Option<Duration>,
     /// Set when a request failed in a way that leaves the stream unusable (I/O, a timeout
     /// mid-answer, an undecodable answer, a failed re-authentication): the owner must open a
     /// new connection instead of using this one again.
     broken: bool,
 }
 
-impl Connection {
-    /// Connects (with TLS when configured), learns the broker's API versions, and
-    /// authenticates (when SASL is configured).
+impl Transport {
+    /// Connects (with TLS when configured) and learns the broker's API versions.
     pub fn open(
         addr: &str,
         client_id: &str,
         timeout: Duration,
         security: &Arc<Security>,
-    ) -> Result<Connection, KafkaError> {
+    ) -> Result<Transport, KafkaError> {
         let tcp = tcp_connect(addr, timeout)?;
         let stream = match security.tls() {
             Some(tls) => match tls.connect(tcp, addr, timeout) {
@@ -91,7 +87,7 @@ impl Connection {
             },
             None => Stream::Plain(tcp),
         };
-        let mut conn = Connection {
+        let mut conn = Transport {
             addr: addr.to_owned(),
             stream,
             client_id: StrBytes::from_string(client_id.to_owned()),
@@ -99,8 +95,6 @@ impl Connection {
             versions: HashMap::new(),
             timeout,
             security: security.clone(),
-            reauthenticate_at: None,
-            session_lifetime: None,
             broken: false,
         };
         if let Err(e) = conn.learn_versions() {
@@ -125,9 +119,6 @@ impl Connection {
             }
             return Err(e);
         }
-        if conn.security.sasl().is_some() {
-            conn.authenticate()?;
-        }
         Ok(conn)
     }
 
@@ -136,24 +127,28 @@ impl Connection {
         !self.broken
     }
 
-    pub(crate) fn is_tls(&self) -> bool {
+    /// Marks the stream unusable (a failed authentication: brokers close the connection).
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    pub fn is_tls(&self) -> bool {
         self.stream.tls().is_some()
     }
 
-    /// What this connection negotiated: protocol, TLS version and cipher suite, the broker's
-    /// certificate, the SASL identity. Never the password.
-    pub fn session_info(&self) -> SessionInfo {
-        SessionInfo {
-            protocol: self.security.protocol(),
-            tls: self.stream.tls().map(tls::session_info),
-            sasl: self
-                .security
-                .sasl()
-                .map(|s| (s.username.clone(), s.mechanism.as_str())),
-            sasl_session_lifetime_ms: self
-                .session_lifetime
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        }
+    /// What the TLS session negotiated and the broker's certificate; `None` on plain TCP.
+    pub fn tls_session(&self) -> Option<TlsSessionInfo> {
+        self.stream.tls().map(tls::session_info)
+    }
+
+    /// The settings this connection was opened with.
+    pub fn security(&self) -> &Arc<Security> {
+        &self.security
+    }
+
+    /// The deadline of requests that are not long-polls.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn addr(&self) -> &str {
@@ -200,53 +195,7 @@ impl Connection {
         Req: Encodable + HeaderVersion,
         Resp: Decodable + HeaderVersion,
     {
-        if self
-            .reauthenticate_at
-            .is_some_and(|at| Instant::now() >= at)
-        {
-            self.authenticate()?;
-        }
         self.exchange(key, version, request, timeout)
-    }
-
-    /// One request and its answer without looking at the SASL session: for the SASL
-    /// exchange itself.
-    pub(crate) fn call_unauthenticated<Req, Resp>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        request: &Req,
-    ) -> Result<Resp, KafkaError>
-    where
-        Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
-    {
-        self.exchange(key, version, request, self.timeout)
-    }
-
-    /// Authenticates with SASL (first time or again) and schedules the renewal. A failure
-    /// leaves the connection unusable: brokers close it after a failed authentication.
-    fn authenticate(&mut self) -> Result<(), KafkaError> {
-        self.reauthenticate_at = None;
-        let security = self.security.clone();
-        let Some(settings) = security.sasl() else {
-            return Ok(());
-        };
-        let lifetime = sasl::authenticate(self, settings).inspect_err(|_| self.broken = true)?;
-        self.session_lifetime = lifetime;
-        self.reauthenticate_at = lifetime.map(|l| {
-            // Like the Java client: somewhere between 85 and 95 % of the lifetime, so that the
-            // connections of many clients do not all renew at the same moment.
-            let share = 0.85 + rand::random::<f64>() * 0.10;
-            Instant::now() + l.mul_f64(share)
-        });
-        if let Some(l) = lifetime {
-            log::debug!(
-                "SASL session with {} lasts {l:?}; renewing it before then",
-                self.addr
-            );
-        }
-        Ok(())
     }
 
     fn exchange<Req, Resp>(
@@ -325,12 +274,6 @@ impl Connection {
     where
         Req: Encodable + HeaderVersion,
     {
-        if self
-            .reauthenticate_at
-            .is_some_and(|at| Instant::now() >= at)
-        {
-            self.authenticate()?;
-        }
         // Any failure leaves the connection out of step: it is not used again.
         self.broken = true;
         let what = api_name(key);
@@ -526,205 +469,6 @@ fn speaks_plaintext_kafka(addr: &str, timeout: Duration) -> bool {
         Some(head[4..8] == 0x5a5a_i32.to_be_bytes())
     };
     probe().unwrap_or(false)
-}
-
-/// The body of an answer: held in memory (a small one), or read as it arrives (a buffered
-/// reader that stops at the body's end). Either way, the wire format's primitives, and
-/// errors that name the broker.
-pub struct Body<'a> {
-    source: BodySource<'a>,
-    broker: &'a str,
-    what: &'static str,
-    timeout: Duration,
-}
-
-enum BodySource<'a> {
-    /// What is left of a body read whole.
-    Memory(Bytes),
-    Stream(BufReader<io::Take<&'a mut dyn Read>>),
-}
-
-impl<'a> Body<'a> {
-    /// A body held whole.
-    pub(crate) fn memory(
-        data: Bytes,
-        broker: &'a str,
-        what: &'static str,
-        timeout: Duration,
-    ) -> Body<'a> {
-        Body {
-            source: BodySource::Memory(data),
-            broker,
-            what,
-            timeout,
-        }
-    }
-
-    /// A body of `len` bytes still to come from `source`.
-    pub(crate) fn stream(
-        source: &'a mut dyn Read,
-        len: u64,
-        broker: &'a str,
-        what: &'static str,
-        timeout: Duration,
-    ) -> Body<'a> {
-        Body {
-            source: BodySource::Stream(BufReader::with_capacity(BODY_BUFFER, source.take(len))),
-            broker,
-            what,
-            timeout,
-        }
-    }
-
-    /// The error for a failed read: the answer ending early is the broker's fault (a
-    /// protocol error), anything else the connection's.
-    pub fn fail(&self, source: io::Error) -> KafkaError {
-        let at_end = match &self.source {
-            BodySource::Memory(_) => true,
-            BodySource::Stream(r) => r.get_ref().limit() == 0,
-        };
-        if source.kind() == io::ErrorKind::UnexpectedEof && at_end {
-            return self.ends_early();
-        }
-        io_error(self.broker, self.what, self.timeout, source)
-    }
-
-    pub fn protocol(&self, detail: String) -> KafkaError {
-        KafkaError::Protocol {
-            broker: self.broker.to_owned(),
-            detail,
-        }
-    }
-
-    fn ends_early(&self) -> KafkaError {
-        self.protocol(format!("{} answer ends early", self.what))
-    }
-
-    pub fn exact(&mut self, buf: &mut [u8]) -> Result<(), KafkaError> {
-        match &mut self.source {
-            BodySource::Memory(data) if data.len() >= buf.len() => {
-                data.copy_to_slice(buf);
-                Ok(())
-            }
-            BodySource::Memory(_) => Err(self.ends_early()),
-            BodySource::Stream(r) => r.read_exact(buf).map_err(|e| self.fail(e)),
-        }
-    }
-
-    pub fn i16(&mut self) -> Result<i16, KafkaError> {
-        let mut b = [0u8; 2];
-        self.exact(&mut b)?;
-        Ok(i16::from_be_bytes(b))
-    }
-
-    pub fn i32(&mut self) -> Result<i32, KafkaError> {
-        let mut b = [0u8; 4];
-        self.exact(&mut b)?;
-        Ok(i32::from_be_bytes(b))
-    }
-
-    pub fn i64(&mut self) -> Result<i64, KafkaError> {
-        let mut b = [0u8; 8];
-        self.exact(&mut b)?;
-        Ok(i64::from_be_bytes(b))
-    }
-
-    /// An unsigned varint (flexible versions' lengths and tags).
-    pub fn uvarint(&mut self) -> Result<u64, KafkaError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let mut b = [0u8; 1];
-            self.exact(&mut b)?;
-            value |= u64::from(b[0] & 0x7f) << shift;
-            if b[0] & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(self.protocol(format!(
-            "{} answer holds a varint of more than 10 bytes",
-            self.what
-        )))
-    }
-
-    /// `n` bytes: a slice of a body held whole, else read into memory.
-    pub fn bytes(&mut self, n: usize) -> Result<Bytes, KafkaError> {
-        if let BodySource::Memory(data) = &mut self.source {
-            if data.len() < n {
-                return Err(self.ends_early());
-            }
-            return Ok(data.split_to(n));
-        }
-        let mut buf = vec![0u8; n];
-        self.exact(&mut buf)?;
-        Ok(Bytes::from(buf))
-    }
-
-    /// Reads past `n` bytes without keeping them.
-    pub fn skip(&mut self, n: u64) -> Result<(), KafkaError> {
-        let skipped = match &mut self.source {
-            BodySource::Memory(data) => {
-                let k = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
-                data.advance(k);
-                k as u64
-            }
-            BodySource::Stream(r) => {
-                io::copy(&mut r.take(n), &mut io::sink()).map_err(|e| self.fail(e))?
-            }
-        };
-        if skipped < n {
-            return Err(self.ends_early());
-        }
-        Ok(())
-    }
-
-    /// The tagged fields of a flexible version: none of them is needed here.
-    pub fn skip_tagged_fields(&mut self) -> Result<(), KafkaError> {
-        for _ in 0..self.uvarint()? {
-            let _tag = self.uvarint()?;
-            let size = self.uvarint()?;
-            self.skip(size)?;
-        }
-        Ok(())
-    }
-
-    /// Reads and drops whatever is left.
-    fn drain(&mut self) -> Result<(), KafkaError> {
-        match &mut self.source {
-            BodySource::Memory(data) => data.clear(),
-            BodySource::Stream(r) => {
-                io::copy(r, &mut io::sink()).map_err(|e| self.fail(e))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Read for Body<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.source {
-            BodySource::Memory(data) => {
-                let n = buf.len().min(data.len());
-                data.copy_to_slice(&mut buf[..n]);
-                Ok(n)
-            }
-            BodySource::Stream(r) => r.read(buf),
-        }
-    }
-}
-
-fn io_error(broker: &str, what: &'static str, after: Duration, source: io::Error) -> KafkaError {
-    match source.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => KafkaError::Timeout {
-            broker: broker.to_owned(),
-            what,
-            after,
-        },
-        _ => KafkaError::Io {
-            broker: broker.to_owned(),
-            what,
-            source,
-        },
-    }
 }
 
 /// Encodes `size | header | body` into one buffer. Public to the crate so tests can decode
