@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, TopicState};
 use crate::error::KafkaError;
-use crate::fetch::{self, Message};
+use crate::fetch;
 use crate::group::{Group, GroupSettings, Heartbeat};
 use crate::net::security::Security;
 use crate::net::settings::SessionInfo;
 use crate::types::{Offset, Partition, StartFrom};
-use crate::wire::decoder::RecordLimits;
+use crate::wire::limits::RecordLimits;
+use crate::wire::message::Message;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {

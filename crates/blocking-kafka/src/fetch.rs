@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
     TopicName,
@@ -27,9 +27,10 @@ use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
 use crate::net::body::Body;
 use crate::types::{Offset, Partition, StartFrom};
-use crate::wire::decoder::{
-    BATCH_HEADER_LEN, Budget, Failure, PartitionDecoder, RecordLimits, be_i32, corrupt,
-};
+use crate::wire::decoder::{Failure, PartitionDecoder};
+use crate::wire::header::{BATCH_HEADER_LEN, be_i32, corrupt};
+use crate::wire::limits::{Budget, RecordLimits};
+use crate::wire::message::Message;
 
 const FETCH_VERSIONS: (i16, i16) = (4, 12);
 const LIST_OFFSETS_VERSIONS: (i16, i16) = (1, 7);
@@ -49,33 +50,6 @@ const ANSWER_IN_MEMORY: usize = RECORDS_IN_MEMORY + 64 * 1024;
 /// What the messages of one fetch may hold beyond the answer itself (see `records`): a
 /// few MiB over the fetch size, so a fetch of ordinary records is never cut short.
 const DECODE_BUDGET: usize = FETCH_MAX_BYTES as usize + 4 * 1024 * 1024;
-
-/// One record as the worker sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub partition: Partition,
-    pub offset: Offset,
-    pub key: Option<Bytes>,
-    pub value: Option<Bytes>,
-    /// The value's length in the log. Equal to `value`'s length, except for a record too
-    /// large to hold, whose `value` is only its first bytes (`RecordLimits::prefix`).
-    pub value_len: usize,
-    pub headers: Vec<(String, Option<Bytes>)>,
-    pub timestamp_ms: i64,
-    /// Set when records could not be decoded within the memory bounds: this message has no
-    /// key or value and stands for every offset from its own to `last`. The caller must
-    /// reject it (dead-letter it with the reason); the position is already past `last`.
-    pub undecoded: Option<Box<Undecoded>>,
-}
-
-/// Records given up undecoded (see `Message::undecoded`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Undecoded {
-    /// The last offset the message stands for.
-    pub last: Offset,
-    /// Which offsets, and why: for the dead letter.
-    pub reason: String,
-}
 
 /// The result of one round of fetches.
 #[derive(Debug, Default)]
@@ -447,6 +421,7 @@ fn array_len(body: &mut Body<'_>, flexible: bool) -> Result<u64, KafkaError> {
 mod tests {
     use super::*;
     use crate::wire::codec::peak;
+    use bytes::Bytes;
     use indexmap::IndexMap;
     use kafka_protocol::messages::ProducerId;
     use kafka_protocol::messages::fetch_response::{

@@ -13,7 +13,6 @@ mod wire;
 pub use cluster::TopicState;
 pub use consumer::{Assignment, Consumer, ConsumerSettings, GroupSignal};
 pub use error::KafkaError;
-pub use fetch::{Message, Undecoded};
 pub use group::{Generation, assign_range, encode_offset_commit};
 pub use net::security::Security;
 pub use net::settings::{
@@ -23,5 +22,6 @@ pub use net::settings::{
 pub use producer::{Delivery, ProduceError, Producer, ProducerSettings};
 pub use types::{Offset, Partition, StartFrom};
 pub use wire::batch::{BatchCompression, OutRecord, uncompressed_batch_len};
-pub use wire::decoder::RecordLimits;
+pub use wire::limits::RecordLimits;
+pub use wire::message::{Message, Undecoded};
 pub use wire::partitioner::{murmur2, partition_for_key};

@@ -19,6 +19,8 @@ use std::io::Write;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::wire::header::BATCH_HEADER_LEN;
+
 /// One record to produce. Header names may repeat; their order is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutRecord {
@@ -49,9 +51,6 @@ pub enum BatchCompression {
 pub struct BatchTooLarge {
     pub bytes: usize,
 }
-
-/// The fixed part of a batch, before the records.
-pub const BATCH_HEADER_LEN: usize = 61;
 
 /// The codec bits of the attributes (0-2) for gzip. Bit 3 (LogAppendTime) stays clear: our
 /// timestamps are CreateTime; a topic with `message.timestamp.type=LogAppendTime` has the
@@ -218,9 +217,10 @@ fn gzip(data: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::Message;
     use crate::types::{Offset, Partition};
-    use crate::wire::decoder::{Budget, PartitionDecoder, RecordLimits};
+    use crate::wire::decoder::PartitionDecoder;
+    use crate::wire::limits::{Budget, RecordLimits};
+    use crate::wire::message::Message;
 
     fn record(
         key: Option<&str>,

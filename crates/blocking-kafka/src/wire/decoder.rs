@@ -20,115 +20,23 @@
 //! A batch is also given up when its codec would need more memory than its bound
 //! (`codec::MAX_CODEC_BUFFER`). Corrupt data (CRC, codec, record layout) stays an error:
 //! a real broker refuses it on produce.
-use std::collections::HashSet;
+//!
+//! The parts: `header` (a batch's framing), `limits` (the bounds), `codec` (streaming
+//! decompression), `transactions` (aborted transactions, markers), `record` (one record),
+//! and here the decoder of one partition's batches that puts them together.
 use std::io::{self, Read};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::records::Compression;
 
 use crate::error::KafkaError;
-use crate::fetch::{Message, Undecoded};
 use crate::types::{Offset, Partition};
 use crate::wire::codec::{self, Compressed};
-
-/// The fixed part of a v2 record batch: base offset to record count.
-pub(crate) const BATCH_HEADER_LEN: usize = 61;
-/// How far decoding one batch (or one fetch) may expand data. Far above a real batch
-/// (brokers cap one at about 1 MiB compressed by default), above the 300 MiB records of
-/// the memory tests, which are streamed past and dead-lettered by size. Its cost in time
-/// (measured on a busy 2-core machine): a bomb of a few KB reaches it in 0.2 s (zstd) to
-/// 0.5 s (gzip); text-like data at ordinary ratios in 3 to 5 s, but needs 90 to 120 MiB of
-/// compressed batch for that, which only a first batch far above the fetch size carries.
-/// Either stays within the default 10 s session, so the group keeps the member.
-pub const MAX_EXPANSION: u64 = 512 * 1024 * 1024;
-/// What a message costs beyond the bytes it holds (the struct, its job, its bookkeeping).
-const MESSAGE_COST: usize = 128;
-/// What a header costs beyond its bytes (the tuple, the name's allocation).
-const HEADER_COST: usize = 64;
-/// How much is read from a decompressor (or the connection) at a time.
-const CHUNK: usize = 64 * 1024;
-
-/// How much of one record is held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordLimits {
-    /// Keys and values up to this many bytes are held whole: the largest the caller uses.
-    pub whole: usize,
-    /// Of a key or value longer than both limits, only the first this-many bytes are held.
-    pub prefix: usize,
-}
-
-impl Default for RecordLimits {
-    /// Kafka's default `max.message.bytes` (1 MiB) for both.
-    fn default() -> RecordLimits {
-        RecordLimits {
-            whole: 1024 * 1024,
-            prefix: 1024 * 1024,
-        }
-    }
-}
-
-impl RecordLimits {
-    /// Fields up to this long are held whole.
-    fn hold(&self) -> usize {
-        self.whole.max(self.prefix)
-    }
-
-    /// How much of a field of `len` bytes is held.
-    fn kept(&self, len: usize) -> usize {
-        if len <= self.hold() { len } else { self.prefix }
-    }
-}
-
-/// What one fetch may still decode, shared by all of its partitions.
-#[derive(Debug, Clone)]
-pub(crate) struct Budget {
-    /// Bytes the handed-over messages may still hold.
-    left: usize,
-    /// Bytes decompressed or streamed past in this fetch.
-    expanded: u64,
-    /// Whether a message was handed over yet (the first one always is).
-    handed: bool,
-    /// Set when decoding stopped for this fetch: the rest waits for the next one.
-    exhausted: bool,
-    /// [`MAX_EXPANSION`], smaller in tests.
-    max_expansion: u64,
-}
-
-impl Budget {
-    pub(crate) fn new(bytes: usize) -> Budget {
-        Budget::with_expansion(bytes, MAX_EXPANSION)
-    }
-
-    fn with_expansion(bytes: usize, max_expansion: u64) -> Budget {
-        Budget {
-            left: bytes,
-            expanded: 0,
-            handed: false,
-            exhausted: false,
-            max_expansion,
-        }
-    }
-
-    pub(crate) fn exhausted(&self) -> bool {
-        self.exhausted
-    }
-
-    /// Whether anything was handed over in this fetch.
-    pub(crate) fn handed(&self) -> bool {
-        self.handed
-    }
-
-    /// Takes `cost` if it fits (or if nothing was handed over yet); else stops the fetch.
-    fn admit(&mut self, cost: usize) -> bool {
-        if self.handed && cost > self.left {
-            self.exhausted = true;
-            return false;
-        }
-        self.left = self.left.saturating_sub(cost);
-        self.handed = true;
-        true
-    }
-}
+use crate::wire::header::{BATCH_HEADER_LEN, BatchHeader, be_i32, corrupt};
+use crate::wire::limits::{Budget, RecordLimits};
+use crate::wire::message::{Message, Undecoded};
+use crate::wire::record::{RecordReader, Source, Stop};
+use crate::wire::transactions::Transactions;
 
 /// Why decoding failed.
 #[derive(Debug)]
@@ -152,11 +60,8 @@ pub(crate) struct PartitionDecoder {
     limits: RecordLimits,
     /// The next offset to hand over: everything before it is handled.
     next: i64,
-    /// Aborted transactions not reached yet, by first offset, the lowest last.
-    aborted: Vec<(i64, i64)>,
-    /// Producers whose transaction is being aborted: reached their first offset, not yet
-    /// their abort marker.
-    aborting: HashSet<i64>,
+    /// The aborted transactions the broker named, and those under way.
+    transactions: Transactions,
     /// Decoding stopped here for this fetch (budget or work bound).
     stopped: bool,
 }
@@ -165,16 +70,14 @@ impl PartitionDecoder {
     pub(crate) fn new(
         partition: Partition,
         from: Offset,
-        mut aborted: Vec<(i64, i64)>,
+        aborted: Vec<(i64, i64)>,
         limits: RecordLimits,
     ) -> PartitionDecoder {
-        aborted.sort_by_key(|(_, first)| std::cmp::Reverse(*first));
         PartitionDecoder {
             partition,
             limits,
             next: from.0,
-            aborted,
-            aborting: HashSet::new(),
+            transactions: Transactions::new(aborted),
             stopped: false,
         }
     }
@@ -327,16 +230,8 @@ impl PartitionDecoder {
         if h.last < self.next {
             return Ok(false);
         }
-        while self
-            .aborted
-            .last()
-            .is_some_and(|(_, first)| *first <= h.last)
-        {
-            if let Some((pid, _)) = self.aborted.pop() {
-                self.aborting.insert(pid);
-            }
-        }
-        if h.transactional && !h.control && self.aborting.contains(&h.producer_id) {
+        self.transactions.reach(h.last);
+        if h.transactional && !h.control && self.transactions.aborts(h.producer_id) {
             self.next = h.last + 1;
             return Ok(false);
         }
@@ -353,8 +248,13 @@ impl PartitionDecoder {
         budget: &mut Budget,
         out: &mut Vec<Message>,
     ) -> Result<(), Failure> {
+        let reader = RecordReader {
+            header: h,
+            partition: self.partition,
+            limits: self.limits,
+        };
         for _ in 0..h.count {
-            let record = match self.record(h, &mut source, budget) {
+            let record = match reader.read(&mut source, budget, self.next) {
                 Ok(r) => r,
                 Err(Stop::Expands) => {
                     let why = format!(
@@ -377,15 +277,8 @@ impl PartitionDecoder {
             };
             let Some(record) = record else { continue };
             if h.control {
-                // Control record key: version (i16), type (i16: 0 abort, 1 commit).
-                let is_abort = record
-                    .message
-                    .key
-                    .as_ref()
-                    .is_some_and(|k| k.len() >= 4 && be_i16(&k[2..4]) == 0);
-                if is_abort {
-                    self.aborting.remove(&h.producer_id);
-                }
+                self.transactions
+                    .control_record(h.producer_id, record.message.key.as_ref());
                 continue;
             }
             if !budget.admit(record.cost) {
@@ -399,130 +292,6 @@ impl PartitionDecoder {
         }
         self.next = h.last + 1;
         Ok(())
-    }
-
-    /// Reads the next record of the batch: `None` when it is before the position (read
-    /// past, not held).
-    fn record(
-        &self,
-        h: &BatchHeader,
-        src: &mut Source<'_>,
-        budget: &mut Budget,
-    ) -> Result<Option<Decoded>, Stop> {
-        let len = src.varint(budget)?;
-        let len =
-            usize::try_from(len).map_err(|_| Stop::Corrupt("negative record length".into()))?;
-        if len <= self.limits.hold() {
-            // The usual case: the whole record at once, fields sliced out of it.
-            src.fill(len, budget)?;
-            let bytes = src.take(len);
-            return self.whole_record(h, bytes, src.copies);
-        }
-        let start = src.consumed;
-        let _attributes = src.byte(budget)?;
-        let timestamp_delta = src.varint(budget)?;
-        let offset = h.base + src.varint(budget)?;
-        let keep = offset >= self.next;
-        let mut held = 0;
-        let (key, _) = src.field(keep.then_some(self.limits), budget, &mut held)?;
-        let (value, value_len) = src.field(keep.then_some(self.limits), budget, &mut held)?;
-        let header_count = src.varint(budget)?;
-        let mut headers = Vec::new();
-        let mut header_cost = 0;
-        for _ in 0..header_count.max(0) {
-            let room = keep && header_cost < self.limits.hold();
-            let limits = room.then_some(self.limits);
-            let (name, _) = src.field(limits, budget, &mut held)?;
-            let (value, _) = src.field(limits, budget, &mut held)?;
-            if room {
-                let name = name.unwrap_or_default();
-                header_cost += name.len() + value.as_ref().map_or(0, Bytes::len) + HEADER_COST;
-                headers.push((String::from_utf8_lossy(&name).into_owned(), value));
-            }
-        }
-        if src.consumed - start != len as u64 {
-            return Err(Stop::Corrupt(
-                "record length does not match its fields".into(),
-            ));
-        }
-        if !keep {
-            return Ok(None);
-        }
-        Ok(Some(Decoded {
-            cost: MESSAGE_COST + held + header_cost,
-            message: self.message(h, offset, timestamp_delta, key, value, value_len, headers),
-        }))
-    }
-
-    /// Parses one record held whole; `copied`: its bytes are held only by the messages.
-    fn whole_record(
-        &self,
-        h: &BatchHeader,
-        data: Bytes,
-        copied: bool,
-    ) -> Result<Option<Decoded>, Stop> {
-        let mut r = Reader { data: &data, at: 0 };
-        let _attributes = r.bytes(1)?;
-        let timestamp_delta = r.varint()?;
-        let offset = h.base + r.varint()?;
-        if offset < self.next {
-            return Ok(None);
-        }
-        let key = r.nullable()?;
-        let value = r.nullable()?;
-        let header_count = r.varint()?;
-        let mut headers = Vec::with_capacity(usize::try_from(header_count).unwrap_or(0).min(16));
-        let mut header_cost = 0;
-        for _ in 0..header_count.max(0) {
-            let name = r.nullable()?.unwrap_or_default();
-            let value = r.nullable()?;
-            if header_cost < self.limits.hold() {
-                header_cost += name.len() + value.as_ref().map_or(0, Bytes::len) + HEADER_COST;
-                headers.push((String::from_utf8_lossy(&name).into_owned(), value));
-            }
-        }
-        if r.at != data.len() {
-            return Err(Stop::Corrupt(
-                "record length does not match its fields".into(),
-            ));
-        }
-        let value_len = value.as_ref().map_or(0, Bytes::len);
-        let held = if copied {
-            key.as_ref().map_or(0, Bytes::len) + value_len
-        } else {
-            0
-        };
-        Ok(Some(Decoded {
-            cost: MESSAGE_COST + held + header_cost,
-            message: self.message(h, offset, timestamp_delta, key, value, value_len, headers),
-        }))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn message(
-        &self,
-        h: &BatchHeader,
-        offset: i64,
-        timestamp_delta: i64,
-        key: Option<Bytes>,
-        value: Option<Bytes>,
-        value_len: usize,
-        headers: Vec<(String, Option<Bytes>)>,
-    ) -> Message {
-        Message {
-            partition: self.partition,
-            offset: Offset(offset),
-            key,
-            value,
-            value_len,
-            headers,
-            timestamp_ms: if h.log_append_time {
-                h.max_timestamp
-            } else {
-                h.base_timestamp + timestamp_delta
-            },
-            undecoded: None,
-        }
     }
 
     /// A decompressor failed: at a bound (the batch is given up), or on corrupt data.
@@ -554,7 +323,7 @@ impl PartitionDecoder {
         self.next = h.last + 1;
         if h.control {
             // Markers carry no data; either kind ends the producer's transaction.
-            self.aborting.remove(&h.producer_id);
+            self.transactions.end(h.producer_id);
             return;
         }
         let reason = format!(
@@ -578,284 +347,6 @@ impl PartitionDecoder {
 
     fn corrupt(&self, detail: String) -> KafkaError {
         corrupt(self.partition, detail)
-    }
-}
-
-/// A decoded record and what holding it costs.
-struct Decoded {
-    message: Message,
-    cost: usize,
-}
-
-/// Why reading a record stopped.
-enum Stop {
-    /// The batch expands past [`MAX_EXPANSION`]: give it up.
-    Expands,
-    /// The fetch expanded past [`MAX_EXPANSION`] over several batches: stop for now.
-    FetchWork,
-    /// The data ended inside a record.
-    CutShort,
-    Corrupt(String),
-    /// The decompressor (or the connection under it) failed.
-    Io(io::Error),
-}
-
-/// The fixed header of a v2 batch.
-struct BatchHeader {
-    base: i64,
-    /// The whole batch, length prefix included.
-    total: usize,
-    magic: i8,
-    crc: u32,
-    attributes: i16,
-    last: i64,
-    base_timestamp: i64,
-    max_timestamp: i64,
-    producer_id: i64,
-    count: i32,
-    transactional: bool,
-    control: bool,
-    log_append_time: bool,
-}
-
-impl BatchHeader {
-    /// Reads the header from its first [`BATCH_HEADER_LEN`] bytes.
-    fn parse(b: &[u8]) -> BatchHeader {
-        let base = be_i64(&b[0..8]);
-        let attributes = be_i16(&b[21..23]);
-        BatchHeader {
-            base,
-            total: usize::try_from(be_i32(&b[8..12])).unwrap_or(0) + 12,
-            magic: b[16] as i8,
-            crc: u32::from_be_bytes([b[17], b[18], b[19], b[20]]),
-            attributes,
-            last: base + i64::from(be_i32(&b[23..27])),
-            base_timestamp: be_i64(&b[27..35]),
-            max_timestamp: be_i64(&b[35..43]),
-            producer_id: be_i64(&b[43..51]),
-            count: be_i32(&b[57..61]),
-            transactional: attributes & (1 << 4) != 0,
-            control: attributes & (1 << 5) != 0,
-            log_append_time: attributes & (1 << 3) != 0,
-        }
-    }
-
-    fn compression(&self, partition: Partition) -> Result<Compression, KafkaError> {
-        match self.attributes & 0x7 {
-            0 => Ok(Compression::None),
-            1 => Ok(Compression::Gzip),
-            2 => Ok(Compression::Snappy),
-            3 => Ok(Compression::Lz4),
-            4 => Ok(Compression::Zstd),
-            other => Err(KafkaError::Codec {
-                codec: "unknown",
-                detail: format!("compression type {other} in partition {partition}"),
-            }),
-        }
-    }
-}
-
-/// The records section of one batch: in memory (uncompressed, sliced without copying), or
-/// read from a decompressor (or the connection) a chunk at a time.
-struct Source<'a> {
-    /// Bytes read and not consumed yet.
-    buf: Bytes,
-    reader: Option<Box<dyn Read + 'a>>,
-    /// Whether `buf` holds copies made here (so what the messages keep of it counts
-    /// against the budget) rather than slices of the response.
-    copies: bool,
-    /// Bytes consumed so far.
-    consumed: u64,
-    /// Bytes taken from `reader` so far.
-    pulled: u64,
-    /// Where skipped bytes are read to.
-    scratch: Vec<u8>,
-}
-
-impl<'a> Source<'a> {
-    fn memory(data: Bytes) -> Source<'a> {
-        Source {
-            buf: data,
-            reader: None,
-            copies: false,
-            consumed: 0,
-            pulled: 0,
-            scratch: Vec::new(),
-        }
-    }
-
-    fn reader(reader: Box<dyn Read + 'a>) -> Source<'a> {
-        Source {
-            buf: Bytes::new(),
-            reader: Some(reader),
-            copies: true,
-            consumed: 0,
-            pulled: 0,
-            scratch: Vec::new(),
-        }
-    }
-
-    /// Makes sure `n` bytes are buffered.
-    fn fill(&mut self, n: usize, budget: &mut Budget) -> Result<(), Stop> {
-        if self.buf.len() >= n {
-            return Ok(());
-        }
-        let Some(reader) = self.reader.as_mut() else {
-            return Err(Stop::CutShort);
-        };
-        let mut next = BytesMut::with_capacity(n.max(CHUNK));
-        next.extend_from_slice(&self.buf);
-        let mut len = next.len();
-        next.resize(next.capacity(), 0);
-        while len < n {
-            let got = match reader.read(&mut next[len..]) {
-                Ok(0) => return Err(Stop::CutShort),
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Stop::Io(e)),
-            };
-            len += got;
-            Self::count(&mut self.pulled, got, budget)?;
-        }
-        next.truncate(len);
-        self.buf = next.freeze();
-        Ok(())
-    }
-
-    /// Counts `n` more bytes pulled from the reader against the work bounds.
-    fn count(pulled: &mut u64, n: usize, budget: &mut Budget) -> Result<(), Stop> {
-        *pulled += n as u64;
-        budget.expanded += n as u64;
-        if *pulled > budget.max_expansion {
-            Err(Stop::Expands)
-        } else if budget.expanded > budget.max_expansion {
-            Err(Stop::FetchWork)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Takes `n` buffered bytes (after `fill`).
-    fn take(&mut self, n: usize) -> Bytes {
-        self.consumed += n as u64;
-        self.buf.split_to(n)
-    }
-
-    /// Consumes `n` bytes without holding them.
-    fn skip(&mut self, mut n: usize, budget: &mut Budget) -> Result<(), Stop> {
-        let buffered = n.min(self.buf.len());
-        self.buf.advance(buffered);
-        self.consumed += buffered as u64;
-        n -= buffered;
-        if n == 0 {
-            return Ok(());
-        }
-        let Some(reader) = self.reader.as_mut() else {
-            return Err(Stop::CutShort);
-        };
-        if self.scratch.is_empty() {
-            self.scratch = vec![0; CHUNK];
-        }
-        while n > 0 {
-            let want = n.min(self.scratch.len());
-            let got = match reader.read(&mut self.scratch[..want]) {
-                Ok(0) => return Err(Stop::CutShort),
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Stop::Io(e)),
-            };
-            n -= got;
-            self.consumed += got as u64;
-            Self::count(&mut self.pulled, got, budget)?;
-        }
-        Ok(())
-    }
-
-    fn byte(&mut self, budget: &mut Budget) -> Result<u8, Stop> {
-        self.fill(1, budget)?;
-        self.consumed += 1;
-        Ok(self.buf.get_u8())
-    }
-
-    /// A zigzag varint.
-    fn varint(&mut self, budget: &mut Budget) -> Result<i64, Stop> {
-        let mut raw: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte(budget)?;
-            raw |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
-            }
-        }
-        Err(Stop::Corrupt("varint longer than 10 bytes".into()))
-    }
-
-    /// A varint length, then that many bytes (-1: null): held as far as `limits` allow
-    /// (`None`: not held at all), the rest read past. Returns what is held and the
-    /// field's true length; adds what is held to `held` when the bytes are copies.
-    fn field(
-        &mut self,
-        limits: Option<RecordLimits>,
-        budget: &mut Budget,
-        held: &mut usize,
-    ) -> Result<(Option<Bytes>, usize), Stop> {
-        let len = self.varint(budget)?;
-        let Ok(len) = usize::try_from(len) else {
-            return Ok((None, 0));
-        };
-        let Some(limits) = limits else {
-            self.skip(len, budget)?;
-            return Ok((None, len));
-        };
-        let kept = limits.kept(len);
-        self.fill(kept, budget)?;
-        let bytes = self.take(kept);
-        if self.copies {
-            *held += kept;
-        }
-        self.skip(len - kept, budget)?;
-        Ok((Some(bytes), len))
-    }
-}
-
-/// A cursor over one record held whole, reading Kafka's zigzag varints.
-struct Reader<'a> {
-    data: &'a Bytes,
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn varint(&mut self) -> Result<i64, Stop> {
-        let mut raw: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = *self
-                .data
-                .get(self.at)
-                .ok_or_else(|| Stop::Corrupt("record cut short".into()))?;
-            self.at += 1;
-            raw |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
-            }
-        }
-        Err(Stop::Corrupt("varint longer than 10 bytes".into()))
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<Bytes, Stop> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.data.len());
-        let end = end.ok_or_else(|| Stop::Corrupt("record cut short".into()))?;
-        let b = self.data.slice(self.at..end);
-        self.at = end;
-        Ok(b)
-    }
-
-    /// A varint length, then that many bytes; negative is null.
-    fn nullable(&mut self) -> Result<Option<Bytes>, Stop> {
-        let len = self.varint()?;
-        let Ok(n) = usize::try_from(len) else {
-            return Ok(None);
-        };
-        self.bytes(n).map(Some)
     }
 }
 
@@ -883,34 +374,12 @@ impl Read for CrcReader<'_> {
     }
 }
 
-pub(crate) fn corrupt(partition: Partition, detail: String) -> KafkaError {
-    KafkaError::Protocol {
-        broker: String::new(),
-        detail: format!("cannot decode a record batch of partition {partition}: {detail}"),
-    }
-}
-
-pub(crate) fn be_i64(b: &[u8]) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    i64::from_be_bytes(a)
-}
-
-pub(crate) fn be_i32(b: &[u8]) -> i32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    i32::from_be_bytes(a)
-}
-
-fn be_i16(b: &[u8]) -> i16 {
-    i16::from_be_bytes([b[0], b[1]])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::codec::peak;
-    use bytes::BufMut;
+    use crate::wire::limits::MESSAGE_COST;
+    use bytes::{BufMut, BytesMut};
     use indexmap::IndexMap;
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
     use std::io::Write;
