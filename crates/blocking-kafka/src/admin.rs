@@ -13,8 +13,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::cluster::Cluster;
-use crate::consumer::ConsumerSettings;
 use crate::error::{KafkaError, check_code};
+use crate::settings::ConsumerSettings;
 use crate::types::{Offset, Partition};
 
 const FIND_COORDINATOR_VERSIONS: (i16, i16) = (1, 3);

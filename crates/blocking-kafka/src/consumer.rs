@@ -3,38 +3,16 @@
 //! It keeps the fetch position of every assigned partition. It never commits on its own:
 //! the caller says what to commit, after its work is durable.
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, TopicState};
 use crate::error::KafkaError;
 use crate::fetch;
 use crate::group::{Group, GroupSettings, Heartbeat};
-use crate::net::security::Security;
 use crate::net::settings::SessionInfo;
+use crate::settings::ConsumerSettings;
 use crate::types::{Offset, Partition, StartFrom};
-use crate::wire::limits::RecordLimits;
 use crate::wire::message::Message;
-
-#[derive(Debug, Clone)]
-pub struct ConsumerSettings {
-    pub bootstrap: Vec<String>,
-    pub client_id: String,
-    pub group_id: String,
-    pub topic: String,
-    pub session_timeout: Duration,
-    pub rebalance_timeout: Duration,
-    pub heartbeat_interval: Duration,
-    pub fetch_max_wait: Duration,
-    /// Deadline for ordinary requests (metadata, commits, heartbeats).
-    pub request_timeout: Duration,
-    pub start_from: StartFrom,
-    /// TLS and SASL for every connection (bootstrap, brokers, coordinator).
-    pub security: Arc<Security>,
-    /// How much of a record a fetch holds: keys and values past the limit arrive cut, with
-    /// their true length (`Message::value_len`).
-    pub record_limits: RecordLimits,
-}
 
 /// What the group side asks of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,6 @@
 //! without the IdempotentWrite ACL) gets plain batches, said once in the log.
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -27,24 +26,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::cluster::{Cluster, TopicState};
-use crate::consumer::ConsumerSettings;
 use crate::error::KafkaError;
-use crate::net::security::Security;
+use crate::settings::ProducerSettings;
 use crate::types::{Offset, Partition};
 use crate::wire::batch::{BatchCompression, OutRecord, ProducerStamp, encode_batch};
 use crate::wire::partitioner::partition_for_key;
-
-/// Where and how a producer connects, and the one topic it writes to.
-#[derive(Debug, Clone)]
-pub struct ProducerSettings {
-    pub bootstrap: Vec<String>,
-    pub client_id: String,
-    pub topic: String,
-    /// Deadline of each request; the broker is given most of it to gather acknowledgements.
-    pub request_timeout: Duration,
-    /// The same TLS and SASL settings as every other connection of the program.
-    pub security: Arc<Security>,
-}
 
 /// Where a record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,20 +164,6 @@ enum Attempt {
     Again(ProduceError),
     /// Give the error to the caller.
     Fail(ProduceError),
-}
-
-impl ProducerSettings {
-    /// Settings for producing to `topic` with the consumer's servers, client id, request
-    /// deadline and security (the same `Arc`, so one TLS/SASL configuration serves both).
-    pub fn for_topic(consumer: &ConsumerSettings, topic: &str) -> ProducerSettings {
-        ProducerSettings {
-            bootstrap: consumer.bootstrap.clone(),
-            client_id: consumer.client_id.clone(),
-            topic: topic.to_owned(),
-            request_timeout: consumer.request_timeout,
-            security: consumer.security.clone(),
-        }
-    }
 }
 
 impl ProduceError {
