@@ -1,17 +1,23 @@
 //! The producer against a real broker (a private tansu per test), checked from outside:
 //! librdkafka reads what we write (every byte, every header, the CreateTime, the partition
 //! of each key), and each stored batch's header (interop/batch_headers.py) shows the codec
-//! and the idempotent producer's id and sequence numbers.
+//! and the idempotent producer's id and sequence numbers. A proxy that refuses or rewrites
+//! Produce answers (kafka-testkit's produce_faults.rs) shows the errors tansu never sends:
+//! a refusal for good, and an answer lost after the write.
 //!
-//! What the worker makes of the producer's errors (dead letters refused or answered late)
-//! is tested with the worker, in the repository's tests/dead_letters.rs.
+//! What the worker makes of these errors (dead letters cut down, skipped, retried) is tested
+//! with the worker, in the repository's tests/dead_letters.rs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use blocking_kafka::{BatchCompression, OutRecord, Producer, ProducerSettings, Security};
+use blocking_kafka::{
+    BatchCompression, OutRecord, ProduceError, Producer, ProducerSettings, Security,
+};
 use bytes::Bytes;
+use kafka_testkit::produce_faults::{Fault, MESSAGE_TOO_LARGE, ProduceFaults, REQUEST_TIMED_OUT};
+use kafka_testkit::proxy::broker_behind_faulty_proxy;
 use kafka_testkit::{Broker, Received, batch_headers, java_partitions, json_i64, librdkafka_read};
 
 #[test]
@@ -19,13 +25,7 @@ fn records_we_produce_are_read_back_exactly_by_librdkafka_stamped_now_and_keyed_
     let broker = Broker::start();
     broker.create_topic("out", 5);
     broker.create_topic("java", 5);
-    let mut producer = Producer::new(ProducerSettings {
-        bootstrap: vec![broker.addr()],
-        client_id: "producer-test".into(),
-        topic: "out".into(),
-        request_timeout: Duration::from_secs(5),
-        security: Arc::new(Security::plaintext()),
-    });
+    let mut producer = producer(&broker.addr(), "out");
 
     let binary: Vec<u8> = (0..=255u8).collect();
     let mut records: Vec<(OutRecord, BatchCompression)> = Vec::new();
@@ -161,6 +161,87 @@ fn records_we_produce_are_read_back_exactly_by_librdkafka_stamped_now_and_keyed_
     for (partition, seqs) in sequences {
         let want: Vec<i64> = (0..seqs.len() as i64).collect();
         assert_eq!(seqs, want, "sequences of partition {partition}");
+    }
+}
+
+#[test]
+fn a_record_refused_for_good_is_a_permanent_error_naming_the_code_and_what_to_do() {
+    let faults = ProduceFaults::new("refusing");
+    let (broker, proxy) = broker_behind_faulty_proxy(&faults);
+    broker.create_topic("refusing", 1);
+    faults.plan(&[Fault::Refuse(MESSAGE_TOO_LARGE)]);
+    let mut producer = producer(&proxy.addr(), "refusing");
+    let e = producer
+        .send(&record("too large, says the proxy"), BatchCompression::Gzip)
+        .expect_err("refused");
+    assert!(
+        matches!(
+            e,
+            ProduceError::Broker {
+                code: MESSAGE_TOO_LARGE,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.is_permanent(), "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "Kafka refused the record for refusing partition 0: MESSAGE_TOO_LARGE (error code 10); "
+        ),
+        "{e}"
+    );
+    // The next record is not held back by the refused one.
+    producer
+        .send(&record("the next one"), BatchCompression::None)
+        .expect("produce");
+    assert_eq!(batch_headers(&proxy.addr(), "refusing").len(), 1);
+}
+
+#[test]
+fn a_record_whose_answer_was_lost_is_resent_as_the_same_batch_and_stored_once() {
+    let faults = ProduceFaults::new("lossy");
+    let (broker, proxy) = broker_behind_faulty_proxy(&faults);
+    broker.create_topic("lossy", 1);
+    // The broker writes the batch; its answer arrives as REQUEST_TIMED_OUT.
+    faults.plan(&[Fault::RewriteAnswer(REQUEST_TIMED_OUT)]);
+    let mut producer = producer(&proxy.addr(), "lossy");
+    let out = record("written once");
+    let e = producer
+        .send(&out, BatchCompression::Gzip)
+        .expect_err("the answer says it timed out");
+    assert!(!e.is_permanent(), "a timeout may clear: {e}");
+    assert!(e.to_string().contains("REQUEST_TIMED_OUT"), "{e}");
+    // The caller retries the same record: the same batch (same producer id and sequence)
+    // goes again, and the broker knows it.
+    producer
+        .send(&out, BatchCompression::Gzip)
+        .expect("the retry is accepted");
+    let seen = faults.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        seen[0].1, seen[1].1,
+        "the same batch, byte for byte: {seen:?}"
+    );
+    let batches = batch_headers(&proxy.addr(), "lossy");
+    assert_eq!(batches.len(), 1, "stored once: {batches:?}");
+}
+
+fn producer(bootstrap: &str, topic: &str) -> Producer {
+    Producer::new(ProducerSettings {
+        bootstrap: vec![bootstrap.to_owned()],
+        client_id: "producer-test".into(),
+        topic: topic.into(),
+        request_timeout: Duration::from_secs(5),
+        security: Arc::new(Security::plaintext()),
+    })
+}
+
+fn record(value: &str) -> OutRecord {
+    OutRecord {
+        key: None,
+        value: Some(Bytes::from(value.to_owned())),
+        headers: Vec::new(),
     }
 }
 
