@@ -1,10 +1,11 @@
-//! Group administration from outside the group, for the operator commands: describe the
-//! group (is anyone a member?) and commit offsets without being a member (`offsets --reset`).
+//! Group administration from outside the group, for operator tools: describe the group (is
+//! anyone a member?) and commit offsets without being a member (the worker's
+//! `offsets --reset`).
 //!
-//! Never used by the running worker: its commits go through `group` with a generation and
-//! member id. A commit from outside carries generation -1 and an empty member id, which a
-//! coordinator accepts only while the group has no members, so `offsets --reset` first
-//! checks that nobody is in the group and turns a refusal into the same clear message.
+//! Never used by a consumer: its commits go through `group` with a generation and member
+//! id. A commit from outside carries generation -1 and an empty member id, which a
+//! coordinator accepts only while the group has no members, so a tool first checks that
+//! nobody is in the group, and a refusal comes back as `OutsideCommitError::GroupActive`.
 use kafka_protocol::messages::{
     ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, GroupId, OffsetCommitRequest, OffsetCommitResponse, TopicName,
@@ -34,14 +35,18 @@ pub struct GroupDescription {
     /// The coordinator's name for the state: "Empty", "Stable", "PreparingRebalance",
     /// "CompletingRebalance", "Dead" (and "" from some brokers for a group never seen).
     pub state: String,
+    /// The active members (none: nobody consumes for the group now).
     pub members: Vec<GroupMember>,
 }
 
 /// One active member of the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMember {
+    /// The id the coordinator gave the member.
     pub member_id: String,
+    /// The client id the member connected with.
     pub client_id: String,
+    /// Where the member connected from, as the coordinator saw it (e.g. "/10.0.0.5").
     pub client_host: String,
 }
 
@@ -50,8 +55,10 @@ pub struct GroupMember {
 pub enum OutsideCommitError {
     /// The coordinator refused because the group has active members (or is rebalancing).
     GroupActive {
+        /// ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID or REBALANCE_IN_PROGRESS.
         code: i16,
     },
+    /// Kafka could not be asked, or refused for another reason.
     Kafka(KafkaError),
 }
 
@@ -65,6 +72,8 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// An admin client for the group and topic of `settings`, connecting as the consumer
+    /// would (same servers, client id, deadline and security); it connects on first use.
     pub fn new(settings: &ConsumerSettings) -> Admin {
         Admin {
             cluster: Cluster::new(

@@ -1,6 +1,6 @@
 //! Bootstrap, metadata and one connection per broker.
 //!
-//! The cluster knows which broker leads each partition of the worker's topic and keeps a
+//! The cluster knows which broker leads each partition of the client's topic and keeps a
 //! connection to each broker it talks to. A failed connection is dropped and opened again
 //! on next use, so every caller's retry is also a reconnect.
 //!
@@ -27,7 +27,7 @@ const METADATA_VERSIONS: (i16, i16) = (1, 9);
 const REFUSAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// What the cluster says about the worker's topic.
+/// What the cluster says about the client's topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicState {
     /// The topic does not exist (yet).

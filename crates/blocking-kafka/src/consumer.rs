@@ -1,4 +1,5 @@
-//! The facade the poller thread drives: connect, join, fetch, heartbeat, commit, leave.
+//! The facade one thread drives (the worker's poller): connect, join, fetch, heartbeat,
+//! commit, leave.
 //!
 //! It keeps the fetch position of every assigned partition. It never commits on its own:
 //! the caller says what to commit, after its work is durable.
@@ -28,11 +29,15 @@ pub enum GroupSignal {
 /// Our share of the topic after a join, with the offset each partition starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
+    /// Each partition we own, with the offset fetching starts from.
     pub partitions: Vec<(Partition, Offset)>,
     /// How many partitions the topic had when we joined (0: the topic is missing).
     pub topic_partitions: usize,
 }
 
+/// A member of one consumer group reading one topic, driven by one thread: it joins,
+/// heartbeats, fetches and commits only when told to, so the caller decides when an offset
+/// is safe to commit and never finds a background thread holding its partitions.
 pub struct Consumer {
     settings: ConsumerSettings,
     cluster: Cluster,
@@ -44,6 +49,7 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// A consumer with `settings`; it connects on first use (or `connect`).
     pub fn new(settings: ConsumerSettings) -> Consumer {
         let cluster = Cluster::new(
             settings.bootstrap.clone(),
@@ -67,6 +73,7 @@ impl Consumer {
         }
     }
 
+    /// The settings it was made with.
     pub fn settings(&self) -> &ConsumerSettings {
         &self.settings
     }
@@ -168,6 +175,7 @@ impl Consumer {
         }
     }
 
+    /// When the next heartbeat is due: a caller that waits must not wait past it.
     pub fn next_heartbeat(&self) -> Instant {
         self.group.next_heartbeat()
     }

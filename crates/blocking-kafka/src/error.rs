@@ -6,56 +6,104 @@ use std::io;
 use std::time::Duration;
 
 /// What went wrong talking to Kafka. Every variant says what to do about it.
+///
+/// `broker` is always the "host:port" the client talked to; `what` names the request (or
+/// the step: "connect", "the TLS handshake").
 #[derive(Debug)]
 pub enum KafkaError {
     /// No bootstrap server answered.
-    Unreachable { servers: String, detail: String },
+    Unreachable {
+        /// The bootstrap servers, comma-separated.
+        servers: String,
+        /// Why each of them failed.
+        detail: String,
+    },
     /// A connection to one broker failed or dropped mid-request.
     Io {
+        /// The broker.
         broker: String,
+        /// The request or step that failed.
         what: &'static str,
+        /// The socket's error.
         source: std::io::Error,
     },
     /// A broker did not answer within the request timeout.
     Timeout {
+        /// The broker.
         broker: String,
+        /// The request or step that timed out.
         what: &'static str,
+        /// The deadline that passed.
         after: Duration,
     },
     /// A broker answered something we could not encode or decode.
-    Protocol { broker: String, detail: String },
+    Protocol {
+        /// The broker (empty when the data came from a record batch, not an answer).
+        broker: String,
+        /// What was wrong with it.
+        detail: String,
+    },
     /// A broker refused a request with a Kafka error code.
-    Broker { what: &'static str, code: i16 },
+    Broker {
+        /// The request refused.
+        what: &'static str,
+        /// Kafka's error code.
+        code: i16,
+    },
     /// The broker supports none of the versions of an API we speak.
     UnsupportedVersion {
+        /// The broker.
         broker: String,
+        /// The API, e.g. "Fetch".
         api: &'static str,
+        /// The versions we speak (inclusive).
         ours: (i16, i16),
+        /// The versions the broker speaks; `None`: not that API at all.
         theirs: Option<(i16, i16)>,
     },
     /// A record batch used a codec we cannot decode, or its data was corrupt.
-    Codec { codec: &'static str, detail: String },
+    Codec {
+        /// The codec's name, e.g. "zstd".
+        codec: &'static str,
+        /// Which batch, and what was wrong.
+        detail: String,
+    },
     /// The broker refused our SASL credentials (wrong password, unknown user).
     Authentication {
+        /// The broker.
         broker: String,
+        /// The user name we authenticated as.
         user: String,
+        /// The SASL mechanism, as Kafka spells it.
         mechanism: &'static str,
         /// The broker's own words (SaslAuthenticate's error message).
         message: String,
     },
     /// The broker does not enable the SASL mechanism we are configured for.
     SaslMechanism {
+        /// The broker.
         broker: String,
+        /// The mechanism we asked for.
         wanted: &'static str,
         /// What the broker's SaslHandshake answer lists.
         enabled: Vec<String>,
     },
     /// TLS failed: an untrusted, expired or misnamed broker certificate, or the broker
-    /// refused ours. `reason` is a sentence that names the cause and what to do.
-    Tls { broker: String, reason: String },
+    /// refused ours.
+    Tls {
+        /// The broker.
+        broker: String,
+        /// A sentence that names the cause and what to do.
+        reason: String,
+    },
     /// Our `KAFKA_SECURITY_PROTOCOL` does not match the listener (plaintext against TLS,
-    /// SASL against a listener without it, ...). `reason` suggests the right setting.
-    WrongProtocol { broker: String, reason: String },
+    /// SASL against a listener without it, ...).
+    WrongProtocol {
+        /// The broker.
+        broker: String,
+        /// A sentence that suggests the right setting.
+        reason: String,
+    },
 }
 
 impl KafkaError {
@@ -64,7 +112,7 @@ impl KafkaError {
     ///
     /// A TLS or SASL failure counts as one: mid-run it is an outage like any other (offsets
     /// held, retried with backoff, recovery logged), for credentials rotated at the broker or
-    /// a certificate renewed badly may well be put right while the worker waits.
+    /// a certificate renewed badly may well be put right while the caller waits.
     pub fn is_connection(&self) -> bool {
         matches!(
             self,

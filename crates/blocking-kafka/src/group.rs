@@ -35,7 +35,7 @@ use crate::types::{Offset, Partition};
 pub struct Generation(pub i32);
 
 /// The assignor we offer. "range" is what librdkafka and the Java client offer too, so a
-/// group can mix this worker with other clients.
+/// group can mix this client with others.
 pub const ASSIGNOR: &str = "range";
 
 const FIND_COORDINATOR_VERSIONS: (i16, i16) = (1, 3);
@@ -159,7 +159,7 @@ impl Group {
         }
     }
 
-    /// When the next heartbeat is due (the poller never sleeps past it).
+    /// When the next heartbeat is due (the caller never sleeps past it).
     pub fn next_heartbeat(&self) -> Instant {
         self.next_heartbeat
     }

@@ -2,9 +2,9 @@
 //! record batches we encode ourselves (`batch`), keys placed by the Java client's
 //! partitioner (`partitioner`), and idempotence when the cluster allows it.
 //!
-//! Used for the dead-letter topic by the poller, and by the `send` command. Every
-//! connection goes through `Cluster`/`Connection` with the same `Security` as the
-//! consumer's, so TLS and SASL apply here without a line of their own.
+//! (The worker uses it for its dead-letter topic and its `send` command.) Every connection
+//! goes through `Cluster`/`Connection` with the same `Security` as the consumer's, so TLS
+//! and SASL apply here without a line of their own.
 //!
 //! Idempotence: the producer asks for a producer id (InitProducerId) and stamps each batch
 //! with it, its epoch, and a sequence number per partition. A batch whose answer was lost
@@ -35,6 +35,7 @@ use crate::wire::partitioner::partition_for_key;
 /// Where a record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
+    /// The partition the record went to (its key's, or the next in turn without a key).
     pub partition: Partition,
     /// `None` when the broker answered a resent batch as a duplicate: the record is in the
     /// log (written by the attempt whose answer was lost), at an offset it did not repeat.
@@ -45,22 +46,34 @@ pub struct Delivery {
 #[derive(Debug)]
 pub enum ProduceError {
     /// The topic does not exist (yet).
-    TopicMissing { topic: String, servers: String },
+    TopicMissing {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        servers: String,
+    },
     /// Kafka could not be asked, or did not answer: an outage, a timeout.
     Kafka(KafkaError),
     /// The broker answered with an error code for the record.
     Broker {
+        /// The topic.
         topic: String,
+        /// The partition, when the answer was about one.
         partition: Option<Partition>,
+        /// Kafka's error code.
         code: i16,
         /// The broker's own words (Produce v8 and later), when it gave any.
         message: Option<String>,
     },
     /// The record is larger than a record batch can be.
-    TooLarge { bytes: usize },
+    TooLarge {
+        /// The record's size as one uncompressed batch.
+        bytes: usize,
+    },
 }
 
-/// A producer for one topic. Owned by one thread (the poller, or an operator command).
+/// A producer for one topic, owned by one thread: acks=all, idempotent when the cluster
+/// allows it, one record per batch, each `send` waiting for its answer.
 pub struct Producer {
     settings: ProducerSettings,
     cluster: Cluster,
@@ -201,6 +214,7 @@ impl Producer {
         }
     }
 
+    /// The topic it writes to.
     pub fn topic(&self) -> &str {
         &self.settings.topic
     }

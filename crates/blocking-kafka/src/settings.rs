@@ -13,16 +13,25 @@ use crate::wire::limits::RecordLimits;
 /// Where and how a consumer connects, the group it joins and the one topic it reads.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
+    /// "host:port" of brokers to learn the cluster from, tried in turn.
     pub bootstrap: Vec<String>,
+    /// The client id every request carries (the broker's logs and quotas name it).
     pub client_id: String,
+    /// The consumer group to join.
     pub group_id: String,
+    /// The one topic to read.
     pub topic: String,
+    /// How long the coordinator waits for a heartbeat before it drops the member.
     pub session_timeout: Duration,
+    /// How long the coordinator waits for every member to rejoin in a rebalance.
     pub rebalance_timeout: Duration,
+    /// How often to heartbeat (a third of the session timeout is usual).
     pub heartbeat_interval: Duration,
+    /// How long the broker may hold a fetch that has nothing to return.
     pub fetch_max_wait: Duration,
     /// Deadline for ordinary requests (metadata, commits, heartbeats).
     pub request_timeout: Duration,
+    /// Where to start a partition without a committed offset (or with one out of range).
     pub start_from: StartFrom,
     /// TLS and SASL for every connection (bootstrap, brokers, coordinator).
     pub security: Arc<Security>,
@@ -34,8 +43,11 @@ pub struct ConsumerSettings {
 /// Where and how a producer connects, and the one topic it writes to.
 #[derive(Debug, Clone)]
 pub struct ProducerSettings {
+    /// "host:port" of brokers to learn the cluster from, tried in turn.
     pub bootstrap: Vec<String>,
+    /// The client id every request carries.
     pub client_id: String,
+    /// The one topic to write to.
     pub topic: String,
     /// Deadline of each request; the broker is given most of it to gather acknowledgements.
     pub request_timeout: Duration,

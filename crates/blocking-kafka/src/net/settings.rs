@@ -17,24 +17,34 @@ pub struct TlsSettings {
     pub verify_hostname: bool,
 }
 
+/// The client's certificate and key, for mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
+    /// A PEM file of the client certificate chain, the client's own certificate first.
     pub certificate_location: PathBuf,
+    /// A PEM file of its unencrypted private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
     pub key_location: PathBuf,
 }
 
 /// What `Security::new` needs for SASL (`KAFKA_SASL_*`).
 #[derive(Debug)]
 pub struct SaslSettings {
+    /// How to authenticate.
     pub mechanism: SaslMechanism,
+    /// Who to authenticate as.
     pub username: String,
+    /// The password, read again before each authentication when it comes from a file.
     pub password: Password,
 }
 
+/// The SASL mechanisms the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaslMechanism {
+    /// PLAIN: the password itself, so only over TLS outside a test.
     Plain,
+    /// SCRAM-SHA-256 (RFC 5802, RFC 7677): a proof, never the password.
     ScramSha256,
+    /// SCRAM-SHA-512.
     ScramSha512,
 }
 
@@ -57,13 +67,31 @@ pub struct Password {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecurityError {
     /// `KAFKA_SSL_CA_LOCATION` cannot be read or holds no usable certificate.
-    CaLocation { path: PathBuf, detail: String },
+    CaLocation {
+        /// The file (`TlsSettings::ca_location`).
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// `KAFKA_SSL_CERTIFICATE_LOCATION` cannot be read or holds no certificate.
-    CertificateLocation { path: PathBuf, detail: String },
+    CertificateLocation {
+        /// The file (`ClientIdentity::certificate_location`).
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// `KAFKA_SSL_KEY_LOCATION` cannot be read or holds no usable key.
-    KeyLocation { path: PathBuf, detail: String },
+    KeyLocation {
+        /// The file (`ClientIdentity::key_location`).
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The certificate and the key do not belong together, or rustls refuses them.
-    ClientIdentity { detail: String },
+    ClientIdentity {
+        /// rustls' reason.
+        detail: String,
+    },
 }
 
 /// What one connection negotiated, for `check`.
@@ -71,6 +99,7 @@ pub enum SecurityError {
 pub struct SessionInfo {
     /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
     pub protocol: &'static str,
+    /// The TLS session; `None` on plain TCP.
     pub tls: Option<TlsSessionInfo>,
     /// (user, mechanism) once authenticated.
     pub sasl: Option<(String, &'static str)>,
@@ -78,6 +107,7 @@ pub struct SessionInfo {
     pub sasl_session_lifetime_ms: Option<i64>,
 }
 
+/// What a TLS session negotiated and whom it talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSessionInfo {
     /// "TLS 1.3" or "TLS 1.2".

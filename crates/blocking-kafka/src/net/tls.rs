@@ -321,7 +321,7 @@ pub(crate) fn looks_like_tls(first: &[u8]) -> bool {
     matches!(first, [0x15 | 0x16, 0x03, 0x00..=0x04, ..])
 }
 
-/// "host" of "host:port" (and of "[v6]:port").
+/// "host" of "host:port" (and of "\[v6\]:port").
 fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')

@@ -4,7 +4,7 @@
 //! `sasl` speaks through it.
 //!
 //! Requests are strictly one at a time (send, then read the answer), which is all a single
-//! poller thread needs and keeps correlation trivial. Every read and write has a deadline,
+//! thread needs and keeps correlation trivial. Every read and write has a deadline,
 //! so a broker that stops answering turns into an error the caller retries, never a hang.
 //!
 //! A listener that speaks the other protocol (TLS where we speak plaintext, or the

@@ -24,8 +24,11 @@ use crate::wire::header::BATCH_HEADER_LEN;
 /// One record to produce. Header names may repeat; their order is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutRecord {
+    /// The key (`None`: null); a keyed record goes to its key's partition.
     pub key: Option<Bytes>,
+    /// The value (`None`: null, a tombstone on a compacted topic).
     pub value: Option<Bytes>,
+    /// Headers in order: (name, value or null).
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
@@ -41,6 +44,7 @@ pub struct ProducerStamp {
 /// How the records section of a batch is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchCompression {
+    /// Uncompressed.
     None,
     /// gzip, through flate2's pure-Rust backend (miniz_oxide).
     Gzip,

@@ -19,7 +19,7 @@
 //!   and level 19 uses 8 MiB.)
 //!
 //! A refusal is a [`PastBound`] error inside the `io::Error`: the batch cannot be decoded
-//! within the worker's memory, as opposed to corrupt data.
+//! within the client's memory bounds, as opposed to corrupt data.
 use std::fmt;
 use std::io::{self, Read};
 

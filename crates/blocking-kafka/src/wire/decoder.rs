@@ -11,10 +11,11 @@
 //!   Decoding stops at the first record that does not fit; the next fetch resumes at that
 //!   record (the broker sends the same batch again, and records before the position are
 //!   skipped). The first message of a fetch is always taken, so every fetch progresses.
-//! - **Work** ([`MAX_EXPANSION`]): a batch is not decompressed (or streamed past) beyond
-//!   this many bytes. A batch that goes further is given up: one message stands for all of
-//!   its offsets not handed over yet, with a reason (`Message::undecoded`), so they are
-//!   dead-lettered and committed, never skipped silently. A fetch that reaches the bound
+//! - **Work** ([`MAX_EXPANSION`](crate::wire::limits::MAX_EXPANSION)): a batch is not
+//!   decompressed (or streamed past) beyond this many bytes. A batch that goes further is
+//!   given up: one message stands for all of its offsets not handed over yet, with a
+//!   reason (`Message::undecoded`), so the caller rejects them (the worker dead-letters
+//!   them) and commits past them, never skipping them silently. A fetch that reaches the bound
 //!   over several batches stops instead, and the next one starts with a fresh count.
 //!
 //! A batch is also given up when its codec would need more memory than its bound

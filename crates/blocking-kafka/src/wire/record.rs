@@ -30,9 +30,9 @@ pub(super) struct Decoded {
 
 /// Why reading a record stopped.
 pub(super) enum Stop {
-    /// The batch expands past [`MAX_EXPANSION`]: give it up.
+    /// The batch expands past [`MAX_EXPANSION`](crate::wire::limits::MAX_EXPANSION): give it up.
     Expands,
-    /// The fetch expanded past [`MAX_EXPANSION`] over several batches: stop for now.
+    /// The fetch expanded past [`MAX_EXPANSION`](crate::wire::limits::MAX_EXPANSION) over several batches: stop for now.
     FetchWork,
     /// The data ended inside a record.
     CutShort,
