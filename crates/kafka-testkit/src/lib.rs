@@ -431,41 +431,14 @@ pub fn librdkafka_consume(
     count: usize,
     timeout: Duration,
 ) -> Vec<Consumed> {
-    let addr = broker.addr();
-    let count = count.to_string();
-    let timeout = timeout.as_secs_f64().to_string();
-    let args = [
-        "consume",
-        "--bootstrap",
-        &addr,
-        "--group",
-        group,
-        "--topic",
-        topic,
-        "--count",
-        &count,
-        "--timeout",
-        &timeout,
-    ];
-    python_tool(&args, b"")
-        .lines()
-        .map(|line| {
-            let v = parse_json(line);
-            Consumed {
-                partition: json_i64(&v, "partition") as i32,
-                offset: json_i64(&v, "offset"),
-                key: json_bytes(&v["key"]),
-                value: json_bytes(&v["value"]),
-                headers: v["headers"]
-                    .as_array()
-                    .expect("headers is an array")
-                    .iter()
-                    .map(|h| {
-                        let name = h[0].as_str().expect("header name").to_owned();
-                        (name, json_bytes(&h[1]))
-                    })
-                    .collect(),
-            }
+    librdkafka_read_within(&broker.addr(), group, topic, count, timeout)
+        .into_iter()
+        .map(|r| Consumed {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
         })
         .collect()
 }
@@ -520,9 +493,21 @@ impl Received {
     }
 }
 
-/// Reads `count` records of `topic` from the start with a librdkafka consumer of `group`.
+/// Reads `count` records of `topic` from the start with a librdkafka consumer of `group`
+/// (as [`librdkafka_consume`], with their timestamps), within a minute.
 pub fn librdkafka_read(bootstrap: &str, group: &str, topic: &str, count: usize) -> Vec<Received> {
+    librdkafka_read_within(bootstrap, group, topic, count, Duration::from_secs(60))
+}
+
+fn librdkafka_read_within(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Received> {
     let count = count.to_string();
+    let timeout = timeout.as_secs_f64().to_string();
     let args = [
         "consume",
         "--bootstrap",
@@ -534,7 +519,7 @@ pub fn librdkafka_read(bootstrap: &str, group: &str, topic: &str, count: usize) 
         "--count",
         &count,
         "--timeout",
-        "60",
+        &timeout,
     ];
     python_tool(&args, b"")
         .lines()
@@ -547,9 +532,12 @@ pub fn librdkafka_read(bootstrap: &str, group: &str, topic: &str, count: usize) 
                 value: json_bytes(&v["value"]),
                 headers: v["headers"]
                     .as_array()
-                    .expect("headers")
+                    .expect("headers is an array")
                     .iter()
-                    .map(|h| (h[0].as_str().expect("a name").to_owned(), json_bytes(&h[1])))
+                    .map(|h| {
+                        let name = h[0].as_str().expect("header name").to_owned();
+                        (name, json_bytes(&h[1]))
+                    })
                     .collect(),
                 timestamp: json_i64(&v, "timestamp"),
                 timestamp_type: json_i64(&v, "timestamp_type"),
