@@ -154,7 +154,7 @@ impl TlsSetup {
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| Error::Config {
                         setting: "sslcert with sslkey",
-                        detail: format!("{e} (the key must be the certificate's own private key)"),
+                        detail: format!("{e} (sslcert must hold an X.509 v3 certificate and sslkey its own private key)"),
                     })?
             }
             (Some(_), None) | (None, Some(_)) => {
