@@ -238,16 +238,31 @@ fn hex(bytes: &[u8]) -> String {
 /// SASLprep (RFC 4013) as PostgreSQL applies it: a password that is not UTF-8 or holds
 /// characters SASLprep prohibits is used as it is (the server does the same when it
 /// stores it).
+///
+/// An ASCII password is returned as it is without the tables: SASLprep leaves printable
+/// ASCII unchanged and prohibits ASCII control characters, for which PostgreSQL uses the
+/// raw bytes too. Without the `saslprep` feature, non-ASCII passwords are used as their
+/// UTF-8 bytes as well, which matches the server only if SASLprep would not change them.
 fn saslprep(password: &str) -> Zeroizing<Vec<u8>> {
-    match stringprep::saslprep(password) {
-        Ok(prepared) => {
-            let bytes = Zeroizing::new(prepared.as_bytes().to_vec());
-            if let std::borrow::Cow::Owned(mut owned) = prepared {
-                owned.zeroize();
+    if password.is_ascii() {
+        return Zeroizing::new(password.as_bytes().to_vec());
+    }
+    #[cfg(feature = "saslprep")]
+    {
+        match stringprep::saslprep(password) {
+            Ok(prepared) => {
+                let bytes = Zeroizing::new(prepared.as_bytes().to_vec());
+                if let std::borrow::Cow::Owned(mut owned) = prepared {
+                    owned.zeroize();
+                }
+                bytes
             }
-            bytes
+            Err(_) => Zeroizing::new(password.as_bytes().to_vec()),
         }
-        Err(_) => Zeroizing::new(password.as_bytes().to_vec()),
+    }
+    #[cfg(not(feature = "saslprep"))]
+    {
+        Zeroizing::new(password.as_bytes().to_vec())
     }
 }
 
@@ -357,6 +372,19 @@ mod tests {
             Scram::with_nonce("pw", Binding::NotOffered, "abc".to_owned()).client_first(),
             "y,,n=,r=abc"
         );
+    }
+
+    #[cfg(feature = "saslprep")]
+    #[test]
+    fn non_ascii_passwords_are_saslprepped_as_rfc_4013_says() {
+        // RFC 4013 section 3's examples: a soft hyphen maps to nothing, a Roman numeral
+        // nine to "IX" (NFKC), a non-breaking space to a space.
+        assert_eq!(saslprep("I\u{00AD}X").as_slice(), b"IX");
+        assert_eq!(saslprep("\u{2168}").as_slice(), b"IX");
+        assert_eq!(saslprep("a\u{00A0}b").as_slice(), b"a b");
+        // A prohibited character: used as it is, as the server does.
+        assert_eq!(saslprep("a\u{0007}").as_slice(), b"a\x07");
+        assert_eq!(saslprep("pässwörd").as_slice(), "pässwörd".as_bytes());
     }
 
     #[test]

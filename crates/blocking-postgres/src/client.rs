@@ -171,7 +171,18 @@ impl Connector {
         let addr = config.addr();
         let mut tcp = self.tcp(deadline).map_err(|e| (e, false))?;
         let over_tls = tls.is_some();
-        let fail = |e: Error| (e, over_tls);
+        // Socket errors before `Wire` exists do not know the limit they ran into.
+        let fail = |e: Error| match e {
+            Error::Timeout { addr, what, .. } => (
+                Error::Timeout {
+                    addr,
+                    what,
+                    after: config.connect_timeout,
+                },
+                over_tls,
+            ),
+            other => (other, over_tls),
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         tcp.set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
             .and_then(|()| {

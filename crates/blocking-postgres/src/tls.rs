@@ -777,6 +777,29 @@ mod tests {
     }
 
     #[test]
+    fn verify_full_without_sslrootcert_needs_libpqs_default_file() {
+        let mut config = Config::new("db", "app");
+        config.sslmode = SslMode::VerifyFull;
+        match default_root_file() {
+            Some(path) if path.exists() => {
+                let setup = TlsSetup::new(&config).expect("the default file is usable");
+                assert_eq!(setup.expect("tls").verify, Verify::Full);
+            }
+            _ => {
+                let err = TlsSetup::new(&config).unwrap_err().to_string();
+                assert!(
+                    err.contains("root.crt") && err.contains("does not exist"),
+                    "{err}"
+                );
+                assert!(err.contains("sslrootcert=system"), "{err}");
+                config.sslmode = SslMode::Require;
+                let setup = TlsSetup::new(&config).expect("ok").expect("tls");
+                assert_eq!(setup.verify, Verify::Nothing);
+            }
+        }
+    }
+
+    #[test]
     fn require_checks_nothing_without_a_root_file_and_the_chain_with_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::new("db", "app");

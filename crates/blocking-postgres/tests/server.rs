@@ -432,6 +432,24 @@ fn a_cleartext_password_is_sent_only_over_tls_or_when_allowed() {
     assert_eq!(connect(allowed).session().auth, AuthMethod::Cleartext);
 }
 
+#[cfg(feature = "saslprep")]
+#[test]
+fn a_non_ascii_password_is_saslprepped_as_the_server_stores_it() {
+    // The server stores the SCRAM secret of SASLprep(password): here "passIXword", from a
+    // Roman numeral nine (NFKC) and a soft hyphen (mapped to nothing).
+    let password = "pass\u{2168}\u{00AD}word";
+    shared().psql(&format!(
+        "DROP ROLE IF EXISTS nfkc_user; CREATE ROLE nfkc_user LOGIN PASSWORD '{password}'"
+    ));
+    let client = connect(config("nfkc_user", Some(password), SslMode::Require));
+    assert_eq!(client.session().auth, AuthMethod::ScramSha256Plus);
+    let err = expect_err(
+        Client::connect(config("nfkc_user", Some("passIXwordX"), SslMode::Require)),
+        "another password",
+    );
+    assert_eq!(err.code(), Some("28P01"));
+}
+
 #[test]
 fn a_password_file_is_read_at_each_login() {
     let path = shared().scratch().join("scram-password");
