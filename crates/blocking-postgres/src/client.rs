@@ -922,7 +922,10 @@ impl Client {
             match self.next(what)? {
                 Message::BindComplete => {}
                 Message::DataRow(body) => {
-                    bytes += body.buffer().len();
+                    // Only rows that are kept count: `execute` drops them as they come.
+                    if rows.is_some() {
+                        bytes += body.buffer().len();
+                    }
                     if bytes > self.max_result_bytes {
                         failure.get_or_insert(Error::ResultTooLarge {
                             limit: self.max_result_bytes,

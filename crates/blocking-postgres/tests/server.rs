@@ -486,6 +486,25 @@ fn application_name_and_options_reach_the_server() {
 }
 
 #[test]
+fn a_database_of_its_own_isolates_a_test() {
+    let name = shared().create_database("scram_user");
+    let mut config = config("scram_user", Some(SCRAM_PASSWORD), SslMode::Require);
+    config.dbname = Some(name.clone());
+    let mut client = connect(config);
+    table(&mut client, "mine", "k int");
+    let db = client
+        .query_one("SELECT current_database()::text", &[])
+        .and_then(|r| r.get::<String>(0))
+        .expect("current_database");
+    assert_eq!(db, name);
+    assert_eq!(
+        shared().psql("SELECT count(*) FROM pg_tables WHERE tablename = 'mine'"),
+        "0",
+        "not in the postgres database"
+    );
+}
+
+#[test]
 fn server_parameters_and_settings_are_read() {
     let mut client = superuser();
     let version = client.server_version().expect("server_version").to_owned();
@@ -742,6 +761,11 @@ fn a_result_over_max_result_bytes_is_refused_and_the_connection_stays_usable() {
     );
     assert!(matches!(err, Error::ResultTooLarge { .. }), "{err}");
     assert!(!client.is_broken());
+    // `execute` keeps no rows, so it has nothing to bound.
+    let n = client
+        .execute("SELECT repeat('x', 1000) FROM generate_series(1, 100)", &[])
+        .expect("rows counted, not kept");
+    assert_eq!(n, 100);
     client.is_valid().expect("usable");
 }
 

@@ -238,6 +238,24 @@ impl PgCluster {
         url
     }
 
+    /// A new database owned by `owner` (e.g. `scram_user`), named uniquely in this
+    /// process, so tests sharing a cluster do not see each other's tables. Its name.
+    pub fn create_database(&self, owner: &str) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let name = format!(
+            "test_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.psql(&format!("CREATE DATABASE {name} OWNER {owner}"));
+        name
+    }
+
+    /// A program of the PostgreSQL installation (`pgbench`, `pg_isready`, ...).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
     /// Runs `sql` as the superuser with psql (over the Unix socket) and returns what it
     /// printed, unaligned and without headers. Panics if psql fails.
     pub fn psql(&self, sql: &str) -> String {
