@@ -13,7 +13,9 @@ use std::time::Instant;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::IsNull;
-use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::backend::{
+    CommandCompleteBody, DataRowBody, ErrorFields, Message, RowDescriptionBody,
+};
 use postgres_protocol::message::frontend;
 
 use crate::auth::{self, Binding, Scram};
@@ -800,60 +802,17 @@ impl Client {
         let mut rows = Vec::new();
         let mut tags = Vec::new();
         let mut columns: Arc<[String]> = Arc::from(Vec::new());
-        let mut bytes = 0usize;
-        let mut failure: Option<Error> = None;
-        loop {
-            match self.next(what)? {
-                Message::RowDescription(body) => {
-                    let described = row::columns(&body).map_err(|d| self.protocol(d))?;
-                    columns = described.into_iter().map(|c| c.name).collect();
+        self.answers(what, false, true, |answer| {
+            match answer {
+                Answer::Columns(body) => {
+                    columns = row::columns(&body)?.into_iter().map(|c| c.name).collect();
                 }
-                Message::DataRow(body) => {
-                    bytes += body.buffer().len();
-                    if bytes > self.max_result_bytes {
-                        failure.get_or_insert(Error::ResultTooLarge {
-                            limit: self.max_result_bytes,
-                        });
-                    }
-                    if failure.is_none() {
-                        rows.push(
-                            row::simple_row(columns.clone(), &body)
-                                .map_err(|d| self.protocol(d))?,
-                        );
-                    }
-                }
-                Message::CommandComplete(body) => {
-                    let tag = body.tag().map_err(|e| {
-                        self.protocol(format!("a command tag that is not UTF-8 ({e})"))
-                    })?;
-                    tags.push(tag.to_owned());
-                }
-                Message::EmptyQueryResponse => {}
-                Message::ErrorResponse(body) => {
-                    let db = self.db_error(body.fields());
-                    if db.ends_session() {
-                        self.broken = true;
-                        return Err(db.into());
-                    }
-                    failure = Some(db.into());
-                }
-                Message::ReadyForQuery(body) => {
-                    self.status = transaction_status(body.status());
-                    break;
-                }
-                other => {
-                    if self.refuse_copy(&other, false)? {
-                        failure.get_or_insert_with(copy_unsupported);
-                    } else {
-                        return Err(self.unexpected(what, &other));
-                    }
-                }
+                Answer::Row(body) => rows.push(row::simple_row(columns.clone(), &body)?),
+                Answer::Done(body) => tags.push(command_tag(&body)?.to_owned()),
             }
-        }
-        match failure {
-            Some(error) => Err(error),
-            None => Ok((rows, tags)),
-        }
+            Ok(())
+        })?;
+        Ok((rows, tags))
     }
 
     /// Bind, Execute, Sync for `statement`; rows into `rows` if given. The affected count.
@@ -916,33 +875,55 @@ impl Client {
         self.send(what)?;
         let columns = statement.shared_columns();
         let mut affected = 0;
+        // Only rows that are kept count against max_result_bytes: `execute` drops them.
+        let keep = rows.is_some();
+        self.answers(what, true, keep, |answer| {
+            match answer {
+                Answer::Columns(_) => {
+                    return Err("a row description the query did not ask for".to_owned());
+                }
+                Answer::Row(body) => {
+                    if let Some(rows) = rows.as_deref_mut() {
+                        rows.push(Row::new(columns.clone(), body)?);
+                    }
+                }
+                Answer::Done(body) => affected = affected_rows(command_tag(&body)?),
+            }
+            Ok(())
+        })?;
+        Ok(affected)
+    }
+
+    /// Reads a query's answers up to ReadyForQuery, handing row descriptions, rows and
+    /// command tags to `handle` (whose `Err` is a protocol violation). A refusal (the
+    /// server's error, `ResultTooLarge` past `max_result_bytes` when `count_rows`, COPY)
+    /// is held until ReadyForQuery, so the connection stays in step, then returned; rows
+    /// after it are dropped. `extended`: the query was sent with the extended protocol.
+    fn answers(
+        &mut self,
+        what: &'static str,
+        extended: bool,
+        count_rows: bool,
+        mut handle: impl FnMut(Answer) -> Result<(), String>,
+    ) -> Result<(), Error> {
         let mut bytes = 0usize;
         let mut failure: Option<Error> = None;
         loop {
-            match self.next(what)? {
-                Message::BindComplete => {}
+            let answer = match self.next(what)? {
+                Message::BindComplete | Message::EmptyQueryResponse => continue,
+                Message::RowDescription(body) => Answer::Columns(body),
                 Message::DataRow(body) => {
-                    // Only rows that are kept count: `execute` drops them as they come.
-                    if rows.is_some() {
+                    if count_rows {
                         bytes += body.buffer().len();
+                        if bytes > self.max_result_bytes {
+                            failure.get_or_insert(Error::ResultTooLarge {
+                                limit: self.max_result_bytes,
+                            });
+                        }
                     }
-                    if bytes > self.max_result_bytes {
-                        failure.get_or_insert(Error::ResultTooLarge {
-                            limit: self.max_result_bytes,
-                        });
-                    }
-                    if let (None, Some(rows)) = (&failure, rows.as_deref_mut()) {
-                        let row = Row::new(columns.clone(), body).map_err(|d| self.protocol(d))?;
-                        rows.push(row);
-                    }
+                    Answer::Row(body)
                 }
-                Message::CommandComplete(body) => {
-                    let tag = body.tag().map_err(|e| {
-                        self.protocol(format!("a command tag that is not UTF-8 ({e})"))
-                    })?;
-                    affected = affected_rows(tag);
-                }
-                Message::EmptyQueryResponse => {}
+                Message::CommandComplete(body) => Answer::Done(body),
                 Message::ErrorResponse(body) => {
                     let db = self.db_error(body.fields());
                     if db.ends_session() {
@@ -950,23 +931,23 @@ impl Client {
                         return Err(db.into());
                     }
                     failure = Some(db.into());
+                    continue;
                 }
                 Message::ReadyForQuery(body) => {
                     self.status = transaction_status(body.status());
-                    break;
+                    return failure.map_or(Ok(()), Err);
                 }
                 other => {
-                    if self.refuse_copy(&other, true)? {
+                    if self.refuse_copy(&other, extended)? {
                         failure.get_or_insert_with(copy_unsupported);
-                    } else {
-                        return Err(self.unexpected(what, &other));
+                        continue;
                     }
+                    return Err(self.unexpected(what, &other));
                 }
+            };
+            if failure.is_none() {
+                handle(answer).map_err(|detail| self.protocol(detail))?;
             }
-        }
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(affected),
         }
     }
 
@@ -1112,6 +1093,18 @@ impl std::fmt::Display for AuthMethod {
             AuthMethod::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
         })
     }
+}
+
+/// What `Client::answers` hands on.
+enum Answer {
+    Columns(RowDescriptionBody),
+    Row(DataRowBody),
+    Done(CommandCompleteBody),
+}
+
+fn command_tag(body: &CommandCompleteBody) -> Result<&str, String> {
+    body.tag()
+        .map_err(|e| format!("a command tag that is not UTF-8 ({e})"))
 }
 
 fn copy_unsupported() -> Error {
