@@ -22,6 +22,18 @@ if ! command -v stunnel4 >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1
         exit 1
     fi
 fi
+# The PostgreSQL tests (crates/blocking-postgres) start clusters of their own from Debian's
+# PostgreSQL 15 server programs, as the postgres user; installed here when missing.
+if [[ -z "${PG_BIN:-}" && ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing postgresql-15" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+    else
+        echo "test.sh: PostgreSQL 15's server is needed by crates/blocking-postgres/tests; install it (apt-get install -y postgresql-15) or set PG_BIN" >&2
+        exit 1
+    fi
+fi
 TANSU_BIN="$(scripts/kafka-up.sh --path)"
 export TANSU_BIN
 echo "test.sh: using tansu at $TANSU_BIN" >&2
