@@ -13,9 +13,16 @@
 //! the database check of `/healthz` comes in as a closure, so `metrics` depends on neither
 //! `store` nor the pipeline.
 //!
-//! Why std and not an HTTP crate: two fixed routes, answered with `Connection: close`, by one
-//! thread, to a scraper every few seconds. That is a hundred lines of std, where a server
-//! crate would add dependencies and threads the binary does not need.
+//! Why std and not an HTTP crate: two fixed routes, answered with `Connection: close`, to a
+//! scraper every few seconds and a liveness probe. That is a couple of hundred lines of std,
+//! where a server crate would add dependencies (and an async runtime) the binary does not need.
+//!
+//! Bounded whatever the clients do: a few handler threads ([`HANDLERS`]), started with the
+//! listener, each serving one connection within a total deadline ([`REQUEST_DEADLINE`]: read
+//! the request and write the answer, or 408 and close). The accepting thread hands each
+//! connection to an idle handler, or answers 503 at once when all are busy: a slow client
+//! holds one handler for at most the deadline and never delays another probe, and a flood
+//! of connections costs no thread and no memory beyond them.
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -23,6 +30,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use blocking_kafka::{Offset, Partition};
@@ -122,16 +131,30 @@ pub struct JobTimer<'a> {
     started: Instant,
 }
 
-/// The HTTP listener. Owns its thread: dropping the server stops and joins it.
+/// The HTTP listener. Owns its threads: dropping the server stops and joins them.
 pub struct MetricsServer {
     addr: SocketAddr,
-    /// Tells the thread to stop after its current connection.
+    /// Tells the accepting thread to stop.
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Accepts connections and hands each to an idle handler. It owns the sending end of the
+    /// hand-over, so the handlers end once it has ended.
+    acceptor: Option<JoinHandle<()>>,
+    /// Each answers one connection at a time, within [`REQUEST_DEADLINE`].
+    handlers: Vec<JoinHandle<()>>,
 }
 
 /// The database half of `/healthz`: `Err(reason)` when the database cannot be queried.
-pub type DbCheck = Box<dyn Fn() -> Result<(), String> + Send>;
+/// `Sync`: the handler threads may ask at the same time.
+pub type DbCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Connections answered at the same time: a scraper and a probe or two, with room for a
+/// slow client. More at once get a 503 from the accepting thread.
+pub const HANDLERS: usize = 4;
+
+/// The whole life of one connection: reading the request and writing the answer. A client
+/// slower than this is answered 408 and cut off, so it holds a handler at most this long.
+/// Our answers take milliseconds; a Kubernetes probe gives up after 1 s by default.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct PartitionOffsets {
@@ -562,23 +585,39 @@ impl Drop for JobTimer<'_> {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves `/metrics` and `/healthz` from a thread of its own until the
-    /// server is dropped.
+    /// Binds `addr` and serves `/metrics` and `/healthz` from threads of its own (one that
+    /// accepts, [`HANDLERS`] that answer) until the server is dropped.
     pub fn start(addr: SocketAddr, metrics: Arc<Metrics>, db: DbCheck) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let db = Arc::new(db);
+        // A rendezvous channel: a hand-over succeeds only when a handler is waiting for one,
+        // so a connection never queues behind a slow one.
+        let (handover, connections) = crossbeam_channel::bounded::<TcpStream>(0);
+        let mut handlers = Vec::with_capacity(HANDLERS);
+        for i in 0..HANDLERS {
+            let (connections, metrics, db) = (connections.clone(), metrics.clone(), db.clone());
+            // (On an error the handlers already started end with `handover`, dropped here.)
+            handlers.push(
+                std::thread::Builder::new()
+                    .name(format!("metrics-{i}"))
+                    .spawn(move || handle(&connections, &metrics, &db))?,
+            );
+        }
+        let acceptor = {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("metrics".into())
-                .spawn(move || serve(&listener, &metrics, &db, &stop))?
+                .spawn(move || accept(&listener, &handover, &stop))?
         };
+        metrics.served.store(true, Ordering::Relaxed);
         log::info!("Serving /metrics and /healthz on http://{addr}");
         Ok(MetricsServer {
             addr,
             stop,
-            thread: Some(thread),
+            acceptor: Some(acceptor),
+            handlers,
         })
     }
 
@@ -591,20 +630,27 @@ impl MetricsServer {
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // The thread sits in a blocking accept; a connection of our own wakes it, and it sees
+        // The acceptor sits in a blocking accept; a connection of our own wakes it, and it sees
         // `stop`. (std has no way to interrupt an accept; polling would wake it 10 times a
         // second forever to serve a scrape every few seconds.)
         let wake = SocketAddr::new(reachable(self.addr.ip()), self.addr.port());
         match TcpStream::connect_timeout(&wake, Duration::from_secs(1)) {
             Ok(_) => {
-                if let Some(thread) = self.thread.take()
+                if let Some(thread) = self.acceptor.take()
                     && thread.join().is_err()
                 {
                     log::error!("the metrics thread panicked");
                 }
+                // The hand-over is closed: each handler ends after its connection (at most
+                // REQUEST_DEADLINE).
+                for thread in self.handlers.drain(..) {
+                    if thread.join().is_err() {
+                        log::error!("a metrics handler thread panicked");
+                    }
+                }
             }
-            // Leaving the thread blocked in accept is the lesser evil than hanging shutdown;
-            // the process is about to exit.
+            // Leaving the threads blocked is the lesser evil than hanging shutdown; the
+            // process is about to exit.
             Err(e) => log::warn!("could not stop the metrics listener on {wake}: {e}"),
         }
     }
@@ -649,20 +695,24 @@ impl Histogram {
     }
 }
 
-/// The listener's loop: one connection at a time. A scrape is one small request, so a
-/// second thread would buy nothing; the read timeout bounds what a stalled client costs.
-fn serve(listener: &TcpListener, metrics: &Metrics, db: &DbCheck, stop: &AtomicBool) {
-    metrics.served.store(true, Ordering::Relaxed);
+/// The accepting thread: hands each connection to an idle handler, or refuses it at once.
+fn accept(listener: &TcpListener, handover: &Sender<TcpStream>, stop: &AtomicBool) {
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         match stream {
-            Ok(stream) => {
-                if let Err(e) = answer(stream, metrics, db) {
-                    log::debug!("metrics request: {e}");
+            Ok(stream) => match handover.try_send(stream) {
+                Ok(()) => {}
+                Err(TrySendError::Full(stream)) => refuse_busy(stream),
+                // Every handler is gone (they only end with the hand-over): nothing can answer.
+                Err(TrySendError::Disconnected(_)) => {
+                    log::error!(
+                        "the metrics handler threads are gone; /healthz and /metrics no longer answer"
+                    );
+                    return;
                 }
-            }
+            },
             Err(e) => {
                 // Out of file descriptors and the like: don't spin on it.
                 log::warn!("metrics listener: {e}");
@@ -672,10 +722,52 @@ fn serve(listener: &TcpListener, metrics: &Metrics, db: &DbCheck, stop: &AtomicB
     }
 }
 
+/// A handler thread: one connection at a time, until the hand-over closes.
+fn handle(connections: &Receiver<TcpStream>, metrics: &Metrics, db: &DbCheck) {
+    for stream in connections {
+        if let Err(e) = answer(stream, metrics, db) {
+            log::debug!("metrics request: {e}");
+        }
+    }
+}
+
+/// Every handler is busy: 503 at once, on the accepting thread. The answer is small and a
+/// fresh socket's send buffer is empty, so the write does not wait; its timeout only guards
+/// against the unexpected. The request is not read.
+fn refuse_busy(mut stream: TcpStream) {
+    let response = http_response(
+        503,
+        TEXT,
+        "busy: every handler is serving a connection; try again\n",
+        false,
+    );
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.write_all(response.as_bytes());
+}
+
+/// Reads one request and writes its answer, all within [`REQUEST_DEADLINE`]; a client too
+/// slow for it gets 408.
 fn answer(mut stream: TcpStream, metrics: &Metrics, db: &DbCheck) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let head = read_head(&mut stream)?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let head = match read_head(&mut stream, deadline) {
+        Ok(head) => head,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            // A moment more, only to say why the connection ends.
+            let response = http_response(
+                408,
+                TEXT,
+                "request timeout: send the request at once\n",
+                false,
+            );
+            let _ = write_within(
+                &mut stream,
+                response.as_bytes(),
+                Instant::now() + Duration::from_millis(100),
+            );
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let line = head.lines().next().unwrap_or_default();
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or_default(), parts.next());
@@ -690,11 +782,18 @@ fn answer(mut stream: TcpStream, metrics: &Metrics, db: &DbCheck) -> io::Result<
         ("GET" | "HEAD", Some(_)) => (404, TEXT, "not found: try /metrics or /healthz\n".into()),
         _ => (405, TEXT, "method not allowed: use GET\n".to_owned()),
     };
+    let response = http_response(status, content_type, &body, method == "HEAD");
+    write_within(&mut stream, response.as_bytes(), deadline)
+}
+
+/// A whole answer: status line, headers, and the body unless `head_only`.
+fn http_response(status: u16, content_type: &str, body: &str, head_only: bool) -> String {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         _ => "Service Unavailable",
     };
     let mut response = format!(
@@ -705,11 +804,10 @@ fn answer(mut stream: TcpStream, metrics: &Metrics, db: &DbCheck) -> io::Result<
         response.push_str("Allow: GET, HEAD\r\n");
     }
     response.push_str("\r\n");
-    if method != "HEAD" {
-        response.push_str(&body);
+    if !head_only {
+        response.push_str(body);
     }
-    stream.write_all(response.as_bytes())?;
-    stream.flush()
+    response
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -717,8 +815,9 @@ const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Longer request heads are refused; ours need one line.
 const MAX_HEAD: usize = 8192;
 
-/// Reads up to the blank line that ends the request head (a request body is never needed).
-fn read_head(stream: &mut TcpStream) -> io::Result<String> {
+/// Reads up to the blank line that ends the request head (a request body is never needed),
+/// failing with `TimedOut` once `deadline` passes, however the bytes trickle in.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<String> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.ends_with(b"\n\n") {
@@ -728,13 +827,44 @@ fn read_head(stream: &mut TcpStream) -> io::Result<String> {
                 "request too long",
             ));
         }
-        let n = stream.read(&mut buf)?;
+        stream.set_read_timeout(Some(remaining(deadline)?))?;
+        let n = stream.read(&mut buf).map_err(timed_out)?;
         if n == 0 {
             break;
         }
         head.extend_from_slice(&buf[..n]);
     }
     Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Writes all of `data` by `deadline` (a client that does not read is cut off).
+fn write_within(stream: &mut TcpStream, mut data: &[u8], deadline: Instant) -> io::Result<()> {
+    while !data.is_empty() {
+        stream.set_write_timeout(Some(remaining(deadline)?))?;
+        match stream.write(data).map_err(timed_out)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => data = &data[n..],
+        }
+    }
+    stream.flush()
+}
+
+/// The time left before `deadline`, or `TimedOut` when none is (a zero timeout would mean
+/// "none" to the socket).
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
+}
+
+/// A socket timeout surfaces as `WouldBlock` on Unix: call it what it is.
+fn timed_out(e: io::Error) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => io::ErrorKind::TimedOut.into(),
+        _ => e,
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -4,12 +4,14 @@
 
 mod common;
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::proxy::broker_behind_proxy;
-use common::{OutMessage, TempDb, WorkerProcess, librdkafka_produce, wait_until};
+use common::{Broker, OutMessage, TempDb, WorkerProcess, librdkafka_produce, wait_until};
 
 const TOPIC: &str = "provision-requests";
 const DLQ: &str = "provision-requests.dlq";
@@ -181,6 +183,154 @@ fn a_metrics_port_in_use_stops_the_worker_with_a_clear_error() {
     let line = worker.wait_for_line("cannot serve metrics", Duration::ZERO);
     assert!(line.contains(&format!("METRICS_ADDR={addr}")), "{line}");
     assert!(line.contains("pick a free port"), "{line}");
+}
+
+#[test]
+fn a_slow_client_does_not_delay_another_healthz_probe_and_is_cut_off_at_the_deadline() {
+    let (_broker, _db, worker, addr) = worker_with_metrics();
+
+    // A client that sends its request one byte every 1.5 s: every read finishes well within
+    // any per-read timeout, so only a deadline on the whole request stops it.
+    let slow = TcpStream::connect(&addr).expect("connect the slow client");
+    let connected = Instant::now();
+    let mut writer = slow.try_clone().expect("clone the slow client");
+    let dripping = thread::spawn(move || {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\n" {
+            if writer.write_all(&[*b]).is_err() {
+                return; // cut off
+            }
+            thread::sleep(Duration::from_millis(1500));
+        }
+    });
+    // The listener takes the slow client first.
+    thread::sleep(Duration::from_millis(300));
+
+    let started = Instant::now();
+    let probe = raw_get(&addr, "/healthz", Duration::from_secs(10));
+    let took = started.elapsed();
+    eprintln!("the second /healthz answered in {took:?}: {probe:?}");
+    let (status, body) = probe.expect("the second probe gets an answer");
+    assert!(
+        matches!(status, 200 | 503) && (body.starts_with("ok") || body.starts_with("unhealthy")),
+        "{status} {body}"
+    );
+    assert!(
+        took <= Duration::from_secs(1),
+        "a client sending a byte every 1.5 s delayed a second /healthz by {took:?}"
+    );
+
+    // The slow client itself is answered 408 and cut off once its deadline passes.
+    let mut reader = slow;
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    let _ = reader.read_to_end(&mut answer);
+    let cut_after = connected.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "the slow client got {answer:?} after {cut_after:?}"
+    );
+    assert!(
+        cut_after <= Duration::from_secs(4),
+        "the slow client held a connection for {cut_after:?}"
+    );
+    dripping.join().expect("the dripping thread");
+    drop(worker);
+}
+
+#[test]
+fn a_connection_flood_keeps_the_listener_bounded_and_it_answers_once_the_deadline_passes() {
+    let (_broker, _db, worker, addr) = worker_with_metrics();
+    // Membership first: the worker starts no thread after that, so its count is a baseline.
+    wait_until("/healthz to say 200", Duration::from_secs(30), || {
+        raw_get(&addr, "/healthz", Duration::from_secs(5)).filter(|(s, _)| *s == 200)
+    });
+    let (threads_before, rss_before) = threads_and_rss_kib(worker.pid());
+
+    // 200 clients that connect and send nothing, and stay.
+    let flood_started = Instant::now();
+    let flood: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(flood.len() >= 150, "only {} connections", flood.len());
+    thread::sleep(Duration::from_millis(500));
+    let (threads_during, rss_during) = threads_and_rss_kib(worker.pid());
+    eprintln!(
+        "threads {threads_before} -> {threads_during}, RSS {rss_before} -> {rss_during} KiB, {} connections",
+        flood.len()
+    );
+    assert!(
+        threads_during <= threads_before,
+        "the flood started threads: {threads_before} -> {threads_during}"
+    );
+    assert!(
+        rss_during <= rss_before + 4096,
+        "the flood grew the worker by {} KiB",
+        rss_during - rss_before
+    );
+
+    // Past the per-request deadline, with the flood's connections still open, a probe is
+    // answered at once.
+    thread::sleep(Duration::from_millis(2500).saturating_sub(flood_started.elapsed()));
+    let started = Instant::now();
+    let probe = raw_get(&addr, "/healthz", Duration::from_secs(10));
+    let took = started.elapsed();
+    eprintln!("/healthz during the flood answered in {took:?}: {probe:?}");
+    assert_eq!(probe.map(|(s, _)| s), Some(200));
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    drop(flood);
+    drop(worker);
+}
+
+/// A broker with the topic, a database, and the worker serving metrics on the returned
+/// address, once the listener answers.
+fn worker_with_metrics() -> (Broker, TempDb, WorkerProcess, String) {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    broker.create_topic(DLQ, 1);
+    let db = TempDb::new();
+    let addr = free_addr();
+    let worker = WorkerProcess::spawn(&[
+        ("DATABASE_URL", db.url().as_str()),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.addr().as_str()),
+        ("METRICS_ADDR", addr.as_str()),
+        ("KAFKA_SESSION_TIMEOUT_MS", "6000"),
+        ("KAFKA_HEARTBEAT_INTERVAL_MS", "300"),
+    ]);
+    wait_until("the listener to answer", Duration::from_secs(20), || {
+        raw_get(&addr, "/healthz", Duration::from_secs(5))
+    });
+    (broker, db, worker, addr)
+}
+
+/// GET `path` over a plain socket, with `timeout` for the whole answer: (status, body).
+fn raw_get(addr: &str, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).ok()?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// The process's thread count and resident memory (KiB), from /proc.
+fn threads_and_rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("Threads:"), field("VmRSS:"))
 }
 
 /// One HTTP answer.
