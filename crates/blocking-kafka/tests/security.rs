@@ -8,12 +8,16 @@
 //! `verify_hostname: false` skips; a plaintext client at a TLS listener; mutual TLS with and
 //! without a client certificate; SASL PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 over
 //! SASL_PLAINTEXT and SASL_SSL; a wrong password in the broker's own words; short SASL
-//! sessions renewed in band, never cut off.
+//! sessions renewed in band, never cut off; answers before authentication capped at 512 KiB
+//! whatever length a peer announces (a scripted fake broker).
 //!
 //! What the worker makes of these (exit codes, log lines, `/healthz`, rotated password files)
 //! is tested with the worker, in the repository's tests/security.rs.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
@@ -21,8 +25,12 @@ use blocking_kafka::{
     OutRecord, Password, Producer, ProducerSettings, RecordLimits, SaslMechanism, SaslSettings,
     Security, StartFrom, TlsSettings,
 };
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, SaslHandshakeResponse};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_testkit::secure::{Certs, FrontSettings, Protocol, SecureBroker};
+use kafka_testkit::wait_until;
 
 const TOPIC: &str = "secured";
 /// The SASL front's user for the client (see `FrontSettings::default`).
@@ -172,15 +180,22 @@ fn every_sasl_mechanism_authenticates_over_sasl_plaintext_and_sasl_ssl() {
                 mechanism.as_str()
             )
         );
-        assert!(
-            plain
-                .front()
-                .lines()
-                .iter()
-                .any(|l| l.starts_with("AUTH ok")
-                    && l.contains(&format!("mechanism={}", mechanism.as_str()))),
-            "the front saw no {} login",
-            mechanism.as_str()
+        // The front prints its line before it answers, but the line reaches the test through
+        // a pipe and a reader thread: wait for it.
+        wait_until(
+            &format!("the front to log a {} login", mechanism.as_str()),
+            Duration::from_secs(5),
+            || {
+                plain
+                    .front()
+                    .lines()
+                    .iter()
+                    .any(|l| {
+                        l.starts_with("AUTH ok")
+                            && l.contains(&format!("mechanism={}", mechanism.as_str()))
+                    })
+                    .then_some(())
+            },
         );
     }
     assert_eq!(plain.front().count("AUTH failed"), 0);
@@ -223,6 +238,12 @@ fn a_wrong_password_is_refused_at_once_in_the_brokers_words() {
     assert_eq!(
         e.to_string(),
         "authentication failed for user alice with SCRAM-SHA-256: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256"
+    );
+    // (Its line reaches the test through a pipe: wait for it.)
+    wait_until(
+        "the front to log the refusal",
+        Duration::from_secs(5),
+        || (sb.front().count("AUTH failed") > 0).then_some(()),
     );
     assert_eq!(
         sb.front().count("AUTH failed"),
@@ -292,6 +313,170 @@ fn short_sasl_sessions_are_renewed_in_band_and_never_cut_off() {
 }
 
 // ------------------------------------------------------------------------------------
+// Before authentication
+
+#[test]
+fn answers_before_authentication_are_capped_at_512_kib_whatever_length_the_peer_announces() {
+    // Before SASL completes, the peer may be anyone (an unauthenticated stranger, a man in the
+    // middle of a plaintext connection): each answer it announces as 200 MiB is refused after
+    // its length prefix, instead of being allocated and read. Each step of the exchange in
+    // turn: ApiVersions, SaslHandshake, SaslAuthenticate.
+    for step in [
+        ApiKey::ApiVersions,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+    ] {
+        let fake = FakeBroker::start(step);
+        let security = security(None, Some(sasl(SaslMechanism::Plain, PASSWORD)));
+        let started = Instant::now();
+        let e = Consumer::new(ConsumerSettings {
+            bootstrap: vec![fake.addr.clone()],
+            ..consumer_settings_for("unused", &security)
+        })
+        .session_info()
+        .expect_err("a 200 MiB answer is refused");
+        let written = fake.finish();
+        let text = e.to_string();
+        eprintln!(
+            "{step:?}: {text} ({written} bytes sent, {:?})",
+            started.elapsed()
+        );
+        assert!(
+            text.contains(&format!(
+                "{step:?} answer of 209715200 bytes before authentication: at most 524288 are read before SASL completes"
+            )),
+            "{step:?}: {text}"
+        );
+        // The client hung up at the length prefix: what the fake could send is what the
+        // sockets' buffers took, not the 200 MiB announced.
+        assert!(
+            written < 32 * 1024 * 1024,
+            "{step:?}: the client read {written} bytes of a refused answer"
+        );
+    }
+
+    // Without SASL, the ApiVersions answer of a new connection is capped the same way.
+    let fake = FakeBroker::start(ApiKey::ApiVersions);
+    let plaintext = Arc::new(Security::plaintext());
+    let e = Consumer::new(ConsumerSettings {
+        bootstrap: vec![fake.addr.clone()],
+        ..consumer_settings_for("unused", &plaintext)
+    })
+    .session_info()
+    .expect_err("a 200 MiB answer is refused");
+    let written = fake.finish();
+    assert!(
+        e.to_string()
+            .contains("ApiVersions answer of 209715200 bytes before authentication"),
+        "{e}"
+    );
+    assert!(written < 32 * 1024 * 1024, "{written} bytes read");
+}
+
+/// A broker played by the test on one connection: it answers ApiVersions (offering SASL)
+/// and SaslHandshake (enabling PLAIN) properly up to `huge_at`, whose answer it announces as
+/// 200 MiB and then streams until the client hangs up.
+struct FakeBroker {
+    addr: String,
+    /// Returns how many bytes of the huge answer the client took.
+    thread: JoinHandle<u64>,
+}
+
+impl FakeBroker {
+    const HUGE: u32 = 200 * 1024 * 1024;
+
+    fn start(huge_at: ApiKey) -> FakeBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let thread = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            loop {
+                let (key, correlation) = read_request(&mut conn);
+                if key == huge_at as i16 {
+                    return stream_huge_answer(&mut conn, correlation);
+                }
+                let body = match key {
+                    k if k == ApiKey::ApiVersions as i16 => encode(
+                        &ApiVersionsResponse::default().with_api_keys(
+                            [
+                                (ApiKey::SaslHandshake, 0, 1),
+                                (ApiKey::SaslAuthenticate, 0, 2),
+                            ]
+                            .into_iter()
+                            .map(|(k, lo, hi)| {
+                                ApiVersion::default()
+                                    .with_api_key(k as i16)
+                                    .with_min_version(lo)
+                                    .with_max_version(hi)
+                            })
+                            .collect(),
+                        ),
+                        2,
+                    ),
+                    k if k == ApiKey::SaslHandshake as i16 => encode(
+                        &SaslHandshakeResponse::default()
+                            .with_mechanisms(vec![StrBytes::from_static_str("PLAIN")]),
+                        1,
+                    ),
+                    other => panic!("the fake broker got API key {other}"),
+                };
+                let mut frame = BytesMut::new();
+                frame.put_i32((4 + body.len()) as i32);
+                frame.put_i32(correlation);
+                frame.put_slice(&body);
+                conn.write_all(&frame).expect("answer");
+            }
+        });
+        FakeBroker { addr, thread }
+    }
+
+    /// How many bytes of the huge answer the client took before it hung up.
+    fn finish(self) -> u64 {
+        self.thread.join().expect("the fake broker")
+    }
+}
+
+/// Reads one request frame: (API key, correlation id).
+fn read_request(conn: &mut TcpStream) -> (i16, i32) {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).expect("a request");
+    let mut frame = vec![0u8; i32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut frame).expect("the request's body");
+    (
+        i16::from_be_bytes([frame[0], frame[1]]),
+        i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
+    )
+}
+
+/// Announces an answer of `FakeBroker::HUGE` bytes and sends zeros until the client hangs up
+/// (or all of it went); the bytes sent after the prefix.
+fn stream_huge_answer(conn: &mut TcpStream, correlation: i32) -> u64 {
+    let mut head = Vec::new();
+    head.extend_from_slice(&FakeBroker::HUGE.to_be_bytes());
+    head.extend_from_slice(&correlation.to_be_bytes());
+    if conn.write_all(&head).is_err() {
+        return 0;
+    }
+    let chunk = vec![0u8; 1024 * 1024];
+    let mut sent = 4u64;
+    while sent < u64::from(FakeBroker::HUGE) {
+        match conn.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sent += n as u64,
+        }
+    }
+    sent
+}
+
+fn encode<M: Encodable>(message: &M, version: i16) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    message.encode(&mut buf, version).expect("encode");
+    buf.to_vec()
+}
+
+// ------------------------------------------------------------------------------------
 // Helpers
 
 /// TLS trusting `ca` (one of the `Certs` files), the host name checked.
@@ -318,6 +503,14 @@ fn security(tls: Option<TlsSettings>, sasl: Option<SaslSettings>) -> Arc<Securit
 fn consumer(sb: &SecureBroker, security: &Arc<Security>, group: &str) -> Consumer {
     Consumer::new(ConsumerSettings {
         bootstrap: vec![sb.addr()],
+        ..consumer_settings_for(group, security)
+    })
+}
+
+/// The tests' consumer settings, with an empty bootstrap list.
+fn consumer_settings_for(group: &str, security: &Arc<Security>) -> ConsumerSettings {
+    ConsumerSettings {
+        bootstrap: Vec::new(),
         client_id: "blocking-kafka-security-test".to_owned(),
         group_id: group.to_owned(),
         topic: TOPIC.to_owned(),
@@ -329,7 +522,7 @@ fn consumer(sb: &SecureBroker, security: &Arc<Security>, group: &str) -> Consume
         start_from: StartFrom::Earliest,
         security: security.clone(),
         record_limits: RecordLimits::default(),
-    })
+    }
 }
 
 fn producer(sb: &SecureBroker, security: &Arc<Security>) -> Producer {

@@ -113,6 +113,8 @@ pub(crate) fn authenticate(
         SaslMechanism::ScramSha256 => scram::<sha2::Sha256>(&mut exchange, &password)?,
         SaslMechanism::ScramSha512 => scram::<sha2::Sha512>(&mut exchange, &password)?,
     };
+    // Only now may the broker's answers be large (see `MAX_PRE_AUTH_ANSWER`).
+    transport.mark_authenticated();
     Ok(u64::try_from(last.session_lifetime_ms)
         .ok()
         .filter(|ms| *ms > 0)

@@ -32,6 +32,13 @@ use crate::net::tls::{self, Stream};
 /// `call_streaming`.)
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
+/// The largest answer read before the connection is authenticated (ApiVersions and the SASL
+/// exchange, which are small), and of the SASL exchange at any time. Until SASL completes
+/// the peer is unproven (a stranger, or a man in the middle of a plaintext connection), and
+/// its length prefix alone must not size our allocations. Kafka's own bound in the other
+/// direction, `sasl.server.max.receive.size`, is the same 512 KiB.
+pub(crate) const MAX_PRE_AUTH_ANSWER: usize = 512 * 1024;
+
 /// One broker's socket and what is known about it: its address, its API versions, whether
 /// it is still in step.
 pub struct Transport {
@@ -50,6 +57,9 @@ pub struct Transport {
     /// mid-answer, an undecodable answer, a failed re-authentication): the owner must open a
     /// new connection instead of using this one again.
     broken: bool,
+    /// Set once SASL succeeded on this connection, or at once when it needs no SASL; until
+    /// then every answer is held to [`MAX_PRE_AUTH_ANSWER`].
+    authenticated: bool,
 }
 
 impl Transport {
@@ -96,6 +106,7 @@ impl Transport {
             timeout,
             security: security.clone(),
             broken: false,
+            authenticated: false,
         };
         if let Err(e) = conn.learn_versions() {
             // A TLS listener hangs up on a plaintext request: ask it for a TLS handshake to
@@ -119,7 +130,15 @@ impl Transport {
             }
             return Err(e);
         }
+        // Without SASL, the connection is as authenticated as it will be (TLS, if any, is
+        // done): its answers are bounded only by what Kafka sends.
+        conn.authenticated = security.sasl().is_none();
         Ok(conn)
+    }
+
+    /// SASL succeeded: answers other than the SASL exchange's may now be large.
+    pub(crate) fn mark_authenticated(&mut self) {
+        self.authenticated = true;
     }
 
     /// False once a request failed in a way that leaves the stream unusable.
@@ -231,6 +250,7 @@ impl Transport {
     {
         let what = api_name(key);
         let (correlation_id, len) = self.send(key, version, request, timeout)?;
+        self.check_pre_auth_length(key, len)?;
         let len = usize::try_from(len)
             .ok()
             .filter(|l| *l <= MAX_RESPONSE_BYTES)
@@ -278,6 +298,7 @@ impl Transport {
         self.broken = true;
         let what = api_name(key);
         let (correlation_id, len) = self.send(key, version, request, timeout)?;
+        self.check_pre_auth_length(key, len)?;
         let len = u64::try_from(len)
             .map_err(|_| self.protocol(format!("{what} response with length {len}")))?;
         let mut body = match usize::try_from(len).ok().filter(|l| *l <= hold_up_to) {
@@ -357,6 +378,22 @@ impl Transport {
             });
         }
         Ok((correlation_id, i32::from_be_bytes(len)))
+    }
+
+    /// Refuses an answer of `len` bytes (its length prefix, read so far) over
+    /// [`MAX_PRE_AUTH_ANSWER`] before the connection is authenticated, and in the SASL
+    /// exchange at any time: refused before anything is allocated for it.
+    fn check_pre_auth_length(&self, key: ApiKey, len: i32) -> Result<(), KafkaError> {
+        let sasl = matches!(key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate);
+        if (self.authenticated && !sasl)
+            || usize::try_from(len).is_ok_and(|l| l <= MAX_PRE_AUTH_ANSWER)
+        {
+            return Ok(());
+        }
+        Err(self.protocol(format!(
+            "{} answer of {len} bytes before authentication: at most {MAX_PRE_AUTH_ANSWER} are read before SASL completes (Kafka's own sasl.server.max.receive.size); is something other than a Kafka broker listening, or between us and it?",
+            api_name(key)
+        )))
     }
 
     fn learn_versions(&mut self) -> Result<(), KafkaError> {
