@@ -92,6 +92,9 @@ pub struct SaslConfig {
     pub username: String,
     pub password: Secret,
     pub password_source: PasswordSource,
+    /// `KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=true`: the operator accepts PLAIN over
+    /// `SASL_PLAINTEXT`, which sends the password in clear (refused otherwise).
+    pub plain_cleartext_allowed: bool,
 }
 
 /// TLS files are only named here; they are read and parsed when the connections are set up
@@ -139,6 +142,9 @@ pub enum ConfigError {
     DotenvSyntax { path: PathBuf, line: Option<usize> },
     /// The `.env` file starts with a UTF-8 byte-order mark, which dotenvy reads as part of the first name.
     DotenvByteOrderMark { path: PathBuf },
+    /// PLAIN over `SASL_PLAINTEXT` (the password in clear) without
+    /// `KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=true`.
+    PasswordInClear,
 }
 
 /// One row per variable: (name, default shown to users, description); used by `--help` and the README.
@@ -168,6 +174,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     KAFKA_SASL_USERNAME,
     KAFKA_SASL_PASSWORD,
     KAFKA_SASL_PASSWORD_FILE,
+    KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT,
     KAFKA_SSL_CA_LOCATION,
     KAFKA_SSL_CERTIFICATE_LOCATION,
     KAFKA_SSL_KEY_LOCATION,
@@ -328,6 +335,11 @@ impl fmt::Display for ConfigError {
                 "cannot parse {}: it starts with a byte-order mark; save it as UTF-8 without BOM",
                 path.display()
             ),
+            ConfigError::PasswordInClear => write!(
+                f,
+                "refusing to send the SASL password in clear: KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT sends it unencrypted on every connection and every re-authentication; set KAFKA_SECURITY_PROTOCOL=SASL_SSL (as managed services do), or KAFKA_SASL_MECHANISM=SCRAM-SHA-256 or SCRAM-SHA-512 (which never send the password), or {}=true to accept it on a network you trust",
+                KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT.0
+            ),
         }
     }
 }
@@ -393,6 +405,16 @@ impl SecurityConfig {
             sasl: None,
             tls: None,
         }
+    }
+
+    /// True when the SASL password goes to the broker in clear: PLAIN over `SASL_PLAINTEXT`
+    /// (only ever with `KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=true`).
+    pub fn sends_password_in_clear(&self) -> bool {
+        !self.protocol.uses_tls()
+            && self
+                .sasl
+                .as_ref()
+                .is_some_and(|s| s.mechanism == SaslMechanism::Plain)
     }
 }
 
@@ -580,6 +602,11 @@ const KAFKA_SASL_PASSWORD_FILE: Var = (
     "KAFKA_SASL_PASSWORD_FILE",
     "",
     "file holding the SASL password (trailing newline stripped), instead of KAFKA_SASL_PASSWORD",
+);
+const KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT: Var = (
+    "KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT",
+    "false",
+    "true: allow KAFKA_SASL_MECHANISM=PLAIN over SASL_PLAINTEXT, which sends the password in clear (refused otherwise)",
 );
 const KAFKA_SSL_CA_LOCATION: Var = (
     "KAFKA_SSL_CA_LOCATION",
@@ -916,6 +943,7 @@ fn parse_security(sources: &Sources<'_>) -> Result<SecurityConfig, ConfigError> 
         KAFKA_SASL_USERNAME,
         KAFKA_SASL_PASSWORD,
         KAFKA_SASL_PASSWORD_FILE,
+        KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT,
     ];
     let sasl = if protocol.uses_sasl() {
         Some(parse_sasl(sources)?)
@@ -979,11 +1007,24 @@ fn parse_security(sources: &Sources<'_>) -> Result<SecurityConfig, ConfigError> 
         }
         None
     };
-    Ok(SecurityConfig {
+    let security = SecurityConfig {
         protocol,
         sasl,
         tls,
-    })
+    };
+    // Why refused by default: PLAIN carries the password itself, so without TLS anyone on
+    // the network path reads it, at every connection and re-authentication. librdkafka
+    // allows it; every managed service uses SASL_SSL instead. Checked last, so a setting
+    // that is plainly wrong is reported first.
+    if security.sends_password_in_clear()
+        && !security
+            .sasl
+            .as_ref()
+            .is_some_and(|s| s.plain_cleartext_allowed)
+    {
+        return Err(ConfigError::PasswordInClear);
+    }
+    Ok(security)
 }
 
 fn parse_sasl(sources: &Sources<'_>) -> Result<SaslConfig, ConfigError> {
@@ -1034,11 +1075,24 @@ fn parse_sasl(sources: &Sources<'_>) -> Result<SaslConfig, ConfigError> {
             ));
         }
     };
+    let allowed = sources.value(KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT);
+    let plain_cleartext_allowed = match allowed.to_ascii_lowercase().as_str() {
+        "true" => true,
+        "false" => false,
+        _ => {
+            return Err(invalid(
+                KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT,
+                &allowed,
+                "true or false",
+            ));
+        }
+    };
     Ok(SaslConfig {
         mechanism,
         username,
         password: Secret(password),
         password_source,
+        plain_cleartext_allowed,
     })
 }
 
@@ -1210,7 +1264,7 @@ mod tests {
     #[test]
     fn sasl_defaults_to_plain_and_ssl_to_hostname_checks_and_built_in_roots() {
         let config = load(&[
-            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
             ("KAFKA_SASL_USERNAME", "bob"),
             ("KAFKA_SASL_PASSWORD", "pw"),
         ])
@@ -1219,7 +1273,6 @@ mod tests {
             config.security.sasl.unwrap().mechanism,
             SaslMechanism::Plain
         );
-        assert_eq!(config.security.tls, None);
         let config = load(&[("KAFKA_SECURITY_PROTOCOL", "SSL")]).unwrap();
         assert_eq!(config.security.sasl, None);
         assert_eq!(
@@ -1229,6 +1282,64 @@ mod tests {
                 client_identity: None,
                 verify_hostname: true,
             })
+        );
+    }
+
+    #[test]
+    fn plain_over_sasl_plaintext_is_refused_unless_allowed_in_so_many_words() {
+        let sasl_plaintext = [
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("KAFKA_SASL_USERNAME", "bob"),
+            ("KAFKA_SASL_PASSWORD", "pw"),
+        ];
+        // PLAIN, named or by default: refused, naming the better choice and the opt-in.
+        for mechanism in [None, Some("PLAIN"), Some("plain")] {
+            let mut vars = sasl_plaintext.to_vec();
+            vars.extend(mechanism.map(|m| ("KAFKA_SASL_MECHANISM", m)));
+            let err = load(&vars).unwrap_err();
+            assert_eq!(err, ConfigError::PasswordInClear, "{vars:?}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("refusing to send the SASL password in clear: KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT"),
+                "{text}"
+            );
+            for fragment in [
+                "KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+                "KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=true",
+            ] {
+                assert!(text.contains(fragment), "{fragment:?} missing: {text}");
+            }
+            assert!(!text.contains("pw"), "{text}");
+        }
+        // Opted in: allowed, and said so.
+        let mut vars = sasl_plaintext.to_vec();
+        vars.push(("KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT", "TRUE"));
+        let config = load(&vars).unwrap();
+        assert!(config.security.sends_password_in_clear());
+        assert!(config.security.sasl.unwrap().plain_cleartext_allowed);
+        // SCRAM never sends the password, and TLS hides it: no opt-in needed.
+        let mut vars = sasl_plaintext.to_vec();
+        vars.push(("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"));
+        assert!(!load(&vars).unwrap().security.sends_password_in_clear());
+        let mut vars = sasl_plaintext.to_vec();
+        vars[0] = ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL");
+        assert!(!load(&vars).unwrap().security.sends_password_in_clear());
+        // Anything but true or false is a mistake, and so is the variable without SASL.
+        let mut vars = sasl_plaintext.to_vec();
+        vars.push(("KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT", "yes"));
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "invalid KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=\"yes\": expected true or false"
+            ),
+            "{err}"
+        );
+        let err = load(&[("KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT", "true")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT="),
+            "{err}"
         );
     }
 
@@ -1423,6 +1534,7 @@ mod tests {
             ("KAFKA_SASL_USERNAME", ""),
             ("KAFKA_SASL_PASSWORD", ""),
             ("KAFKA_SASL_PASSWORD_FILE", ""),
+            ("KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT", "false"),
             ("KAFKA_SSL_CA_LOCATION", ""),
             ("KAFKA_SSL_CERTIFICATE_LOCATION", ""),
             ("KAFKA_SSL_KEY_LOCATION", ""),

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - `config`: environment and `.env`, defaults, validation, `DATABASE_URL` parsing.
+//! - `exposure`: what an allowed configuration still leaves exposed, warned about at start.
 //! - `cli`: the command line (`run`, `--help`, `--version`, and the operator commands).
 //! - `logging`: log lines in the Python worker's format.
 //! - `request`: one provisioning request, validated once from the raw message bytes.
@@ -24,6 +25,7 @@
 //! (`store`, `kubeconfig`, `request`)). `blocking_kafka` and `store` never import each other.
 pub mod cli;
 pub mod config;
+pub mod exposure;
 pub mod kubeconfig;
 pub mod logging;
 pub mod metrics;

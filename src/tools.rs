@@ -551,6 +551,9 @@ fn describe_security(config: &Config) -> String {
             sasl.mechanism.as_str(),
             sasl.username
         ));
+        if s.sends_password_in_clear() {
+            parts.push("password sent in clear: KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=true".to_owned());
+        }
     }
     if let Some(tls) = &s.tls {
         parts.push(match &tls.ca_location {

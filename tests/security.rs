@@ -257,7 +257,8 @@ fn a_protocol_mismatch_is_one_sentence_naming_the_right_setting() {
         ..FrontSettings::default()
     };
     let sasl = SecureBroker::start(Protocol::SaslPlaintext, &front, false);
-    let env = sasl_env(&sasl, &db, "SASL_PLAINTEXT", "PLAIN");
+    let mut env = sasl_env(&sasl, &db, "SASL_PLAINTEXT", "PLAIN");
+    set(&mut env, "KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT", "true");
     let line = exits_promptly_with(&env, "SASL mechanism");
     assert!(
         line.ends_with(&format!(
@@ -278,7 +279,11 @@ fn every_mechanism_authenticates_and_check_names_the_user_never_the_password() {
     sb.broker.create_topic(DLQ, 1);
     let db = TempDb::new();
     for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
-        let env = sasl_env(&sb, &db, "SASL_PLAINTEXT", mechanism);
+        let mut env = sasl_env(&sb, &db, "SASL_PLAINTEXT", mechanism);
+        if mechanism == "PLAIN" {
+            // (Refused without it: see the next test.)
+            set(&mut env, "KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT", "true");
+        }
         let out = tool(&env, &["check"]);
         assert!(out.status.success(), "{mechanism}: {}", text(&out.stdout));
         let kafka = line_of(&out, "OK   kafka:");
@@ -290,7 +295,7 @@ fn every_mechanism_authenticates_and_check_names_the_user_never_the_password() {
         );
         assert!(
             line_of(&out, "OK   configuration:").contains(&format!(
-                "security SASL_PLAINTEXT ({mechanism} as alice, password set)"
+                "security SASL_PLAINTEXT ({mechanism} as alice, password set"
             )),
             "{}",
             text(&out.stdout)
@@ -325,6 +330,68 @@ fn every_mechanism_authenticates_and_check_names_the_user_never_the_password() {
     )));
     let help = tool(&env, &["--help"]);
     assert!(!text(&help.stdout).contains(PASSWORD));
+}
+
+#[test]
+fn plain_over_sasl_plaintext_is_refused_at_start_unless_allowed_and_then_warned_about() {
+    let sb = SecureBroker::start(Protocol::SaslPlaintext, &FrontSettings::default(), false);
+    sb.broker.create_topic(TOPIC, 1);
+    sb.broker.create_topic(DLQ, 1);
+    let db = TempDb::new();
+    let env = sasl_env(&sb, &db, "SASL_PLAINTEXT", "PLAIN");
+    let refusal = "refusing to send the SASL password in clear: KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT";
+
+    // Refused before anything is sent: `check` fails its configuration line, and the worker
+    // exits 2 naming the better choice and the opt-in.
+    let out = tool(&env, &["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let first = line_of(&out, "FAIL configuration:");
+    for fragment in [
+        refusal,
+        "set KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+        "KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=true",
+    ] {
+        assert!(first.contains(fragment), "{fragment:?} missing: {first}");
+    }
+    let mut worker = spawn(&env);
+    assert_eq!(worker.wait_exit(PROMPT_EXIT).code(), Some(2));
+    worker.wait_for_line(refusal, Duration::ZERO);
+    assert_eq!(
+        sb.front().count("AUTH"),
+        0,
+        "a login was attempted: {:?}",
+        sb.front().lines()
+    );
+
+    // Opted in: it works, and both `check` and the worker say what it costs.
+    let warning = "KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=true: the SASL password goes to the broker in clear (PLAIN over SASL_PLAINTEXT) on every connection and every re-authentication";
+    let mut allowed = env.clone();
+    set(&mut allowed, "KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT", "true");
+    let out = tool(&allowed, &["check"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        line_of(&out, "OK   configuration:")
+            .contains("(PLAIN as alice, password set; password sent in clear: KAFKA_SASL_PLAIN_ALLOW_CLEARTEXT=true)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stderr).contains(warning), "{}", text(&out.stderr));
+    let mut worker = spawn(&allowed);
+    let line = worker.wait_for_line(warning, Duration::from_secs(10));
+    assert!(line.contains(" - WARNING - "), "{line}");
+    worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(20)).code(), Some(0));
+
+    // SCRAM over SASL_PLAINTEXT never sends the password: no opt-in, no warning.
+    let scram = sasl_env(&sb, &db, "SASL_PLAINTEXT", "SCRAM-SHA-256");
+    let out = tool(&scram, &["check"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stderr).contains("in clear"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -272,6 +272,9 @@ pub fn security(config: &Config) -> Result<Arc<Security>, SecurityError> {
             "KAFKA_SSL_ENDPOINT_IDENTIFICATION=none: broker certificates are checked against the trusted CAs but not against the brokers' host names, so any holder of a certificate from those CAs can pose as the broker; use this only for testing"
         );
     }
+    for warning in crate::exposure::warnings(config) {
+        log::warn!("{warning}");
+    }
     Ok(Arc::new(security))
 }
 
