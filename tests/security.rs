@@ -777,6 +777,108 @@ fn the_systemd_unit_passes_the_sasl_password_as_a_credential_file() {
 }
 
 // ------------------------------------------------------------------------------------
+// Files other users can read
+
+#[test]
+fn secret_files_other_users_can_read_are_warned_about_at_start_and_by_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let certs = Certs::generate();
+    let dir = tempfile::tempdir().expect("dir");
+    let password = dir.path().join("password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).expect("write the password");
+    let key = dir.path().join("client.key");
+    std::fs::copy(certs.path("client.key"), &key).expect("copy the key");
+    chmod(&password, 0o644);
+    // (Group access alone is no warning: keys are often shared with a group on purpose,
+    // Debian's ssl-cert, a Kubernetes fsGroup.)
+    chmod(&key, 0o604);
+    let show = |p: &std::path::Path| p.display().to_string();
+    let db = TempDb::new();
+    // No broker is needed: the warnings come before any connection.
+    let mut env = base_env("127.0.0.1:1", &db);
+    for (k, v) in [
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL".to_owned()),
+        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".to_owned()),
+        ("KAFKA_SASL_USERNAME", "alice".to_owned()),
+        ("KAFKA_SASL_PASSWORD_FILE", show(&password)),
+        ("KAFKA_SSL_CA_LOCATION", certs.file("ca.pem")),
+        ("KAFKA_SSL_CERTIFICATE_LOCATION", certs.file("client.pem")),
+        ("KAFKA_SSL_KEY_LOCATION", show(&key)),
+    ] {
+        set(&mut env, k, &v);
+    }
+    let password_warning = format!(
+        "KAFKA_SASL_PASSWORD_FILE={} can be read by other users (mode 0644) and holds the SASL password; restrict it with `chmod o-rwx {}`",
+        show(&password),
+        show(&password)
+    );
+    let key_warning = format!(
+        "KAFKA_SSL_KEY_LOCATION={} can be read by other users (mode 0604) and holds the client certificate's private key; restrict it with `chmod o-rwx {}`",
+        show(&key),
+        show(&key)
+    );
+
+    let out = tool(&env, &["check"]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&password_warning), "{stderr}");
+    assert!(stderr.contains(&key_warning), "{stderr}");
+    let mut worker = spawn(&env);
+    for warning in [&password_warning, &key_warning] {
+        let line = worker.wait_for_line(warning, Duration::from_secs(10));
+        assert!(line.contains(" - WARNING - "), "{line}");
+    }
+    drop(worker);
+
+    // Owner (and group) only: nothing to say.
+    chmod(&password, 0o600);
+    chmod(&key, 0o640);
+    let out = tool(&env, &["check"]);
+    assert!(
+        !text(&out.stderr).contains("other users"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A `.env` holding the password, readable by others: warned about; one holding no secret
+    // is not.
+    env.retain(|(k, _)| k != "KAFKA_SASL_PASSWORD_FILE");
+    let dotenv_warning = ".env can be read by other users (mode 0644) and holds KAFKA_SASL_PASSWORD; restrict it with `chmod o-rwx .env`, or put the password in a file named by KAFKA_SASL_PASSWORD_FILE";
+    for (contents, mode, warned) in [
+        (format!("KAFKA_SASL_PASSWORD={PASSWORD}\n"), 0o644, true),
+        (format!("KAFKA_SASL_PASSWORD={PASSWORD}\n"), 0o600, false),
+        (
+            format!(
+                "KAFKA_TOPIC={TOPIC}\nKAFKA_SASL_PASSWORD_FILE={}\n",
+                show(&password)
+            ),
+            0o644,
+            false,
+        ),
+    ] {
+        let out = tool_with_dotenv(&env, &["check"], &contents, mode);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            stderr.contains(dotenv_warning),
+            warned,
+            "mode {mode:o}, {contents:?}: {stderr}"
+        );
+        assert!(!stderr.contains(PASSWORD), "{stderr}");
+    }
+    let mut worker = WorkerProcess::command()
+        .envs(
+            &env.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .dotenv(&format!("KAFKA_SASL_PASSWORD={PASSWORD}\n"))
+        .spawn();
+    worker.wait_for_line(dotenv_warning, Duration::from_secs(10));
+}
+
+// ------------------------------------------------------------------------------------
 // Helpers
 
 /// Worker settings for `sb` over TLS, trusting `ca` of its certificates.
@@ -862,6 +964,30 @@ fn tool(env: &[(String, String)], args: &[&str]) -> Output {
         .expect("run provision-worker");
     eprintln!(
         "$ provision-worker {}\n{}{}",
+        args.join(" "),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// Like `tool`, in a working directory with a `.env` of `contents` and `mode`.
+fn tool_with_dotenv(env: &[(String, String)], args: &[&str], contents: &str, mode: u32) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a working directory");
+    let dotenv = dir.path().join(".env");
+    std::fs::write(&dotenv, contents).expect("write .env");
+    std::fs::set_permissions(&dotenv, std::fs::Permissions::from_mode(mode)).expect("chmod .env");
+    let out = Command::new(env!("CARGO_BIN_EXE_provision-worker"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .expect("run provision-worker");
+    eprintln!(
+        "$ provision-worker {} (.env mode {mode:o})\n{}{}",
         args.join(" "),
         text(&out.stdout),
         text(&out.stderr)

@@ -272,7 +272,8 @@ pub fn security(config: &Config) -> Result<Arc<Security>, SecurityError> {
             "KAFKA_SSL_ENDPOINT_IDENTIFICATION=none: broker certificates are checked against the trusted CAs but not against the brokers' host names, so any holder of a certificate from those CAs can pose as the broker; use this only for testing"
         );
     }
-    for warning in crate::exposure::warnings(config) {
+    // (`Config::from_env` reads `.env` in the working directory.)
+    for warning in crate::exposure::warnings(config, std::path::Path::new(".env")) {
         log::warn!("{warning}");
     }
     Ok(Arc::new(security))
