@@ -7,6 +7,7 @@
 //! never succeed (an invalid message).
 use std::time::Duration;
 
+use blocking_kafka::printable;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::kubeconfig;
@@ -219,23 +220,6 @@ impl Provisioner {
     }
 }
 
-/// A user-supplied string made safe for one log line: control characters (a newline could
-/// forge a whole log line) are written as escapes; everything else is kept as it is.
-pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 /// "5", "0.5", "1.25": seconds as a person writes them (and as the Python worker printed).
 pub fn format_seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -256,14 +240,6 @@ fn is_busy(e: &StoreError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_ids_cannot_forge_log_lines() {
-        assert_eq!(printable("alice"), "alice");
-        assert_eq!(printable("o'brien \"x\" ü"), "o'brien \"x\" ü");
-        assert_eq!(printable("a\n2001-01-01 - x"), "a\\n2001-01-01 - x");
-        assert_eq!(printable("a\r\u{1b}[31m"), "a\\r\\u{1b}[31m");
-    }
 
     #[test]
     fn seconds_read_like_the_python_worker() {

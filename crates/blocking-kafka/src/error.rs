@@ -1,6 +1,8 @@
 //! What can go wrong talking to Kafka: [`KafkaError`], whose every variant says what to do
-//! about it, and `check_code`, which turns an answer's error code into one. The bottom of the
-//! crate: it imports nothing of the rest.
+//! about it, and `check_code`, which turns an answer's error code into one; [`printable`],
+//! which makes text from elsewhere safe to show in one line. The bottom of the crate: it
+//! imports nothing of the rest.
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::time::Duration;
@@ -300,6 +302,24 @@ impl fmt::Display for KafkaError {
 
 impl std::error::Error for KafkaError {}
 
+/// Text from elsewhere (a user id, a broker's words) made safe for one log line: control
+/// characters (a newline could forge a whole log line, an escape sequence repaint a
+/// terminal) are written as escapes; everything else is kept as it is.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Turns a Kafka error code into `Ok` or a `KafkaError::Broker` naming the request.
 pub(crate) fn check_code(what: &'static str, code: i16) -> Result<(), KafkaError> {
     if code == 0 {
@@ -328,5 +348,18 @@ pub(crate) fn io_error(
             what,
             source,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_elsewhere_cannot_forge_log_lines() {
+        assert_eq!(printable("alice"), "alice");
+        assert_eq!(printable("o'brien \"x\" ü"), "o'brien \"x\" ü");
+        assert_eq!(printable("a\n2001-01-01 - x"), "a\\n2001-01-01 - x");
+        assert_eq!(printable("a\r\u{1b}[31m"), "a\\r\\u{1b}[31m");
     }
 }

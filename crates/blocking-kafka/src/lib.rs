@@ -8,7 +8,8 @@
 //! Layers, bottom first; each imports only from the layers below it (`tests/layers.rs`
 //! checks that from the source), errors at the bottom.
 //!
-//! - `error`: [`KafkaError`], every variant saying what to do. `types`: [`Partition`],
+//! - `error`: [`KafkaError`], every variant saying what to do; [`printable`] for text from
+//!   elsewhere in a log line. `types`: [`Partition`],
 //!   [`Offset`], [`StartFrom`].
 //! - `wire` (pure, no I/O): `message` ([`Message`]), `header` (a batch's framing),
 //!   `limits` ([`RecordLimits`], the per-fetch budget, the work bound), `codec` (streaming
@@ -41,7 +42,7 @@ mod wire;
 
 pub use cluster::TopicState;
 pub use consumer::{Assignment, Consumer, GroupSignal};
-pub use error::KafkaError;
+pub use error::{KafkaError, printable};
 pub use group::{Generation, assign_range, encode_offset_commit};
 pub use net::security::Security;
 pub use net::settings::{
