@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use blocking_kafka::admin::{Admin, GroupDescription, OutsideCommitError};
 use blocking_kafka::{
     BatchCompression, Consumer, ConsumerSettings, KafkaError, Offset, OutRecord, Partition,
-    ProduceError, Producer, ProducerSettings, Security, StartFrom, TopicState,
+    ProduceError, Producer, ProducerSettings, Security, StartFrom, TopicState, printable,
 };
 
 use crate::cli::{Command, ResetTo};
@@ -53,7 +53,8 @@ pub fn run(config: &Config, security: Arc<Security>, command: Command) -> ExitCo
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("provision-worker: {e}");
+            // (It may hold a broker's text: group members' client ids and hosts.)
+            eprintln!("provision-worker: {}", printable(&e.to_string()));
             ExitCode::from(1)
         }
     }
@@ -262,13 +263,15 @@ fn check(config: &Config, security: &Arc<Security>) -> ExitCode {
         }
     }
 
+    // One line per check, whatever a broker put in the text (a coordinator's host name, a
+    // group's state, certificate names): escaped.
     let mut all_ok = true;
     for (name, result) in lines {
         match result {
-            Ok(detail) => println!("OK   {name}: {detail}"),
+            Ok(detail) => println!("OK   {name}: {}", printable(&detail)),
             Err(reason) => {
                 all_ok = false;
-                println!("FAIL {name}: {reason}");
+                println!("FAIL {name}: {}", printable(&reason));
             }
         }
     }
@@ -594,6 +597,8 @@ fn describe_state(group: &GroupDescription) -> String {
     } else {
         &group.state
     };
+    // The state is the coordinator's text.
+    let state = printable(state);
     if group.members.is_empty() {
         format!("{state}, no members")
     } else {

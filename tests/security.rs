@@ -19,7 +19,9 @@ use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::secure::{Certs, FrontSettings, Protocol, SecureBroker, librdkafka_security, openssl};
+use common::secure::{
+    Certs, FORGED_LINE_SUBJECT, FrontSettings, Protocol, SecureBroker, librdkafka_security, openssl,
+};
 use common::{TempDb, WorkerProcess, b64_encode, free_port, python_tool, wait_until};
 
 const TOPIC: &str = "provision-requests";
@@ -774,6 +776,128 @@ fn the_systemd_unit_passes_the_sasl_password_as_a_credential_file() {
         "systemd-analyze verify: {}",
         text(&out.stderr)
     );
+}
+
+// ------------------------------------------------------------------------------------
+// Text a peer controls
+
+/// What a hostile broker slips into its error messages: a newline, a whole log line in the
+/// worker's format, and a terminal escape (clear the screen).
+const FORGED: &str =
+    "refused\n2030-01-01 00:00:00 - provision_worker - INFO - forged by the broker\u{1b}[2J";
+/// The same, as it must show: one line, the control characters escaped.
+const FORGED_SHOWN: &str =
+    "refused\\n2030-01-01 00:00:00 - provision_worker - INFO - forged by the broker\\u{1b}[2J";
+
+#[test]
+fn text_a_peer_controls_cannot_forge_log_lines_stderr_or_healthz() {
+    // A refused login's error message, at start: the worker's error line, escaped.
+    let front = FrontSettings {
+        failure_message: Some(FORGED.to_owned()),
+        session_lifetime_ms: 2000,
+        ..FrontSettings::default()
+    };
+    let sb = SecureBroker::start(Protocol::SaslPlaintext, &front, false);
+    sb.broker.create_topic(TOPIC, 1);
+    let db = TempDb::new();
+    let mut env = sasl_env(&sb, &db, "SASL_PLAINTEXT", "SCRAM-SHA-256");
+    set(&mut env, "KAFKA_DLQ_TOPIC", "");
+    let mut wrong = env.clone();
+    set(&mut wrong, "KAFKA_SASL_PASSWORD", "wrong");
+    let mut worker = spawn(&wrong);
+    assert_eq!(worker.wait_exit(PROMPT_EXIT).code(), Some(1));
+    let line = worker.wait_for_line("authentication failed", Duration::ZERO);
+    assert!(
+        line.ends_with(&format!(
+            "authentication failed for user alice with SCRAM-SHA-256: {FORGED_SHOWN}"
+        )),
+        "{line}"
+    );
+    assert_nothing_forged("the worker's output", &worker.lines());
+
+    // Mid-run, the same refusal in /healthz: one line, escaped.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut env = env.clone();
+    set(&mut env, "METRICS_ADDR", &metrics);
+    let mut worker = spawn(&env);
+    worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
+    sb.front().write_users(&[
+        ("alice".into(), "rotated-secret".into()),
+        ("feeder".into(), "feeder-secret".into()),
+    ]);
+    let (_, body) = wait_until(
+        "/healthz to report the refusal",
+        Duration::from_secs(30),
+        || {
+            healthz(&metrics)
+                .filter(|(status, body)| *status == 503 && body.contains("authentication failed"))
+        },
+    );
+    assert!(body.contains(FORGED_SHOWN), "{body:?}");
+    assert_eq!(body.trim_end().lines().count(), 1, "{body:?}");
+    assert!(!body.contains('\u{1b}'), "{body:?}");
+    worker.wait_for_line(FORGED_SHOWN, Duration::from_secs(10));
+    worker.signal("TERM");
+    worker.wait_exit(Duration::from_secs(20));
+    assert_nothing_forged("the worker's output", &worker.lines());
+
+    // The mechanisms a broker lists, in `check` (stdout) and the worker's log.
+    let front = FrontSettings {
+        mechanisms: format!("SCRAM-SHA-512,{FORGED}"),
+        ..FrontSettings::default()
+    };
+    let sb = SecureBroker::start(Protocol::SaslPlaintext, &front, false);
+    let env = sasl_env(&sb, &db, "SASL_PLAINTEXT", "SCRAM-SHA-256");
+    let out = tool(&env, &["check"]);
+    let kafka = line_of(&out, "FAIL kafka:");
+    assert!(
+        kafka.contains(&format!(
+            "does not enable SASL mechanism SCRAM-SHA-256; it enables SCRAM-SHA-512, {FORGED_SHOWN}: set KAFKA_SASL_MECHANISM"
+        )),
+        "{kafka}"
+    );
+    assert_nothing_forged("check's stdout", &lines_of(&out.stdout));
+    assert_nothing_forged("check's stderr", &lines_of(&out.stderr));
+    let line = exits_promptly_with(&env, "does not enable SASL mechanism");
+    assert!(line.contains(FORGED_SHOWN), "{line}");
+
+    // A broker certificate's subject, in `check`.
+    let sb = SecureBroker::start_with(
+        Protocol::Ssl,
+        &FrontSettings::default(),
+        false,
+        Certs::generate(),
+        "forged-subject",
+    );
+    let env = tls_env(&sb, &db, "ca.pem");
+    let out = tool(&env, &["check"]);
+    let kafka = line_of(&out, "OK   kafka:");
+    let shown = FORGED_LINE_SUBJECT
+        .replace('\n', "\\n")
+        .replace('\u{1b}', "\\u{1b}");
+    assert!(
+        kafka.contains(&format!("broker certificate CN={shown}, O=Tests (expires ")),
+        "{kafka}"
+    );
+    assert_nothing_forged("check's stdout", &lines_of(&out.stdout));
+}
+
+/// Fails if a line of `lines` is a forged one (it starts with the forged date) or holds a
+/// terminal escape.
+fn assert_nothing_forged(what: &str, lines: &[String]) {
+    for line in lines {
+        let line = line
+            .split_once("] ")
+            .map_or(line.as_str(), |(_, rest)| rest);
+        assert!(
+            !line.starts_with("2030-01-01") && !line.contains('\u{1b}'),
+            "{what} has a forged line: {line:?}"
+        );
+    }
+}
+
+fn lines_of(bytes: &[u8]) -> Vec<String> {
+    text(bytes).lines().map(str::to_owned).collect()
 }
 
 // ------------------------------------------------------------------------------------

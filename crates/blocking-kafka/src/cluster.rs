@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::error::{KafkaError, check_code};
+use crate::error::{KafkaError, check_code, printable};
 use crate::net::conn::Connection;
 use crate::net::security::Security;
 use crate::net::settings::SessionInfo;
@@ -147,7 +147,8 @@ impl Cluster {
         match Connection::open(addr, &self.client_id, self.timeout, &self.security) {
             Ok(conn) => {
                 if self.refused.remove(addr).is_some() {
-                    log::info!("Kafka broker {addr} accepts us again");
+                    // (A broker's address may come from metadata: the broker's text.)
+                    log::info!("Kafka broker {} accepts us again", printable(addr));
                 }
                 Ok(conn)
             }

@@ -206,9 +206,22 @@ impl KafkaError {
     }
 }
 
+/// Every error is shown through [`printable`]: it carries text a broker (or whoever answers
+/// in its place, before authentication too) controls: its error messages, mechanism names,
+/// host names, certificate names. A newline in them would otherwise forge a log line, in
+/// the caller's log, on its stderr, or wherever it shows the error (`/healthz`).
 impl fmt::Display for KafkaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        f.write_str(&printable(&Unescaped(self).to_string()))
+    }
+}
+
+/// The error in words, with the peer's text as it came.
+struct Unescaped<'a>(&'a KafkaError);
+
+impl fmt::Display for Unescaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
             KafkaError::Unreachable { servers, detail } => write!(
                 f,
                 "cannot reach Kafka at {servers}: {detail} (is the broker running? see README \"Troubleshooting\")"
@@ -361,5 +374,25 @@ mod tests {
         assert_eq!(printable("o'brien \"x\" ü"), "o'brien \"x\" ü");
         assert_eq!(printable("a\n2001-01-01 - x"), "a\\n2001-01-01 - x");
         assert_eq!(printable("a\r\u{1b}[31m"), "a\\r\\u{1b}[31m");
+    }
+
+    #[test]
+    fn a_brokers_words_in_an_error_are_shown_on_one_line() {
+        let e = KafkaError::Authentication {
+            broker: "b:9092".into(),
+            user: "alice".into(),
+            mechanism: "PLAIN",
+            message: "no\n2030-01-01 - forged\u{1b}[2J".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "authentication failed for user alice with PLAIN: no\\n2030-01-01 - forged\\u{1b}[2J"
+        );
+        let e = KafkaError::SaslMechanism {
+            broker: "b:9092".into(),
+            wanted: "PLAIN",
+            enabled: vec!["X\rY".into()],
+        };
+        assert!(e.to_string().contains("it enables X\\rY:"), "{e}");
     }
 }

@@ -18,6 +18,14 @@ compared here. Per client connection the front:
   - relays every other request to the broker over its own connection, keeping the answers
     in request order (clients like librdkafka pipeline requests).
 
+Hostile modes, for the client's tests:
+
+  - --failure-message TEXT: every refusal carries TEXT as its error message (text a client
+    must not let forge its log lines);
+  - --forge-server-final: a successful SCRAM exchange ends with a server-final message whose
+    signature is wrong, as a man in the middle who does not know the password would send;
+    the front then reports any request the client still sends on that connection.
+
 Users come from a JSON file {"user": "password", ...}, read again at every authentication,
 so a test can change a password mid-run. Each event is one line on stdout:
 
@@ -26,10 +34,13 @@ so a test can change a password mid-run. Each event is one line on stdout:
   HANDSHAKE unsupported conn=<n> mechanism=<m>
   EXPIRED conn=<n> api=<key>          (a connection cut off: a client that did not renew)
   REFUSED conn=<n> api=<key>          (a request before authentication)
+  FORGED conn=<n>                     (a forged server-final message was sent)
+  AFTER-FORGED conn=<n> api=<key>     (a client kept talking after a forged server-final)
 
 Usage: sasl_front.py --listen PORT --upstream HOST:PORT --users FILE
                      [--mechanisms PLAIN,SCRAM-SHA-256,SCRAM-SHA-512]
-                     [--session-lifetime-ms N]
+                     [--session-lifetime-ms N] [--failure-message TEXT]
+                     [--forge-server-final]
 """
 
 import argparse
@@ -234,6 +245,7 @@ class Client:
         self.scram = None
         self.user = None
         self.reauth = False
+        self.forged = False
 
     def run(self):
         writer = threading.Thread(target=self.write_loop, daemon=True)
@@ -283,6 +295,9 @@ class Client:
             return self.handshake(correlation, body)
         if api_key == SASL_AUTHENTICATE:
             return self.authenticate(correlation, version, body)
+        if self.forged:
+            say(f"AFTER-FORGED conn={self.id} api={api_key}")
+            return False
         if not self.authenticated or self.mechanism is not None:
             say(f"REFUSED conn={self.id} api={api_key}")
             return False
@@ -324,9 +339,9 @@ class Client:
             ok = password is not None and self.users().get(user) == password
             return self.finish(
                 correlation, version, user, ok, b"",
-                "Authentication failed: Invalid username or password",
+                self.args.failure_message or "Authentication failed: Invalid username or password",
             )
-        failure = (
+        failure = self.args.failure_message or (
             "Authentication failed during authentication due to invalid credentials "
             f"with SASL mechanism {self.mechanism}"
         )
@@ -361,6 +376,13 @@ class Client:
         except Exception:
             return self.finish(correlation, version, self.user, False, b"", failure)
         final = self.scram.get_server_final().encode()
+        if self.args.forge_server_final:
+            # v=<base64 signature>: change its first character, so the signature is wrong
+            # but the message well formed.
+            first = final[2:3]
+            final = final[:2] + (b"B" if first == b"A" else b"A") + final[3:]
+            self.forged = True
+            say(f"FORGED conn={self.id}")
         return self.finish(correlation, version, self.user, True, final, failure)
 
     def finish(self, correlation, version, user, ok, auth_bytes, failure):
@@ -399,6 +421,8 @@ def main():
     parser.add_argument("--users", required=True)
     parser.add_argument("--mechanisms", default="PLAIN,SCRAM-SHA-256,SCRAM-SHA-512")
     parser.add_argument("--session-lifetime-ms", type=int, default=0)
+    parser.add_argument("--failure-message", default=None)
+    parser.add_argument("--forge-server-final", action="store_true")
     args = parser.parse_args()
 
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -31,6 +31,10 @@ use super::{Broker, free_port, interop_script, wait_until};
 // ------------------------------------------------------------------------------------
 // Certificates
 
+/// The common name of `forged-subject.pem`: a name, a newline and a whole log line in the
+/// worker's format, ending in a terminal escape.
+pub const FORGED_LINE_SUBJECT: &str = "localhost\n2030-01-01 00:00:00 - provision_worker - INFO - forged by the certificate\u{1b}[2J";
+
 /// Certificates and keys in PEM files inside a temporary directory.
 pub struct Certs {
     dir: tempfile::TempDir,
@@ -93,6 +97,14 @@ impl Certs {
             "kafka.example.com",
             false,
         );
+        // A subject that tries to forge a log line of its own (a newline, then a line in
+        // the worker's format, then a terminal escape).
+        leaf(
+            "forged-subject",
+            &["localhost", "127.0.0.1"],
+            FORGED_LINE_SUBJECT,
+            false,
+        );
 
         let other_key = KeyPair::generate().expect("generate a key");
         let mut other = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
@@ -109,7 +121,7 @@ impl Certs {
 
     /// The path of one of the files: `ca.pem`, `broker.pem`, `broker.key`, `client.pem`,
     /// `client.key`, `expired.pem`, `expired.key`, `wrong-name.pem`, `wrong-name.key`,
-    /// `other-ca.pem`.
+    /// `forged-subject.pem`, `forged-subject.key`, `other-ca.pem`.
     pub fn path(&self, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         assert!(p.exists(), "no certificate file {name}");
@@ -243,6 +255,11 @@ pub struct FrontSettings {
     pub mechanisms: String,
     /// 0: sessions never expire; else KIP-368's session lifetime.
     pub session_lifetime_ms: u64,
+    /// Every refusal carries this error message instead of Kafka's usual one.
+    pub failure_message: Option<String>,
+    /// A successful SCRAM exchange ends with a forged server-final message (a wrong
+    /// signature), as a man in the middle without the password would send.
+    pub forge_server_final: bool,
 }
 
 impl Default for FrontSettings {
@@ -255,6 +272,8 @@ impl Default for FrontSettings {
             ],
             mechanisms: "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512".into(),
             session_lifetime_ms: 0,
+            failure_message: None,
+            forge_server_final: false,
         }
     }
 }
@@ -267,10 +286,18 @@ impl SaslFront {
             .expect("create a directory for the SASL front");
         let script = interop_script("sasl_front.py");
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let mut hostile = Vec::new();
+        if let Some(message) = &settings.failure_message {
+            hostile.extend(["--failure-message".to_owned(), message.clone()]);
+        }
+        if settings.forge_server_final {
+            hostile.push("--forge-server-final".to_owned());
+        }
         let front = SaslFront {
             port,
             child: Command::new(&python)
                 .arg(&script)
+                .args(&hostile)
                 .args(["--listen", &port.to_string()])
                 .args(["--upstream", &format!("127.0.0.1:{upstream}")])
                 .args([

@@ -1,10 +1,12 @@
 //! What the caller asks of TLS and SASL, and what a connection negotiated: the settings
 //! `Security::new` is built from (`TlsSettings`, `SaslSettings` with its `Password`), the
 //! errors of files that cannot be used (`SecurityError`), and `SessionInfo` for `check`.
-//! Plain data: the bottom of `net`, importing nothing of the crate.
+//! Plain data: the bottom of `net`, importing nothing of the crate but `printable`.
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use crate::error::printable;
 
 /// What `Security::new` needs for TLS (`KAFKA_SSL_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,8 +217,18 @@ impl std::error::Error for SecurityError {}
 
 impl fmt::Display for SessionInfo {
     /// "SASL_SSL: TLS 1.3, TLS13_AES_256_GCM_SHA384, broker certificate CN=... (expires ...),
-    /// authenticated as alice with SCRAM-SHA-512"
+    /// authenticated as alice with SCRAM-SHA-512", through [`printable`]: the certificate's
+    /// names are the broker's text.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        self.write_unescaped(&mut text)?;
+        f.write_str(&printable(&text))
+    }
+}
+
+impl SessionInfo {
+    fn write_unescaped(&self, f: &mut String) -> fmt::Result {
+        use std::fmt::Write as _;
         write!(f, "{}", self.protocol)?;
         let mut parts = Vec::new();
         match &self.tls {
