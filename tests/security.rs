@@ -84,13 +84,15 @@ fn a_certificate_for_another_name_stops_the_worker_naming_both_and_none_skips_on
     );
     let db = TempDb::new();
     let env = tls_env(&sb, &db, "ca.pem");
+    // The names the certificate has, not a switch to turn the check off.
     let line = exits_promptly_with(&env, "TLS:");
     assert!(
         line.ends_with(
-            "TLS: certificate for kafka.example.com is not valid for 127.0.0.1 (set KAFKA_SSL_ENDPOINT_IDENTIFICATION=none only for testing)"
+            "TLS: certificate for kafka.example.com is not valid for 127.0.0.1: connect by a name it has (kafka.example.com) in KAFKA_BOOTSTRAP_SERVERS and in the brokers' advertised listeners, or have the broker's certificate issued for 127.0.0.1"
         ),
         "{line}"
     );
+    assert!(!line.contains("ENDPOINT_IDENTIFICATION"), "{line}");
 
     // `none`: the name is not checked (said at start), the chain still is.
     let mut relaxed = env.clone();
@@ -269,6 +271,80 @@ fn a_protocol_mismatch_is_one_sentence_naming_the_right_setting() {
         )),
         "{line}"
     );
+}
+
+#[test]
+fn an_encrypted_client_key_is_refused_with_the_openssl_command_that_decrypts_it() {
+    // No broker: the key is read at start, before any connection.
+    let certs = Certs::generate();
+    let dir = certs.dir();
+    let show = |p: &std::path::Path| p.display().to_string();
+    let (rsa_cert, rsa_key) = rsa_client(&certs);
+    let db = TempDb::new();
+    // (certificate, unencrypted key, how openssl encrypts it, the PEM label it writes)
+    let forms: [(String, String, &[&str], &str); 3] = [
+        (
+            rsa_cert,
+            rsa_key,
+            &["rsa", "-aes256", "-traditional"],
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED",
+        ),
+        (
+            certs.file("client.pem"),
+            certs.file("client.key"),
+            &["ec", "-aes256"],
+            "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED",
+        ),
+        (
+            certs.file("client.pem"),
+            certs.file("client.key"),
+            &["pkcs8", "-topk8", "-v2", "aes256"],
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----",
+        ),
+    ];
+    for (i, (cert, key, encrypt, label)) in forms.iter().enumerate() {
+        let encrypted = dir.join(format!("encrypted-{i}.key"));
+        let mut args = encrypt.to_vec();
+        args.extend(["-in", key, "-passout", "pass:test-passphrase", "-out"]);
+        let out_path = show(&encrypted);
+        args.push(&out_path);
+        openssl(&args);
+        let pem = std::fs::read_to_string(&encrypted).expect("read the encrypted key");
+        assert!(pem.starts_with(label), "{pem}");
+
+        let mut env = base_env("127.0.0.1:1", &db);
+        env.push(("KAFKA_SECURITY_PROTOCOL".into(), "SSL".into()));
+        env.push(("KAFKA_SSL_CA_LOCATION".into(), certs.file("ca.pem")));
+        env.push(("KAFKA_SSL_CERTIFICATE_LOCATION".into(), cert.clone()));
+        env.push(("KAFKA_SSL_KEY_LOCATION".into(), out_path.clone()));
+        let out = tool(&env, &["check"]);
+        assert_eq!(out.status.code(), Some(2), "{label}: {}", text(&out.stdout));
+        let first = line_of(&out, "FAIL configuration:");
+        let command = format!("openssl pkey -in {out_path} -out {out_path}.dec");
+        assert!(
+            first.contains(&format!(
+                "cannot use KAFKA_SSL_KEY_LOCATION={out_path}: encrypted keys are not supported, decrypt it with `{command}`"
+            )),
+            "{label}: {first}"
+        );
+
+        // The command it names does decrypt this kind of key (given the passphrase, which
+        // it would ask for), and the result is taken.
+        let mut args: Vec<&str> = command.split(' ').skip(1).collect();
+        args.extend(["-passin", "pass:test-passphrase"]);
+        openssl(&args);
+        set(
+            &mut env,
+            "KAFKA_SSL_KEY_LOCATION",
+            &format!("{out_path}.dec"),
+        );
+        let out = tool(&env, &["check"]);
+        assert!(
+            line_of(&out, "OK   configuration:").contains("security SSL"),
+            "{label}: {}",
+            text(&out.stdout)
+        );
+    }
 }
 
 // ------------------------------------------------------------------------------------

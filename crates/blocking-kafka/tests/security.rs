@@ -93,7 +93,7 @@ fn tls_refusals_name_their_cause_and_only_the_host_name_check_can_be_skipped() {
     );
     assert_eq!(
         e.to_string(),
-        "TLS: certificate for kafka.example.com is not valid for 127.0.0.1 (set KAFKA_SSL_ENDPOINT_IDENTIFICATION=none only for testing)"
+        "TLS: certificate for kafka.example.com is not valid for 127.0.0.1: connect by a name it has (kafka.example.com) in KAFKA_BOOTSTRAP_SERVERS and in the brokers' advertised listeners, or have the broker's certificate issued for 127.0.0.1"
     );
     // Not checking the name: the session is set up, the chain still checked.
     let relaxed = TlsSettings {

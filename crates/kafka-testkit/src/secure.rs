@@ -33,7 +33,8 @@ use super::{Broker, free_port, interop_script, wait_until};
 
 /// The common name of `forged-subject.pem`: a name, a newline and a whole log line in the
 /// worker's format, ending in a terminal escape.
-pub const FORGED_LINE_SUBJECT: &str = "localhost\n2030-01-01 00:00:00 - provision_worker - INFO - forged by the certificate\u{1b}[2J";
+pub const FORGED_LINE_SUBJECT: &str =
+    "localhost\n2030-01-01 00:00:00 - provision_worker - INFO - forged by the certificate\u{1b}[2J";
 
 /// Certificates and keys in PEM files inside a temporary directory.
 pub struct Certs {

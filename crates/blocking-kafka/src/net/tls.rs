@@ -397,11 +397,16 @@ fn read_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'stati
 
 fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    if String::from_utf8_lossy(&bytes).contains("ENCRYPTED PRIVATE KEY") {
-        return Err(
-            "the key is encrypted; store it unencrypted (e.g. `openssl pkey -in key.pem -out plain.pem`) and protect the file instead"
-                .to_owned(),
-        );
+    // PKCS#8 ("ENCRYPTED PRIVATE KEY") or the legacy OpenSSL form ("RSA PRIVATE KEY" or
+    // "EC PRIVATE KEY" with a "Proc-Type: 4,ENCRYPTED" header, whose base64 decoder would
+    // otherwise stop at the header's colon). `openssl pkey` decrypts all three (checked
+    // with OpenSSL 3 by tests/security.rs) and writes PKCS#8.
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    if contains(b"ENCRYPTED PRIVATE KEY") || contains(b"Proc-Type: 4,ENCRYPTED") {
+        let p = path.display();
+        return Err(format!(
+            "encrypted keys are not supported, decrypt it with `openssl pkey -in {p} -out {p}.dec` (which asks for its passphrase) and keep the result readable by this user only"
+        ));
     }
     // PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY") and SEC1 ("EC PRIVATE KEY").
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
@@ -413,20 +418,24 @@ fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// The certificate problem in words, naming the host and what to do.
+///
+/// A name mismatch lists the names the certificate has, not the switch that turns the check
+/// off: operators paste such hints into production.
 fn certificate_problem(e: &CertificateError, host: &str) -> String {
     match e {
         CertificateError::NotValidForName => format!(
-            "certificate is not valid for {host} (set KAFKA_SSL_ENDPOINT_IDENTIFICATION=none only for testing)"
+            "the broker's certificate is not valid for {host}: connect by a name it has in KAFKA_BOOTSTRAP_SERVERS and in the brokers' advertised listeners, or have the broker's certificate issued for {host}"
         ),
         CertificateError::NotValidForNameContext { presented, .. } => {
             let names: Vec<&str> = presented.iter().map(|n| presented_name(n)).collect();
-            let names = if names.is_empty() {
-                "(a certificate without subject alternative names)".to_owned()
-            } else {
-                names.join(", ")
-            };
+            if names.is_empty() {
+                return format!(
+                    "the broker's certificate has no subject alternative names, so it is valid for no host name, {host} included (the subject's CN is not used): have it issued with a subject alternative name for {host}"
+                );
+            }
+            let names = names.join(", ");
             format!(
-                "certificate for {names} is not valid for {host} (set KAFKA_SSL_ENDPOINT_IDENTIFICATION=none only for testing)"
+                "certificate for {names} is not valid for {host}: connect by a name it has ({names}) in KAFKA_BOOTSTRAP_SERVERS and in the brokers' advertised listeners, or have the broker's certificate issued for {host}"
             )
         }
         CertificateError::UnknownIssuer => format!(
