@@ -230,6 +230,105 @@ fn mutual_tls_needs_a_client_certificate_and_takes_pkcs8_pkcs1_and_sec1_keys() {
 }
 
 #[test]
+fn a_client_certificate_and_ca_rotated_mid_run_are_used_for_new_connections_without_a_restart() {
+    let mut sb = SecureBroker::start_with(
+        Protocol::Ssl,
+        &FrontSettings::default(),
+        true,
+        Certs::generate_with_ca("CA before the rotation"),
+        "broker",
+    );
+    sb.broker.create_topic(TOPIC, 1);
+    let db = TempDb::new();
+    // The worker's own copies of the CA, certificate and key, which a rotation replaces the
+    // way renewal agents do (write beside, rename over).
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |name: &str| dir.path().join(name);
+    let install = |certs: &Certs| {
+        for name in ["ca.pem", "client.pem", "client.key"] {
+            let tmp = file(&format!("{name}.new"));
+            std::fs::copy(certs.path(name), &tmp).expect("copy");
+            std::fs::rename(&tmp, file(name)).expect("rename");
+        }
+    };
+    install(&sb.certs);
+    let show = |name: &str| file(name).display().to_string();
+    let mut env = base_env(&sb.addr(), &db);
+    for (k, v) in [
+        ("KAFKA_SECURITY_PROTOCOL", "SSL".to_owned()),
+        ("KAFKA_SSL_CA_LOCATION", show("ca.pem")),
+        ("KAFKA_SSL_CERTIFICATE_LOCATION", show("client.pem")),
+        ("KAFKA_SSL_KEY_LOCATION", show("client.key")),
+        ("KAFKA_DLQ_TOPIC", String::new()),
+    ] {
+        set(&mut env, k, &v);
+    }
+    let mut worker = spawn(&env);
+    worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
+    db.insert_pending("before", "alice", 1, 1);
+    produce_mutual_tls(&sb, &sb.certs, "before");
+    wait_status(&db, "before", "completed");
+
+    // The CA, the broker's certificate and ours are all replaced; the broker's restart cuts
+    // the worker's connections, and it reconnects with the new files, without a restart.
+    let rotated = Certs::generate_with_ca("CA after the rotation");
+    install(&rotated);
+    sb.restart_tls(&rotated, "broker", true);
+    let line = worker.wait_for_line(
+        "The TLS files changed; new Kafka connections use them (client certificate CN=worker.client, O=Tests (expires ",
+        JOIN_AND_WORK,
+    );
+    assert!(line.contains(" - INFO - "), "{line}");
+    db.insert_pending("after", "alice", 1, 1);
+    produce_mutual_tls(&sb, &rotated, "after");
+    wait_status(&db, "after", "completed");
+    assert_eq!(worker.count_lines("Worker stopped"), 0);
+
+    // `check` names the client certificate the session used, and when it expires.
+    let out = tool(&env, &["check"]);
+    let kafka = line_of(&out, "OK   kafka:");
+    assert!(
+        kafka.contains("client certificate CN=worker.client, O=Tests (expires "),
+        "{kafka}"
+    );
+
+    // A bad key arrives: new connections keep the last good files, and it is said once,
+    // however many connections are opened meanwhile.
+    std::fs::write(file("client.key.new"), "not a key\n").expect("write");
+    std::fs::rename(file("client.key.new"), file("client.key")).expect("rename");
+    sb.restart_tls(&rotated, "broker", true);
+    let refusal = "The TLS files changed but cannot be used: cannot use KAFKA_SSL_KEY_LOCATION=";
+    let line = worker.wait_for_line(refusal, JOIN_AND_WORK);
+    assert!(line.contains(" - ERROR - "), "{line}");
+    assert!(
+        line.ends_with("new Kafka connections keep the ones read before (said once per change)"),
+        "{line}"
+    );
+    db.insert_pending("bad-key", "alice", 1, 1);
+    produce_mutual_tls(&sb, &rotated, "bad-key");
+    wait_status(&db, "bad-key", "completed");
+    sb.restart_tls(&rotated, "broker", true);
+    db.insert_pending("bad-key-2", "alice", 1, 1);
+    produce_mutual_tls(&sb, &rotated, "bad-key-2");
+    wait_status(&db, "bad-key-2", "completed");
+    assert_eq!(worker.count_lines(refusal), 1, "said more than once");
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// Produces the request `id` with librdkafka through `sb`'s mutual-TLS front, with the
+/// client certificate of `certs`.
+fn produce_mutual_tls(sb: &SecureBroker, certs: &Certs, id: &str) {
+    let x = [
+        "security.protocol=SSL".to_owned(),
+        format!("ssl.ca.location={}", certs.file("ca.pem")),
+        format!("ssl.certificate.location={}", certs.file("client.pem")),
+        format!("ssl.key.location={}", certs.file("client.key")),
+    ];
+    librdkafka_produce(sb, &x, TOPIC, &[(None, request(id))]);
+}
+
+#[test]
 fn a_protocol_mismatch_is_one_sentence_naming_the_right_setting() {
     let sb = SecureBroker::start(Protocol::Ssl, &FrontSettings::default(), false);
     let db = TempDb::new();

@@ -408,6 +408,8 @@ pub struct SecureBroker {
     pub front: Option<SaslFront>,
     /// Kept for its lifetime: dropped after the parts in front of it.
     stunnel: Option<Stunnel>,
+    /// Where the TLS front forwards to (tansu, or the SASL front), for a restart.
+    tls_upstream: Option<u16>,
     pub broker: Broker,
 }
 
@@ -438,22 +440,46 @@ impl SecureBroker {
                 require_client_cert.then_some(ca.as_path()),
             )
         };
-        let (front, stunnel) = match protocol {
-            Protocol::Ssl => (None, Some(tls(port, broker.port))),
+        let (front, tls_upstream) = match protocol {
+            Protocol::Ssl => (None, Some(broker.port)),
             Protocol::SaslPlaintext => (Some(SaslFront::start(port, broker.port, front)), None),
             Protocol::SaslSsl => {
                 let inner = free_port();
-                let f = SaslFront::start(inner, broker.port, front);
-                (Some(f), Some(tls(port, inner)))
+                (
+                    Some(SaslFront::start(inner, broker.port, front)),
+                    Some(inner),
+                )
             }
         };
+        let stunnel = tls_upstream.map(|upstream| tls(port, upstream));
         SecureBroker {
             port,
             certs,
             front,
             stunnel,
+            tls_upstream,
             broker,
         }
+    }
+
+    /// Replaces the TLS front, on the same port, with one presenting `<cert>.pem` of
+    /// `certs` and (with `require_client_cert`) accepting only client certificates their CA
+    /// signed: a broker whose certificates were rotated. Every connection through the old
+    /// front is cut. `certs` must outlive the broker.
+    pub fn restart_tls(&mut self, certs: &Certs, cert: &str, require_client_cert: bool) {
+        let upstream = self
+            .tls_upstream
+            .expect("restart_tls needs a broker with TLS");
+        // Stopped first: the new one listens on the same port.
+        drop(self.stunnel.take());
+        let ca = certs.path("ca.pem");
+        self.stunnel = Some(Stunnel::start(
+            self.port,
+            upstream,
+            &certs.path(&format!("{cert}.pem")),
+            &certs.path(&format!("{cert}.key")),
+            require_client_cert.then_some(ca.as_path()),
+        ));
     }
 
     /// "127.0.0.1:PORT".

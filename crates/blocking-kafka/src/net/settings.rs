@@ -120,6 +120,9 @@ pub struct TlsSessionInfo {
     pub subject: String,
     /// The broker certificate's notAfter, e.g. `2027-03-01 12:00:00 UTC`.
     pub not_after: String,
+    /// The client certificate this connection offered (mutual TLS), as
+    /// `CN=..., O=... (expires 2027-03-01 12:00:00 UTC)`: the one in use after a rotation.
+    pub client_certificate: Option<String>,
 }
 
 impl SaslMechanism {
@@ -232,10 +235,15 @@ impl SessionInfo {
         write!(f, "{}", self.protocol)?;
         let mut parts = Vec::new();
         match &self.tls {
-            Some(t) => parts.push(format!(
-                "{}, {}, broker certificate {} (expires {})",
-                t.version, t.cipher_suite, t.subject, t.not_after
-            )),
+            Some(t) => {
+                parts.push(format!(
+                    "{}, {}, broker certificate {} (expires {})",
+                    t.version, t.cipher_suite, t.subject, t.not_after
+                ));
+                if let Some(ours) = &t.client_certificate {
+                    parts.push(format!("client certificate {ours}"));
+                }
+            }
             None => parts.push("no TLS".to_owned()),
         }
         match &self.sasl {

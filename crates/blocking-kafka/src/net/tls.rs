@@ -1,13 +1,23 @@
 //! TLS for Kafka connections, on rustls with the ring provider.
 //!
-//! `TlsContext` is built once from the `KAFKA_SSL_*` settings (trust roots, the client
-//! identity for mutual TLS, whether the host name is checked) and shared by every
-//! connection. `TlsContext::connect` runs the handshake on a connected socket under the
-//! connection's deadline and turns rustls' errors into sentences an operator can act on.
+//! `TlsContext` is built from the `KAFKA_SSL_*` settings (trust roots, the client identity
+//! for mutual TLS, whether the host name is checked) and shared by every connection.
+//! `TlsContext::connect` runs the handshake on a connected socket under the connection's
+//! deadline and turns rustls' errors into sentences an operator can act on.
+//!
+//! Certificates rotate on their own on edge hosts (cert-manager, ACME clients, Vault
+//! agents), so the files are not only read at start: before each new connection their
+//! state (modification time, size, inode) is compared with what the configuration was
+//! built from, and when it changed they are read again. New connections use the new
+//! configuration; open ones keep theirs. Files that do not make a configuration (a rotation
+//! half done, a bad file) leave the last good one in use, said once per change. A `stat` of
+//! two or three files per new connection costs nothing beside a TLS handshake, and needs
+//! no watcher thread.
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -22,97 +32,234 @@ use rustls::{
 use crate::error::KafkaError;
 use crate::net::settings::{SecurityError, TlsSessionInfo, TlsSettings};
 
-/// The rustls client configuration every connection of one client shares. Its `Debug`
-/// shows the settings, never the configuration itself (which holds the client's key).
+/// The rustls client configuration the connections of one client share, read again from
+/// its files when they change. Its `Debug` shows the settings, never the configuration
+/// itself (which holds the client's key).
 pub(crate) struct TlsContext {
-    config: Arc<ClientConfig>,
-    verify_hostname: bool,
-    /// Whether we offer a client certificate, to explain a broker that asks for one.
-    has_client_identity: bool,
+    settings: TlsSettings,
+    /// What new connections use; replaced when the files change and make a good one.
+    loaded: Mutex<Loaded>,
 }
 
 impl std::fmt::Debug for TlsContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsContext")
-            .field("verify_hostname", &self.verify_hostname)
-            .field("has_client_identity", &self.has_client_identity)
+            .field("verify_hostname", &self.settings.verify_hostname)
+            .field(
+                "has_client_identity",
+                &self.settings.client_identity.is_some(),
+            )
             .finish_non_exhaustive()
     }
 }
 
-/// A TLS session over one TCP connection.
-pub(crate) type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+/// A TLS session over one TCP connection, with the client certificate it offered.
+pub(crate) struct TlsStream {
+    stream: StreamOwned<ClientConnection, TcpStream>,
+    /// "CN=..., O=... (expires ...)" of our certificate; `None` without mutual TLS.
+    client_certificate: Option<Arc<str>>,
+}
+
+/// A configuration built from the files, and the files' state it was built from.
+struct Loaded {
+    config: Arc<ClientConfig>,
+    /// The CA, certificate and key files' state when `config` was read from them.
+    files: Vec<FileState>,
+    /// Our certificate's subject and expiry, for `check` (`None` without mutual TLS).
+    client_certificate: Option<Arc<str>>,
+    /// The files' state when they last failed to make a configuration: that was said, and
+    /// is not again until they change once more.
+    failed: Option<Vec<FileState>>,
+}
+
+/// What changes when a file is replaced or rewritten; `None` when it cannot be looked at
+/// (mid-rotation), which counts as a change too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileState(Option<(SystemTime, u64, u64)>);
+
+/// What [`TlsContext::refresh`] found.
+#[derive(Debug)]
+enum Refresh {
+    /// The files are as they were (or as they were when they last failed).
+    Unchanged,
+    /// They changed and make a good configuration, now in use: our certificate, if any.
+    Reloaded(Option<Arc<str>>),
+    /// They changed and make none: the last good configuration stays in use.
+    Failed(SecurityError),
+}
 
 impl TlsContext {
+    /// Reads and checks the files: an error names the variable and the file.
     pub(crate) fn new(settings: &TlsSettings) -> Result<TlsContext, SecurityError> {
-        let roots = match &settings.ca_location {
-            Some(path) => {
-                let fail = |detail: String| SecurityError::CaLocation {
-                    path: path.clone(),
-                    detail,
-                };
-                let certs = read_certificates(path).map_err(fail)?;
-                let mut roots = RootCertStore::empty();
-                let (added, ignored) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(fail(format!(
-                        "none of its {ignored} certificate(s) can be used as a trust anchor"
-                    )));
-                }
-                roots
-            }
-            // Mozilla's roots, compiled in: a scratch image has no system store to read.
-            None => RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        };
-        let provider = Arc::new(provider::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| SecurityError::ClientIdentity {
-                detail: e.to_string(),
-            })?;
-        let builder = if settings.verify_hostname {
-            builder.with_root_certificates(roots)
-        } else {
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| SecurityError::CaLocation {
-                    path: settings.ca_location.clone().unwrap_or_default(),
-                    detail: e.to_string(),
-                })?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { inner }))
-        };
-        let config = match &settings.client_identity {
-            None => builder.with_no_client_auth(),
-            Some(id) => {
-                let chain = read_certificates(&id.certificate_location).map_err(|detail| {
-                    SecurityError::CertificateLocation {
-                        path: id.certificate_location.clone(),
-                        detail,
-                    }
-                })?;
-                let key =
-                    read_key(&id.key_location).map_err(|detail| SecurityError::KeyLocation {
-                        path: id.key_location.clone(),
-                        detail,
-                    })?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    SecurityError::ClientIdentity {
-                        detail: e.to_string(),
-                    }
-                })?
-            }
-        };
+        let files = file_states(settings);
+        let (config, client_certificate) = build(settings)?;
         Ok(TlsContext {
-            config: Arc::new(config),
-            verify_hostname: settings.verify_hostname,
-            has_client_identity: settings.client_identity.is_some(),
+            settings: settings.clone(),
+            loaded: Mutex::new(Loaded {
+                config,
+                files,
+                client_certificate,
+                failed: None,
+            }),
         })
     }
 
+    /// The configuration (and our certificate) for a new connection: the files read again
+    /// first if they changed.
+    fn current(&self) -> (Arc<ClientConfig>, Option<Arc<str>>) {
+        match self.refresh() {
+            Refresh::Unchanged => {}
+            Refresh::Reloaded(certificate) => log::info!(
+                "The TLS files changed; new Kafka connections use them{}",
+                certificate
+                    .map(|c| format!(" (client certificate {c})"))
+                    .unwrap_or_default()
+            ),
+            Refresh::Failed(e) => log::error!(
+                "The TLS files changed but cannot be used: {e}; new Kafka connections keep the ones read before (said once per change)"
+            ),
+        }
+        let loaded = self.lock();
+        (loaded.config.clone(), loaded.client_certificate.clone())
+    }
+
+    /// Reads the files again if their state changed since they were last read (or last
+    /// failed).
+    fn refresh(&self) -> Refresh {
+        let mut loaded = self.lock();
+        // The state is taken before the files are read: a change while they are read shows
+        // as a change at the next connection, and they are read once more.
+        let now = file_states(&self.settings);
+        if now == loaded.files || loaded.failed.as_ref() == Some(&now) {
+            return Refresh::Unchanged;
+        }
+        match build(&self.settings) {
+            Ok((config, client_certificate)) => {
+                *loaded = Loaded {
+                    config,
+                    files: now,
+                    client_certificate: client_certificate.clone(),
+                    failed: None,
+                };
+                Refresh::Reloaded(client_certificate)
+            }
+            Err(e) => {
+                loaded.failed = Some(now);
+                Refresh::Failed(e)
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        // Every update replaces whole values; a panic elsewhere leaves it consistent.
+        self.loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The state of the files a configuration is read from, in a fixed order.
+fn file_states(settings: &TlsSettings) -> Vec<FileState> {
+    let mut paths: Vec<&Path> = Vec::new();
+    paths.extend(settings.ca_location.as_deref());
+    if let Some(id) = &settings.client_identity {
+        paths.push(&id.certificate_location);
+        paths.push(&id.key_location);
+    }
+    paths.into_iter().map(file_state).collect()
+}
+
+fn file_state(path: &Path) -> FileState {
+    // The file a symbolic link points to: Kubernetes swaps a link to rotate a secret.
+    let Ok(meta) = std::fs::metadata(path) else {
+        return FileState(None);
+    };
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    FileState(
+        meta.modified()
+            .ok()
+            .map(|modified| (modified, meta.len(), inode)),
+    )
+}
+
+/// A client configuration from the settings' files, and our certificate's description.
+fn build(settings: &TlsSettings) -> Result<(Arc<ClientConfig>, Option<Arc<str>>), SecurityError> {
+    let roots = match &settings.ca_location {
+        Some(path) => {
+            let fail = |detail: String| SecurityError::CaLocation {
+                path: path.clone(),
+                detail,
+            };
+            let certs = read_certificates(path).map_err(fail)?;
+            let mut roots = RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(fail(format!(
+                    "none of its {ignored} certificate(s) can be used as a trust anchor"
+                )));
+            }
+            roots
+        }
+        // Mozilla's roots, compiled in: a scratch image has no system store to read.
+        None => RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    };
+    let provider = Arc::new(provider::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SecurityError::ClientIdentity {
+            detail: e.to_string(),
+        })?;
+    let builder = if settings.verify_hostname {
+        builder.with_root_certificates(roots)
+    } else {
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| SecurityError::CaLocation {
+                path: settings.ca_location.clone().unwrap_or_default(),
+                detail: e.to_string(),
+            })?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { inner }))
+    };
+    let mut client_certificate = None;
+    let config = match &settings.client_identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let chain = read_certificates(&id.certificate_location).map_err(|detail| {
+                SecurityError::CertificateLocation {
+                    path: id.certificate_location.clone(),
+                    detail,
+                }
+            })?;
+            client_certificate = chain.first().map(|c| describe(c.as_ref()));
+            let key = read_key(&id.key_location).map_err(|detail| SecurityError::KeyLocation {
+                path: id.key_location.clone(),
+                detail,
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                SecurityError::ClientIdentity {
+                    detail: e.to_string(),
+                }
+            })?
+        }
+    };
+    Ok((Arc::new(config), client_certificate))
+}
+
+/// "CN=..., O=... (expires ...)" of a certificate.
+fn describe(der: &[u8]) -> Arc<str> {
+    let (subject, not_after) = der::subject_and_expiry(der)
+        .unwrap_or_else(|| ("(unreadable)".to_owned(), "(unknown)".to_owned()));
+    Arc::from(format!("{subject} (expires {not_after})"))
+}
+
+impl TlsContext {
     pub(crate) fn verify_hostname(&self) -> bool {
-        self.verify_hostname
+        self.settings.verify_hostname
     }
 
     /// Runs the TLS handshake on `tcp` (whose read and write deadlines are already set).
@@ -128,18 +275,21 @@ impl TlsContext {
             broker: addr.to_owned(),
             reason: format!("{host} is neither a host name nor an IP address"),
         })?;
-        let conn =
-            ClientConnection::new(self.config.clone(), name).map_err(|e| KafkaError::Tls {
-                broker: addr.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let (config, client_certificate) = self.current();
+        let conn = ClientConnection::new(config, name).map_err(|e| KafkaError::Tls {
+            broker: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
         let mut stream = StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
             if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
                 return Err(self.failure(addr, "TLS handshake", timeout, e, true));
             }
         }
-        Ok(stream)
+        Ok(TlsStream {
+            stream,
+            client_certificate,
+        })
     }
 
     /// Turns an error of a TLS stream into a `KafkaError`: rustls' own errors (a bad
@@ -204,7 +354,7 @@ impl TlsContext {
             rustls::Error::InvalidCertificate(c) => tls(certificate_problem(c, host)),
             rustls::Error::AlertReceived(alert) => match alert {
                 AlertDescription::CertificateRequired | AlertDescription::HandshakeFailure
-                    if !self.has_client_identity =>
+                    if self.settings.client_identity.is_none() =>
                 {
                     tls(format!(
                         "the broker at {addr} requires a client certificate (mutual TLS) and none is configured: set KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION"
@@ -224,9 +374,11 @@ impl TlsContext {
                 )),
                 // OpenSSL's answer to a client certificate whose issuer has the name of a
                 // trusted CA but not its key.
-                AlertDescription::DecryptError if self.has_client_identity => tls(format!(
-                    "the broker at {addr} refused our client certificate (alert: decrypt error): check that KAFKA_SSL_CERTIFICATE_LOCATION holds a certificate the broker's CA signed"
-                )),
+                AlertDescription::DecryptError if self.settings.client_identity.is_some() => {
+                    tls(format!(
+                        "the broker at {addr} refused our client certificate (alert: decrypt error): check that KAFKA_SSL_CERTIFICATE_LOCATION holds a certificate the broker's CA signed"
+                    ))
+                }
                 AlertDescription::ProtocolVersion => tls(format!(
                     "the broker at {addr} speaks no TLS version we do (we speak TLS 1.2 and 1.3)"
                 )),
@@ -250,8 +402,10 @@ impl TlsContext {
     }
 }
 
-/// What the session negotiated and whom it talks to, for `check`.
-pub(crate) fn session_info(conn: &ClientConnection) -> TlsSessionInfo {
+/// What the session negotiated, whom it talks to and with which certificate of ours, for
+/// `check`.
+pub(crate) fn session_info(session: &TlsStream) -> TlsSessionInfo {
+    let conn = &session.stream.conn;
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_owned(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_owned(),
@@ -273,6 +427,7 @@ pub(crate) fn session_info(conn: &ClientConnection) -> TlsSessionInfo {
         cipher_suite,
         subject,
         not_after,
+        client_certificate: session.client_certificate.as_deref().map(str::to_owned),
     }
 }
 
@@ -508,14 +663,14 @@ impl Stream {
     pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
-            Stream::Tls(s) => &s.sock,
+            Stream::Tls(s) => &s.stream.sock,
         }
     }
 
-    pub(crate) fn tls(&self) -> Option<&ClientConnection> {
+    pub(crate) fn tls(&self) -> Option<&TlsStream> {
         match self {
             Stream::Plain(_) => None,
-            Stream::Tls(s) => Some(&s.conn),
+            Stream::Tls(s) => Some(s),
         }
     }
 }
@@ -524,7 +679,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
+            Stream::Tls(s) => s.stream.read(buf),
         }
     }
 }
@@ -533,14 +688,14 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
+            Stream::Tls(s) => s.stream.write(buf),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
+            Stream::Tls(s) => s.stream.flush(),
         }
     }
 }
@@ -735,6 +890,134 @@ mod der {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::settings::ClientIdentity;
+
+    /// A CA in `dir/ca.pem`, and a way to write a client certificate it signed (and its key)
+    /// as a renewal does: each file replaced by a rename.
+    struct Pki {
+        dir: tempfile::TempDir,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let dir = tempfile::tempdir().expect("dir");
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "reload CA");
+            let cert = params.self_signed(&key).expect("self-sign");
+            std::fs::write(dir.path().join("ca.pem"), cert.pem()).expect("write");
+            Pki {
+                dir,
+                issuer: rcgen::Issuer::new(params, key),
+            }
+        }
+
+        fn path(&self, name: &str) -> std::path::PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn replace(&self, name: &str, contents: &str) {
+            let tmp = self.path(&format!("{name}.tmp"));
+            std::fs::write(&tmp, contents).expect("write");
+            std::fs::rename(&tmp, self.path(name)).expect("rename");
+        }
+
+        /// A client certificate for `cn`: (certificate PEM, key PEM).
+        fn client(&self, cn: &str) -> (String, String) {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(vec![cn.to_owned()]).expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &self.issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        }
+
+        fn settings(&self) -> TlsSettings {
+            TlsSettings {
+                ca_location: Some(self.path("ca.pem")),
+                client_identity: Some(ClientIdentity {
+                    certificate_location: self.path("client.pem"),
+                    key_location: self.path("client.key"),
+                }),
+                verify_hostname: true,
+            }
+        }
+    }
+
+    #[test]
+    fn changed_files_are_read_again_and_bad_ones_keep_the_last_good_configuration_said_once() {
+        let pki = Pki::new();
+        let (cert, key) = pki.client("one.client");
+        pki.replace("client.pem", &cert);
+        pki.replace("client.key", &key);
+        let ctx = TlsContext::new(&pki.settings()).expect("good files");
+        assert!(matches!(ctx.refresh(), Refresh::Unchanged));
+        let (first, ours) = ctx.current();
+        assert!(
+            ours.as_deref()
+                .unwrap_or_default()
+                .starts_with("CN=one.client (expires ")
+        );
+
+        // Renewed: the next connection uses the new certificate.
+        let (cert, key) = pki.client("two.client");
+        pki.replace("client.pem", &cert);
+        pki.replace("client.key", &key);
+        match ctx.refresh() {
+            Refresh::Reloaded(Some(c)) => assert!(c.starts_with("CN=two.client"), "{c}"),
+            other => panic!("{other:?}"),
+        }
+        let (second, ours) = ctx.current();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(
+            ours.as_deref()
+                .unwrap_or_default()
+                .starts_with("CN=two.client")
+        );
+        assert!(matches!(ctx.refresh(), Refresh::Unchanged));
+
+        // A bad key: said once, and the last good configuration stays in use.
+        pki.replace("client.key", "-----BEGIN PRIVATE KEY-----\nnot base64\n");
+        match ctx.refresh() {
+            Refresh::Failed(e) => assert!(
+                e.to_string()
+                    .starts_with("cannot use KAFKA_SSL_KEY_LOCATION="),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(ctx.refresh(), Refresh::Unchanged), "said twice");
+        let (kept, ours) = ctx.current();
+        assert!(Arc::ptr_eq(&kept, &second));
+        assert!(
+            ours.as_deref()
+                .unwrap_or_default()
+                .starts_with("CN=two.client")
+        );
+
+        // Half a rotation (a new certificate, the old key): refused, kept, said; then the
+        // key arrives and both are used.
+        let (cert, key) = pki.client("three.client");
+        pki.replace("client.pem", &cert);
+        assert!(matches!(ctx.refresh(), Refresh::Failed(_)));
+        pki.replace("client.key", &key);
+        assert!(
+            matches!(ctx.refresh(), Refresh::Reloaded(Some(c)) if c.starts_with("CN=three.client"))
+        );
+
+        // A vanished CA file (mid-rotation) is a change that fails, not a crash.
+        std::fs::remove_file(pki.path("ca.pem")).expect("remove");
+        assert!(matches!(
+            ctx.refresh(),
+            Refresh::Failed(SecurityError::CaLocation { .. })
+        ));
+        assert!(matches!(ctx.refresh(), Refresh::Unchanged));
+    }
 
     #[test]
     fn presented_names_lose_their_debug_wrapping() {
