@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
 /// The validated settings of one worker process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -65,6 +67,7 @@ pub enum SaslMechanism {
 }
 
 /// A value that must never be shown: `Debug` prints `<redacted>`, and there is no `Display`.
+/// Wiped from memory when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -363,6 +366,14 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Secret {}
+
 impl SecurityProtocol {
     /// The name as `KAFKA_SECURITY_PROTOCOL` spells it.
     pub fn as_str(self) -> &'static str {
@@ -643,7 +654,14 @@ const MAX_DLQ_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// The process environment and the `.env` entries, with the environment taking precedence.
 struct Sources<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// Wiped when dropped: it may hold `KAFKA_SASL_PASSWORD`.
     dotenv: HashMap<String, String>,
+}
+
+impl Drop for Sources<'_> {
+    fn drop(&mut self) {
+        self.dotenv.values_mut().for_each(Zeroize::zeroize);
+    }
 }
 
 impl Sources<'_> {
@@ -1107,7 +1125,9 @@ fn read_password_file(path: &Path) -> Result<String, ConfigError> {
             format!("a readable file holding the SASL password ({e})"),
         )
     })?;
-    let text = String::from_utf8(text).map_err(|_| {
+    // The file's bytes are wiped once the password is copied out of them.
+    let text = Zeroizing::new(text);
+    let text = std::str::from_utf8(&text).map_err(|_| {
         invalid(
             KAFKA_SASL_PASSWORD_FILE,
             &shown,
@@ -1489,6 +1509,19 @@ mod tests {
             assert!(err.contains(fragment), "{vars:?}: {err}");
             assert!(!err.ends_with('.'), "{err}");
         }
+    }
+
+    #[test]
+    fn the_password_is_wiped_when_its_secret_is_dropped() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let config = load(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_USERNAME", "alice"),
+            ("KAFKA_SASL_PASSWORD", "hunter2-secret"),
+        ])
+        .unwrap();
+        let sasl = config.security.sasl.unwrap();
+        wiped_on_drop(&sasl.password);
     }
 
     #[test]

@@ -81,9 +81,12 @@ fn sets_password(path: &Path) -> bool {
     let Ok(entries) = dotenvy::from_path_iter(path) else {
         return false;
     };
-    entries
-        .flatten()
-        .any(|(name, value)| name == "KAFKA_SASL_PASSWORD" && !value.is_empty())
+    entries.flatten().any(|(name, mut value)| {
+        let set = name == "KAFKA_SASL_PASSWORD" && !value.is_empty();
+        // (It may be the password.)
+        zeroize::Zeroize::zeroize(&mut value);
+        set
+    })
 }
 
 #[cfg(test)]

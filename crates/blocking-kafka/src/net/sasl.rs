@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
     SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use zeroize::Zeroizing;
 
 use crate::error::KafkaError;
 use crate::net::scram::{ScramClient, ScramHash};
@@ -94,6 +95,7 @@ pub(crate) fn authenticate(
     }
 
     let version = transport.version(ApiKey::SaslAuthenticate, SASL_AUTHENTICATE_VERSIONS)?;
+    // Wiped when this returns, as is every message derived from it below.
     let password = sasl.password.get();
     let mut exchange = Exchange {
         transport,
@@ -103,12 +105,14 @@ pub(crate) fn authenticate(
     };
     let last = match sasl.mechanism {
         SaslMechanism::Plain => {
-            let mut message = Vec::with_capacity(sasl.username.len() + password.len() + 2);
+            // Sized exactly, so that no reallocation leaves a copy of the password behind.
+            let mut message =
+                Zeroizing::new(Vec::with_capacity(sasl.username.len() + password.len() + 2));
             message.push(0);
             message.extend_from_slice(sasl.username.as_bytes());
             message.push(0);
             message.extend_from_slice(password.as_bytes());
-            exchange.round(message)?
+            exchange.round(secret_bytes(message))?
         }
         SaslMechanism::ScramSha256 => scram::<sha2::Sha256>(&mut exchange, &password)?,
         SaslMechanism::ScramSha512 => scram::<sha2::Sha512>(&mut exchange, &password)?,
@@ -119,6 +123,12 @@ pub(crate) fn authenticate(
         .ok()
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis))
+}
+
+/// Bytes for a request that hold a secret: when the last reference is dropped, they are
+/// wiped (`Bytes` frees its buffer without wiping it; its owner here does).
+pub(crate) fn secret_bytes(secret: Zeroizing<Vec<u8>>) -> Bytes {
+    Bytes::from_owner(secret)
 }
 
 /// One SASL conversation on one connection.
@@ -132,8 +142,8 @@ struct Exchange<'a> {
 impl Exchange<'_> {
     /// Sends one SASL message and returns the broker's answer; a refusal is `Authentication`
     /// with the broker's own words.
-    fn round(&mut self, message: Vec<u8>) -> Result<SaslAuthenticateResponse, KafkaError> {
-        let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message));
+    fn round(&mut self, message: Bytes) -> Result<SaslAuthenticateResponse, KafkaError> {
+        let request = SaslAuthenticateRequest::default().with_auth_bytes(message);
         let response: SaslAuthenticateResponse =
             self.transport
                 .call(ApiKey::SaslAuthenticate, self.version, &request)?;
@@ -168,12 +178,14 @@ fn scram<H: ScramHash>(
 ) -> Result<SaslAuthenticateResponse, KafkaError> {
     let nonce = B64.encode(rand::random::<[u8; 24]>());
     let client = ScramClient::<H>::new(exchange.user, &nonce);
-    let server_first = exchange.round(client.first_message().into_bytes())?;
+    let server_first = exchange.round(Bytes::from(client.first_message().into_bytes()))?;
     let server_first = String::from_utf8_lossy(&server_first.auth_bytes).into_owned();
-    let (client_final, expected) = client
+    let (mut client_final, expected) = client
         .final_message(password, &server_first)
         .map_err(|e| exchange.failed(e))?;
-    let server_final = exchange.round(client_final.into_bytes())?;
+    // The client-final message carries the proof: wiped after it is sent.
+    let client_final = Zeroizing::new(std::mem::take(&mut *client_final).into_bytes());
+    let server_final = exchange.round(secret_bytes(client_final))?;
     let text = String::from_utf8_lossy(&server_final.auth_bytes).into_owned();
     ScramClient::<H>::verify_server_final(&text, &expected).map_err(|e| exchange.failed(e))?;
     Ok(server_final)

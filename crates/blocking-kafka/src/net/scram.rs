@@ -6,10 +6,16 @@
 //! checked before the session is trusted. The hashing, HMAC and PBKDF2 are RustCrypto's;
 //! nothing cryptographic is written here. As Kafka's own clients do, the password is used as
 //! its UTF-8 bytes (no SASLprep).
+//!
+//! Everything derived from the password (the salted password, the client and server keys,
+//! the signatures, the proof and the message that carries it) is held in `Zeroizing` and
+//! wiped when dropped; the hash and HMAC states are wiped by RustCrypto's own `zeroize`
+//! feature.
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Digest;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 /// SCRAM iteration counts we accept: RFC 7677 asks for at least 4096 (Kafka's minimum too);
 /// the upper bound keeps a hostile server from making us spin.
@@ -18,28 +24,29 @@ const MAX_ITERATIONS: u32 = 1_000_000;
 
 /// The hash a SCRAM mechanism is built on: H, HMAC(H) and PBKDF2-HMAC(H), from RustCrypto.
 pub(crate) trait ScramHash {
-    fn hash(data: &[u8]) -> Vec<u8>;
-    fn hmac(key: &[u8], data: &[u8]) -> Vec<u8>;
+    fn hash(data: &[u8]) -> Zeroizing<Vec<u8>>;
+    fn hmac(key: &[u8], data: &[u8]) -> Zeroizing<Vec<u8>>;
     /// Whether `tag` is HMAC(key, data), compared in constant time.
     fn hmac_verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool;
     /// Hi(password, salt, iterations) of RFC 5802: PBKDF2 with HMAC(H), one block.
-    fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8>;
+    fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Zeroizing<Vec<u8>>;
 }
 
 /// Implements [`ScramHash`] for a RustCrypto hash (the test module uses it for SHA-1).
 macro_rules! scram_hash {
     ($hash:ty) => {
         impl ScramHash for $hash {
-            fn hash(data: &[u8]) -> Vec<u8> {
-                <$hash>::digest(data).to_vec()
+            fn hash(data: &[u8]) -> Zeroizing<Vec<u8>> {
+                Zeroizing::new(<$hash>::digest(data).to_vec())
             }
 
-            fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+            fn hmac(key: &[u8], data: &[u8]) -> Zeroizing<Vec<u8>> {
                 // HMAC takes a key of any length.
                 let mut mac = <Hmac<$hash> as KeyInit>::new_from_slice(key)
                     .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
                 mac.update(data);
-                mac.finalize().into_bytes().to_vec()
+                // (`CtOutput` wipes itself when dropped; copied from it by reference.)
+                Zeroizing::new(mac.finalize().as_bytes().to_vec())
             }
 
             fn hmac_verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
@@ -52,8 +59,15 @@ macro_rules! scram_hash {
                 }
             }
 
-            fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-                let mut out = vec![0u8; <$hash as sha2::digest::OutputSizeUser>::output_size()];
+            fn salted_password(
+                password: &[u8],
+                salt: &[u8],
+                iterations: u32,
+            ) -> Zeroizing<Vec<u8>> {
+                let mut out = Zeroizing::new(vec![
+                    0u8;
+                    <$hash as sha2::digest::OutputSizeUser>::output_size()
+                ]);
                 pbkdf2::pbkdf2_hmac::<$hash>(password, salt, iterations, &mut out);
                 out
             }
@@ -91,7 +105,7 @@ impl<H: ScramHash> ScramClient<H> {
         &self,
         password: &str,
         server_first: &str,
-    ) -> Result<(String, ServerSignature), String> {
+    ) -> Result<(Zeroizing<String>, ServerSignature), String> {
         if let Some(e) = server_first.strip_prefix("e=") {
             return Err(e.to_owned());
         }
@@ -139,18 +153,24 @@ impl<H: ScramHash> ScramClient<H> {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.first_bare);
         let signature = H::hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
+        let proof: Zeroizing<Vec<u8>> = Zeroizing::new(
+            client_key
+                .iter()
+                .zip(signature.iter())
+                .map(|(k, s)| k ^ s)
+                .collect(),
+        );
         // The server's signature is HMAC(ServerKey, AuthMessage); keep both, so that it is
         // checked by HMAC's own constant-time comparison.
         let expected = ServerSignature {
             server_key: H::hmac(&salted, b"Server Key"),
             auth_message,
         };
-        Ok((format!("{without_proof},p={}", B64.encode(proof)), expected))
+        let proof = Zeroizing::new(B64.encode(&*proof));
+        Ok((
+            Zeroizing::new(format!("{without_proof},p={}", *proof)),
+            expected,
+        ))
     }
 
     /// Checks the server-final message: `v=<ServerSignature>` proves the server knows the
@@ -181,9 +201,13 @@ impl<H: ScramHash> ScramClient<H> {
 
 /// What the server's final message must prove: HMAC(server_key, auth_message).
 pub(crate) struct ServerSignature {
-    server_key: Vec<u8>,
+    /// Derived from the password: wiped when dropped.
+    server_key: Zeroizing<Vec<u8>>,
     auth_message: String,
 }
+
+/// Its key is held in `Zeroizing`.
+impl ZeroizeOnDrop for ServerSignature {}
 
 /// Key material derived from the password: never shown.
 impl std::fmt::Debug for ServerSignature {
@@ -216,7 +240,7 @@ mod tests {
         let (message, expected) = client
             .final_message("pencil", server_first)
             .expect("a valid server-first message");
-        assert_eq!(message, client_final);
+        assert_eq!(*message, client_final);
         ScramClient::<H>::verify_server_final(server_final, &expected)
             .expect("the published server signature verifies");
         let mut forged = server_final.to_owned();
@@ -242,6 +266,25 @@ mod tests {
             "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
             "v=rmF9pqV8S7suAoZWja4dJRkFsKQ=",
         );
+    }
+
+    #[test]
+    fn everything_derived_from_the_password_is_wiped_when_dropped() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let salted = sha2::Sha256::salted_password(b"pencil", b"salt", MIN_ITERATIONS);
+        wiped_on_drop(&salted);
+        wiped_on_drop(&sha2::Sha512::hmac(&salted, b"Client Key"));
+        wiped_on_drop(&sha2::Sha256::hash(&salted));
+        let client = ScramClient::<sha2::Sha256>::new("user", "rOprNGfwEbeRWgbNEkqO");
+        let (client_final, expected) = client
+            .final_message(
+                "pencil",
+                "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            )
+            .expect("a valid server-first message");
+        // The message that carries the proof, and what checks the server's signature.
+        wiped_on_drop(&client_final);
+        wiped_on_drop(&expected);
     }
 
     #[test]
@@ -276,7 +319,7 @@ mod tests {
             .expect_err("error");
         assert_eq!(e, "unknown-user");
         let nothing = ServerSignature {
-            server_key: Vec::new(),
+            server_key: Zeroizing::new(Vec::new()),
             auth_message: String::new(),
         };
         let e = ScramClient::<sha2::Sha256>::verify_server_final("e=invalid-proof", &nothing)

@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use zeroize::{ZeroizeOnDrop, Zeroizing};
+
 use crate::error::printable;
 
 /// What `Security::new` needs for TLS (`KAFKA_SSL_*`).
@@ -50,7 +52,8 @@ pub enum SaslMechanism {
     ScramSha512,
 }
 
-/// The SASL password. `Debug` never shows it.
+/// The SASL password. `Debug` never shows it, and every copy of it this crate makes is
+/// wiped from memory when dropped (`Zeroizing`).
 ///
 /// Taken from a file, it is read again before every authentication (each new connection and
 /// each re-authentication), so a secret rotated on disk (a renewed Kubernetes secret, a
@@ -59,7 +62,7 @@ pub enum SaslMechanism {
 /// warning says why.
 pub struct Password {
     /// The last value read (or the value of `KAFKA_SASL_PASSWORD`).
-    current: Mutex<String>,
+    current: Mutex<Zeroizing<String>>,
     /// `KAFKA_SASL_PASSWORD_FILE`, if the password came from a file.
     file: Option<PathBuf>,
 }
@@ -140,7 +143,7 @@ impl Password {
     /// A password given as a value (`KAFKA_SASL_PASSWORD`).
     pub fn fixed(value: String) -> Password {
         Password {
-            current: Mutex::new(value),
+            current: Mutex::new(Zeroizing::new(value)),
             file: None,
         }
     }
@@ -149,13 +152,14 @@ impl Password {
     /// at start, when the configuration was checked.
     pub fn from_file(file: PathBuf, initial: String) -> Password {
         Password {
-            current: Mutex::new(initial),
+            current: Mutex::new(Zeroizing::new(initial)),
             file: Some(file),
         }
     }
 
-    /// The password to authenticate with now: the file read again, if there is one.
-    pub(crate) fn get(&self) -> String {
+    /// The password to authenticate with now: the file read again, if there is one. A copy
+    /// that is wiped when dropped.
+    pub(crate) fn get(&self) -> Zeroizing<String> {
         let mut current = self
             .current
             .lock()
@@ -168,6 +172,7 @@ impl Password {
                             "Using the new SASL password from KAFKA_SASL_PASSWORD_FILE={}",
                             file.display()
                         );
+                        // (The old value is wiped as it is dropped.)
                         *current = value;
                     }
                 }
@@ -180,6 +185,9 @@ impl Password {
         current.clone()
     }
 }
+
+/// The password is held in `Zeroizing` only.
+impl ZeroizeOnDrop for Password {}
 
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -264,15 +272,15 @@ impl SessionInfo {
 }
 
 /// Reads the password file; a trailing newline (as `echo` or an editor writes) is not part
-/// of the password.
-fn read_password_file(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let text = String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())?;
+/// of the password. The file's bytes and the password are wiped when dropped.
+fn read_password_file(path: &Path) -> Result<Zeroizing<String>, String> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| e.to_string())?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| "it is not UTF-8 text".to_owned())?;
     let password = text.trim_end_matches(['\n', '\r']);
     if password.is_empty() {
         return Err("it is empty".to_owned());
     }
-    Ok(password.to_owned())
+    Ok(Zeroizing::new(password.to_owned()))
 }
 
 #[cfg(test)]
@@ -280,17 +288,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_password_and_its_copies_are_wiped_when_dropped() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let p = Password::fixed("hunter2".into());
+        wiped_on_drop(&p);
+        // Each login's copy.
+        wiped_on_drop(&p.get());
+    }
+
+    #[test]
     fn a_password_file_is_read_again_and_a_vanished_file_keeps_the_last_password() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("password");
         std::fs::write(&file, "first\n").expect("write");
         let p = Password::from_file(file.clone(), "first".into());
-        assert_eq!(p.get(), "first");
+        assert_eq!(*p.get(), "first");
         std::fs::write(&file, "second\r\n").expect("write");
-        assert_eq!(p.get(), "second");
+        assert_eq!(*p.get(), "second");
         std::fs::remove_file(&file).expect("remove");
-        assert_eq!(p.get(), "second");
+        assert_eq!(*p.get(), "second");
         std::fs::write(&file, "").expect("write");
-        assert_eq!(p.get(), "second", "an empty file is not a password");
+        assert_eq!(*p.get(), "second", "an empty file is not a password");
     }
 }

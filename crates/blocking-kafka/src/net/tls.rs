@@ -550,8 +550,10 @@ fn read_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
+/// Reads the key file; its bytes are wiped once the key is decoded from them. (The decoded
+/// key goes to rustls, which keeps it in its own form for signing: see README "Security".)
 fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| e.to_string())?);
     // PKCS#8 ("ENCRYPTED PRIVATE KEY") or the legacy OpenSSL form ("RSA PRIVATE KEY" or
     // "EC PRIVATE KEY" with a "Proc-Type: 4,ENCRYPTED" header, whose base64 decoder would
     // otherwise stop at the header's colon). `openssl pkey` decrypts all three (checked

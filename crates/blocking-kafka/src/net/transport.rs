@@ -345,7 +345,7 @@ impl Transport {
             .with_request_api_version(version)
             .with_correlation_id(correlation_id)
             .with_client_id(Some(self.client_id.clone()));
-        let frame = encode_frame(&header, Req::header_version(version), request, version)
+        let mut frame = encode_frame(&header, Req::header_version(version), request, version)
             .map_err(|detail| self.protocol(format!("encoding {what} v{version}: {detail}")))?;
 
         self.stream
@@ -353,10 +353,13 @@ impl Transport {
             .set_write_timeout(Some(timeout))
             .and_then(|()| self.stream.tcp().set_read_timeout(Some(timeout)))
             .map_err(|source| self.io_error(what, timeout, source))?;
-        self.stream
-            .write_all(&frame)
-            .and_then(|()| self.stream.flush())
-            .map_err(|source| self.io_error(what, timeout, source))?;
+        // A SaslAuthenticate frame carries the password (PLAIN) or the proof (SCRAM).
+        write_frame(
+            &mut self.stream,
+            &mut frame,
+            key == ApiKey::SaslAuthenticate,
+        )
+        .map_err(|source| self.io_error(what, timeout, source))?;
 
         let mut len = [0u8; 4];
         self.stream
@@ -508,15 +511,31 @@ fn speaks_plaintext_kafka(addr: &str, timeout: Duration) -> bool {
     probe().unwrap_or(false)
 }
 
-/// Encodes `size | header | body` into one buffer. Public to the crate so tests can decode
-/// what we would send.
+/// Writes a whole frame and flushes; a `secret` one is then wiped, whether or not the write
+/// succeeded (not just freed: `encode_frame` made it in one allocation, so this is its only
+/// copy of ours).
+fn write_frame(out: &mut impl Write, frame: &mut [u8], secret: bool) -> std::io::Result<()> {
+    let written = out.write_all(frame).and_then(|()| out.flush());
+    if secret {
+        zeroize::Zeroize::zeroize(frame);
+    }
+    written
+}
+
+/// Encodes `size | header | body` into one buffer, allocated at its exact size: it never
+/// grows, so a frame that holds a secret leaves no copy behind in a reallocation, and the
+/// caller can wipe all of it. Public to the crate so tests can decode what we would send.
 pub(crate) fn encode_frame<Req: Encodable>(
     header: &RequestHeader,
     header_version: i16,
     request: &Req,
     version: i16,
-) -> Result<Bytes, String> {
-    let mut buf = BytesMut::with_capacity(256);
+) -> Result<BytesMut, String> {
+    let size = header
+        .compute_size(header_version)
+        .and_then(|h| Ok(h + request.compute_size(version)?))
+        .map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(4 + size);
     buf.put_i32(0);
     header
         .encode(&mut buf, header_version)
@@ -526,7 +545,7 @@ pub(crate) fn encode_frame<Req: Encodable>(
         .map_err(|e| e.to_string())?;
     let size = i32::try_from(buf.len() - 4).map_err(|e| e.to_string())?;
     buf[..4].copy_from_slice(&size.to_be_bytes());
-    Ok(buf.freeze())
+    Ok(buf)
 }
 
 pub(crate) fn api_name(key: ApiKey) -> &'static str {
@@ -548,5 +567,53 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
         ApiKey::Produce => "Produce",
         ApiKey::InitProducerId => "InitProducerId",
         _ => "a Kafka request",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::SaslAuthenticateRequest;
+
+    fn header(key: ApiKey, version: i16) -> RequestHeader {
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("client")))
+    }
+
+    #[test]
+    fn a_sasl_frame_is_made_in_one_allocation_and_wiped_once_written() {
+        for version in [0, 1, 2] {
+            let request = SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"\0alice\0hunter2"));
+            let mut frame = encode_frame(
+                &header(ApiKey::SaslAuthenticate, version),
+                SaslAuthenticateRequest::header_version(version),
+                &request,
+                version,
+            )
+            .expect("encodes");
+            assert_eq!(
+                frame.capacity(),
+                frame.len(),
+                "v{version}: the frame grew, and a reallocation may have left a copy"
+            );
+            let mut sent = Vec::new();
+            write_frame(&mut sent, &mut frame, true).expect("write");
+            assert!(sent.windows(7).any(|w| w == b"hunter2"), "v{version}");
+            assert!(frame.iter().all(|b| *b == 0), "v{version}: {frame:?}");
+        }
+        // Frames without a secret are only written.
+        let mut frame = encode_frame(
+            &header(ApiKey::ApiVersions, 2),
+            ApiVersionsRequest::header_version(2),
+            &ApiVersionsRequest::default(),
+            2,
+        )
+        .expect("encodes");
+        write_frame(&mut Vec::new(), &mut frame, false).expect("write");
+        assert!(frame.iter().any(|b| *b != 0));
     }
 }
