@@ -20,9 +20,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::secure::{
-    Certs, FORGED_LINE_SUBJECT, FrontSettings, Protocol, SecureBroker, librdkafka_security, openssl,
+    Certs, FORGED_LINE_SUBJECT, FrontSettings, Protocol, SecureBroker, Stunnel,
+    librdkafka_security, openssl,
 };
-use common::{TempDb, WorkerProcess, b64_encode, free_port, python_tool, wait_until};
+use common::{Broker, TempDb, WorkerProcess, b64_encode, free_port, python_tool, wait_until};
 
 const TOPIC: &str = "provision-requests";
 const DLQ: &str = "provision-requests.dlq";
@@ -120,6 +121,84 @@ fn a_certificate_for_another_name_stops_the_worker_naming_both_and_none_skips_on
     untrusted.retain(|(k, _)| k != "KAFKA_SSL_CA_LOCATION");
     let line = exits_promptly_with(&untrusted, "TLS:");
     assert!(line.contains("is not signed by a trusted CA"), "{line}");
+}
+
+#[test]
+fn a_broker_advertised_under_another_name_is_verified_under_the_advertised_name() {
+    // Bootstrap by `localhost`, where the certificate names only `localhost`; the broker
+    // advertises itself as 127.0.0.1 on another port, where the certificate names only
+    // 127.0.0.1. Both fronts forward to the same tansu.
+    let certs = Certs::generate();
+    let advertised_port = free_port();
+    let broker = Broker::start_advertising(advertised_port);
+    broker.create_topic(TOPIC, 1);
+    broker.create_topic(DLQ, 1);
+    let tls = |port: u16, cert: &str| {
+        Stunnel::start(
+            port,
+            broker.port,
+            &certs.path(&format!("{cert}.pem")),
+            &certs.path(&format!("{cert}.key")),
+            None,
+        )
+    };
+    let bootstrap = tls(free_port(), "localhost-only");
+    let advertised = tls(advertised_port, "ip-only");
+    let db = TempDb::new();
+    let mut env = base_env(&format!("localhost:{}", bootstrap.port), &db);
+    env.push(("KAFKA_SECURITY_PROTOCOL".into(), "SSL".into()));
+    env.push(("KAFKA_SSL_CA_LOCATION".into(), certs.file("ca.pem")));
+
+    // `check` reaches the coordinator at the advertised address, its certificate checked
+    // for 127.0.0.1.
+    let out = tool(&env, &["check"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        line_of(&out, "OK   kafka:").contains("broker certificate CN=localhost, O=Tests"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        line_of(&out, "OK   group coordinator:")
+            .contains(&format!("127.0.0.1:{advertised_port} answers")),
+        "{}",
+        text(&out.stdout)
+    );
+    // The whole way: `send` produces to the leader, the worker fetches from it, both at the
+    // advertised address.
+    let out = tool(
+        &env,
+        &[
+            "send",
+            "--user",
+            "alice",
+            "--gpus",
+            "1",
+            "--hours",
+            "1",
+            "--request-id",
+            "advertised-1",
+        ],
+    );
+    assert!(out.status.success(), "send: {}", text(&out.stderr));
+    let mut worker = spawn(&env);
+    wait_status(&db, "advertised-1", "completed");
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(20)).code(), Some(0));
+
+    // Were the bootstrap name used for the advertised broker, a certificate for `localhost`
+    // there would pass. It does not: the name checked is the advertised one.
+    drop(advertised);
+    let _advertised = tls(advertised_port, "localhost-only");
+    let out = tool(&env, &["check"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        line_of(&out, "FAIL group coordinator:").contains(
+            "TLS: certificate for localhost is not valid for 127.0.0.1: connect by a name it has (localhost)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -610,6 +689,42 @@ fn a_wrong_password_or_unknown_user_stops_the_worker_within_seconds_with_the_bro
             "authentication failed for user alice with PLAIN: Authentication failed: Invalid username or password"
         ),
         "{line}"
+    );
+}
+
+#[test]
+fn a_forged_scram_server_final_message_is_refused_and_nothing_more_is_sent() {
+    // A man in the middle who relays the exchange but does not know the password cannot
+    // sign the server-final message: the worker must refuse the session, although the
+    // "broker" says the login succeeded, and send nothing more on that connection.
+    let front = FrontSettings {
+        forge_server_final: true,
+        ..FrontSettings::default()
+    };
+    let sb = SecureBroker::start(Protocol::SaslPlaintext, &front, false);
+    sb.broker.create_topic(TOPIC, 1);
+    let db = TempDb::new();
+    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let env = sasl_env(&sb, &db, "SASL_PLAINTEXT", mechanism);
+        let line = exits_promptly_with(&env, "authentication failed");
+        assert!(
+            line.ends_with(&format!(
+                "authentication failed for user alice with {mechanism}: the broker's SCRAM server signature is wrong: it does not know this password (is something between us and the broker?)"
+            )),
+            "{line}"
+        );
+    }
+    // (The front's lines reach the test through a pipe.)
+    wait_until(
+        "the front to log both forgeries",
+        Duration::from_secs(5),
+        || (sb.front().count("FORGED") >= 2).then_some(()),
+    );
+    assert_eq!(
+        sb.front().count("AFTER-FORGED"),
+        0,
+        "a request followed a forged server-final message: {:?}",
+        sb.front().lines()
     );
 }
 

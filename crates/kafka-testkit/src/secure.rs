@@ -98,6 +98,9 @@ impl Certs {
             "kafka.example.com",
             false,
         );
+        // One name each: a broker reached by one name and advertising the other.
+        leaf("localhost-only", &["localhost"], "localhost", false);
+        leaf("ip-only", &["127.0.0.1"], "127.0.0.1", false);
         // A subject that tries to forge a log line of its own (a newline, then a line in
         // the worker's format, then a terminal escape).
         leaf(
@@ -122,7 +125,8 @@ impl Certs {
 
     /// The path of one of the files: `ca.pem`, `broker.pem`, `broker.key`, `client.pem`,
     /// `client.key`, `expired.pem`, `expired.key`, `wrong-name.pem`, `wrong-name.key`,
-    /// `forged-subject.pem`, `forged-subject.key`, `other-ca.pem`.
+    /// `forged-subject.pem`, `forged-subject.key`, `localhost-only.pem`, `localhost-only.key`,
+    /// `ip-only.pem`, `ip-only.key`, `other-ca.pem`.
     pub fn path(&self, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         assert!(p.exists(), "no certificate file {name}");
