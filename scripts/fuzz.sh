@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Fuzzes message parsing + validation + kubeconfig rendering (fuzz/fuzz_targets/
-# parse_render.rs, invariants in fuzz/check.rs) for a bounded time. Outside CI: it needs
-# a nightly toolchain (cargo-fuzz builds with -Zsanitizer=address) and cargo-fuzz.
+# Runs one fuzz target for a bounded time. Outside CI: it needs a nightly toolchain
+# (cargo-fuzz builds with -Zsanitizer=address) and cargo-fuzz.
 #
-#   scripts/fuzz.sh [SECONDS]      (default 120; FUZZ_SECONDS works too)
+#   scripts/fuzz.sh [SECONDS] [TARGET]   (default 120 s; FUZZ_SECONDS works too)
+#
+# Targets (fuzz/fuzz_targets/), each with its invariants in a check file and its seed corpus:
+#   parse_render  message parsing + validation + kubeconfig rendering (the default)
+#                 fuzz/check.rs, fuzz/corpus-seed/
+#   scram         the SCRAM client's reading of server-first and server-final messages
+#                 fuzz/check_scram.rs, fuzz/corpus-seed-scram/
+#   certificate   the DER certificate reader behind check, and the PEM certificate and key
+#                 readers: fuzz/check_certificate.rs, fuzz/corpus-seed-certificate/
 #
 # - installs cargo-fuzz with `cargo install cargo-fuzz` if it is missing;
 # - uses the nightly toolchain if rustup has one; otherwise tries the stable one with
 #   RUSTC_BOOTSTRAP=1 (which lets stable accept nightly flags, and often works), and
 #   fails with a clear message if that does not build;
-# - starts from fuzz/corpus-seed/ (committed; tests/fuzz_corpus.rs runs it in every
-#   `cargo test`) and keeps what it learns in fuzz/corpus/parse_render/ (not committed).
-# A crash is saved under fuzz/artifacts/parse_render/; replay it with
-#   cargo +nightly fuzz run parse_render fuzz/artifacts/parse_render/<file>
-# and, once fixed, copy the input into fuzz/corpus-seed/ so the regular test keeps it.
+# - starts from the target's seed corpus (committed; tests/fuzz_corpus.rs runs it in every
+#   `cargo test`) and keeps what it learns in fuzz/corpus/TARGET/ (not committed).
+# A crash is saved under fuzz/artifacts/TARGET/; replay it with
+#   cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/<file>
+# and, once fixed, copy the input into the seed corpus so the regular test keeps it.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,6 +29,16 @@ if ! [[ "$budget" =~ ^[0-9]+$ ]] || ((budget == 0)); then
     echo "fuzz.sh: the time budget must be a whole number of seconds, got '$budget'" >&2
     exit 2
 fi
+target="${2:-parse_render}"
+case "$target" in
+parse_render) seeds=fuzz/corpus-seed max_len=70000 ;;
+scram) seeds=fuzz/corpus-seed-scram max_len=4096 ;;
+certificate) seeds=fuzz/corpus-seed-certificate max_len=16384 ;;
+*)
+    echo "fuzz.sh: unknown target '$target': parse_render, scram or certificate" >&2
+    exit 2
+    ;;
+esac
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz (cargo install cargo-fuzz)" >&2
@@ -37,15 +54,16 @@ else
     export RUSTC_BOOTSTRAP=1
 fi
 
-target=parse_render
 mkdir -p "fuzz/corpus/$target"
 if ! cargo "${toolchain[@]}" fuzz build "$target"; then
     echo "fuzz.sh: cannot build the fuzz target. cargo fuzz needs a nightly toolchain:" \
         "install one with 'rustup toolchain install nightly' and run this again." >&2
     exit 1
 fi
-# -max_len: a message may be up to 64 KiB, and the size check itself is worth reaching.
-# -timeout: one input taking seconds is a finding (deep nesting, quadratic parsing).
-cargo "${toolchain[@]}" fuzz run "$target" "fuzz/corpus/$target" fuzz/corpus-seed -- \
-    -max_total_time="$budget" -max_len=70000 -timeout=10 -rss_limit_mb=2048 \
+# -max_len: a message may be up to 64 KiB, and the size check itself is worth reaching;
+# SCRAM messages and certificates are far smaller.
+# -timeout: one input taking seconds is a finding (deep nesting, quadratic parsing); the
+# SCRAM target's PBKDF2 at its ceiling (1,000,000 iterations) takes under a second.
+cargo "${toolchain[@]}" fuzz run "$target" "fuzz/corpus/$target" "$seeds" -- \
+    -max_total_time="$budget" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1

@@ -40,6 +40,10 @@ mod settings;
 mod types;
 mod wire;
 
+/// For the fuzz targets and their seed-corpus tests only (`fuzz/` in the repository).
+#[doc(hidden)]
+pub use net::fuzzing;
+
 pub use cluster::TopicState;
 pub use consumer::{Assignment, Consumer, GroupSignal};
 pub use error::{KafkaError, printable};

@@ -9,8 +9,11 @@
 //! - `scram`: the SCRAM client's messages and proofs (pure).
 //! - `sasl`: SaslHandshake and SaslAuthenticate over a transport: PLAIN and SCRAM.
 //! - `conn`: `Connection`, a transport authenticated with SASL and renewed in band.
+//!
+//! `fuzzing` exposes the readers of peer-controlled text and files to the fuzz targets.
 pub(crate) mod body;
 pub(crate) mod conn;
+pub mod fuzzing;
 pub(crate) mod sasl;
 pub(crate) mod scram;
 pub(crate) mod security;

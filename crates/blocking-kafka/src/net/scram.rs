@@ -107,25 +107,31 @@ impl<H: ScramHash> ScramClient<H> {
         server_first: &str,
     ) -> Result<(Zeroizing<String>, ServerSignature), String> {
         if let Some(e) = server_first.strip_prefix("e=") {
-            return Err(e.to_owned());
+            return Err(server_error(e));
         }
+        let malformed = || format!("malformed SCRAM server-first message {server_first:?}");
         let mut nonce = None;
         let mut salt = None;
         let mut iterations = None;
         for (i, attr) in server_first.split(',').enumerate() {
-            match attr.split_once('=') {
+            let slot = match attr.split_once('=') {
                 Some(("m", _)) if i == 0 => {
                     return Err(
                         "the broker requires a SCRAM extension this client does not know".into(),
                     );
                 }
-                Some(("r", v)) => nonce = Some(v),
-                Some(("s", v)) => salt = Some(v),
-                Some(("i", v)) => iterations = Some(v),
-                _ => {}
+                Some(("r", v)) => (&mut nonce, v),
+                Some(("s", v)) => (&mut salt, v),
+                Some(("i", v)) => (&mut iterations, v),
+                _ => continue,
+            };
+            // Each attribute once (RFC 5802): which of two would the server have meant?
+            // (The fuzz target found a client that took the last and a check that took the
+            // first.)
+            if slot.0.replace(slot.1).is_some() {
+                return Err(malformed());
             }
         }
-        let malformed = || format!("malformed SCRAM server-first message {server_first:?}");
         let nonce = nonce.ok_or_else(malformed)?;
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
             return Err(
@@ -180,13 +186,15 @@ impl<H: ScramHash> ScramClient<H> {
         expected: &ServerSignature,
     ) -> Result<(), String> {
         if let Some(e) = server_final.strip_prefix("e=") {
-            return Err(e.to_owned());
+            return Err(server_error(e));
         }
-        let signature = server_final
-            .split(',')
-            .find_map(|a| a.strip_prefix("v="))
-            .and_then(|v| B64.decode(v).ok())
-            .ok_or_else(|| format!("malformed SCRAM server-final message {server_final:?}"))?;
+        let malformed = || format!("malformed SCRAM server-final message {server_final:?}");
+        let mut signatures = server_final.split(',').filter_map(|a| a.strip_prefix("v="));
+        let signature = match (signatures.next(), signatures.next()) {
+            (Some(v), None) => B64.decode(v).map_err(|_| malformed())?,
+            // None, or two: which would the server have meant?
+            _ => return Err(malformed()),
+        };
         if H::hmac_verify(
             &expected.server_key,
             expected.auth_message.as_bytes(),
@@ -213,6 +221,16 @@ impl ZeroizeOnDrop for ServerSignature {}
 impl std::fmt::Debug for ServerSignature {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ServerSignature(<redacted>)")
+    }
+}
+
+/// The broker's SCRAM error (`e=...`) as the reason for a refusal; an empty one (found by
+/// the fuzz target) would leave the reason blank.
+fn server_error(e: &str) -> String {
+    if e.is_empty() {
+        "the broker ended the SCRAM exchange with an empty error (e=)".to_owned()
+    } else {
+        e.to_owned()
     }
 }
 
@@ -325,5 +343,16 @@ mod tests {
         let e = ScramClient::<sha2::Sha256>::verify_server_final("e=invalid-proof", &nothing)
             .expect_err("error");
         assert_eq!(e, "invalid-proof");
+        // Each attribute once.
+        let e = client
+            .final_message("pencil", "r=nX,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,i=4097")
+            .expect_err("two iteration counts");
+        assert!(e.starts_with("malformed SCRAM server-first message"), "{e}");
+        let e = ScramClient::<sha2::Sha256>::verify_server_final("v=AAAA,v=AAAA", &nothing)
+            .expect_err("two signatures");
+        assert!(e.starts_with("malformed SCRAM server-final message"), "{e}");
+        // An empty error still gives a reason.
+        let e = client.final_message("pencil", "e=").expect_err("error");
+        assert!(e.contains("empty error"), "{e}");
     }
 }

@@ -541,9 +541,14 @@ impl ServerCertVerifier for ChainOnlyVerifier {
 fn read_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     // Read first, so a missing file says "No such file" rather than a PEM error.
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certificates(&bytes)
+}
+
+/// The certificates of a PEM file's contents (the fuzz target's entry too).
+pub(crate) fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not a PEM file of certificates ({e})"))?;
+        .map_err(|e| format!("not a PEM file of certificates ({})", pem_problem(&e)))?;
     if certs.is_empty() {
         return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".to_owned());
     }
@@ -554,6 +559,12 @@ fn read_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'stati
 /// key goes to rustls, which keeps it in its own form for signing: see README "Security".)
 fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| e.to_string())?);
+    parse_key(&bytes, path)
+}
+
+/// The key in a PEM file's contents; `path` only names it in the error (the fuzz target's
+/// entry too).
+pub(crate) fn parse_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     // PKCS#8 ("ENCRYPTED PRIVATE KEY") or the legacy OpenSSL form ("RSA PRIVATE KEY" or
     // "EC PRIVATE KEY" with a "Proc-Type: 4,ENCRYPTED" header, whose base64 decoder would
     // otherwise stop at the header's colon). `openssl pkey` decrypts all three (checked
@@ -566,12 +577,41 @@ fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
         ));
     }
     // PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY") and SEC1 ("EC PRIVATE KEY").
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
             "no PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) in it".to_owned()
         }
-        other => format!("not a PEM private key ({other})"),
+        other => format!("not a PEM private key ({})", pem_problem(&other)),
     })
+}
+
+/// A PEM reading error in words. The PEM reader's own text shows the lines it stumbled on
+/// as lists of byte values, however long (found by the fuzz target: 533 bytes for one
+/// line); here a marker line is shown as text, cut short and escaped.
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    let shown = |line: &[u8]| {
+        // Escaped first, then cut: an escape can be six characters for one byte.
+        let text = crate::error::printable(&String::from_utf8_lossy(line)).into_owned();
+        let mut cut: String = text.chars().take(64).collect();
+        if cut.len() < text.len() {
+            cut.push_str("...");
+        }
+        cut
+    };
+    match e {
+        Error::MissingSectionEnd { end_marker } => {
+            format!("a PEM section has no {} line", shown(end_marker))
+        }
+        Error::IllegalSectionStart { line } => {
+            format!("a malformed PEM BEGIN line: {}", shown(line))
+        }
+        Error::Base64Decode(detail) => format!("a PEM section is not base64: {detail}"),
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => "no PEM section in it".to_owned(),
+        Error::SectionTooLarge => "a PEM section is larger than 256 MB".to_owned(),
+        other => format!("{other:?}").chars().take(80).collect(),
+    }
 }
 
 /// The certificate problem in words, naming the host and what to do.
@@ -704,9 +744,9 @@ impl Write for Stream {
 
 /// Just enough DER to show a certificate's subject and expiry in `check`. Display only:
 /// every trust decision is rustls' (webpki's), on the same bytes.
-mod der {
+pub(crate) mod der {
     /// (subject, notAfter) of an X.509 certificate, or `None` if it does not parse.
-    pub(super) fn subject_and_expiry(cert: &[u8]) -> Option<(String, String)> {
+    pub(crate) fn subject_and_expiry(cert: &[u8]) -> Option<(String, String)> {
         let (tag, certificate, _) = tlv(cert)?;
         if tag != 0x30 {
             return None;
