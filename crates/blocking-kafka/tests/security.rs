@@ -23,6 +23,7 @@ use blocking_kafka::{
 };
 use bytes::Bytes;
 use kafka_testkit::secure::{Certs, FrontSettings, Protocol, SecureBroker};
+use kafka_testkit::wait_until;
 
 const TOPIC: &str = "secured";
 /// The SASL front's user for the client (see `FrontSettings::default`).
@@ -223,6 +224,13 @@ fn a_wrong_password_is_refused_at_once_in_the_brokers_words() {
     assert_eq!(
         e.to_string(),
         "authentication failed for user alice with SCRAM-SHA-256: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256"
+    );
+    // The front logs the refusal after it has sent it, so the client can be back first:
+    // wait for the line, then check that the refusal was asked for once, not retried.
+    wait_until(
+        "the front to log the refusal",
+        Duration::from_secs(5),
+        || (sb.front().count("AUTH failed") > 0).then_some(()),
     );
     assert_eq!(
         sb.front().count("AUTH failed"),
