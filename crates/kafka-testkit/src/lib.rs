@@ -16,9 +16,12 @@
 //! A missing broker binary, Python package or stunnel fails the tests with a message saying
 //! what to install; nothing here skips a test. The Python packages are listed in the
 //! repository's `tests/requirements.txt` (`scripts/test.sh` installs them).
+pub mod cluster;
 pub mod hostile_batch;
+pub mod legacy;
 pub mod produce_faults;
 pub mod proxy;
+pub mod raw;
 pub mod secure;
 
 use std::collections::BTreeMap;
@@ -544,6 +547,14 @@ fn librdkafka_read_within(
             }
         })
         .collect()
+}
+
+/// `topic` and the brokers as librdkafka's `list_topics` sees them through `bootstrap`
+/// (`kafka_tool.py metadata`): `{"brokers": {"1": "host:port"}, "controller": id,
+/// "partitions": {"0": {"leader": id, "replicas": [..], "isrs": [..]}}}`.
+pub fn librdkafka_metadata(bootstrap: &str, topic: &str) -> Value {
+    let args = ["metadata", "--bootstrap", bootstrap, "--topic", topic];
+    parse_json(python_tool(&args, b"").trim())
 }
 
 /// Where the Java client puts each key in `topic`: librdkafka produces them with its
