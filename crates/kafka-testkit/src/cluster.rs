@@ -320,7 +320,7 @@ impl Cluster {
         state.requests.get(&(id, api as i16)).copied().unwrap_or(0)
     }
 
-    /// Answers broker `id` has delivered for `api`.
+    /// Answers broker `id` has delivered (or is delivering) for `api`.
     pub fn answers(&self, id: BrokerId, api: ApiKey) -> u64 {
         let state = self.shared.lock();
         state.index(id);
@@ -397,7 +397,9 @@ impl Cluster {
         self.shared
             .lock()
             .legacy
-            .insert((topic.to_owned(), partition), Arc::new(set));
+            .entry((topic.to_owned(), partition))
+            .or_default()
+            .push(Arc::new(set));
         offsets
     }
 }
@@ -464,7 +466,7 @@ struct State {
     faults: Vec<BrokerFaults>,
     placed: HashMap<(String, i32), Placement>,
     coordinator: BrokerId,
-    legacy: HashMap<(String, i32), Arc<MessageSet>>,
+    legacy: HashMap<(String, i32), Vec<Arc<MessageSet>>>,
     /// Open connections by id; a link leaves this map exactly when it is closed.
     links: HashMap<u64, Link>,
     next_link: u64,
@@ -774,14 +776,19 @@ fn serve(id: BrokerId, link: u64, mut client: TcpStream, mut upstream: TcpStream
         if !shared.hold(link, id, read_at, Some(read_at)) {
             break;
         }
+        // Counted before the write, so a test that has the answer sees it counted.
+        {
+            let mut state = shared.lock();
+            *state.answers.entry((id, key)).or_default() += 1;
+            if throttle > 0 {
+                let i = state.index(id);
+                state.throttled[i] += 1;
+            }
+        }
         if client.write_all(&answer).is_err() {
             break;
         }
-        let mut state = shared.lock();
-        *state.answers.entry((id, key)).or_default() += 1;
         if throttle > 0 {
-            let i = state.index(id);
-            state.throttled[i] += 1;
             muted_until = Instant::now() + Duration::from_millis(throttle as u64);
         }
     }

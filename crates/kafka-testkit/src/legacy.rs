@@ -179,12 +179,16 @@ impl MessageSet {
             let total = 12 + usize::try_from(len).unwrap_or(0);
             let whole = total <= rest.len();
             let batch = &rest[..total.min(rest.len())];
-            // A batch's last offset: base offset + last offset delta (bytes 23..27); a
-            // partial batch at the end of a fetch may not reach it.
-            let last = batch
-                .get(23..27)
-                .map(|d| base + i64::from(i32::from_be_bytes(d.try_into().expect("4 bytes"))))
-                .unwrap_or(base);
+            // A v2 batch's last offset: base offset + last offset delta (bytes 23..27); a
+            // partial batch at the end of a fetch may not reach it. A legacy message (magic,
+            // at byte 16 in both layouts, below 2: another set spliced in already) sits at
+            // its last offset.
+            let last = match batch.get(16) {
+                Some(2) => batch.get(23..27).map_or(base, |d| {
+                    base + i64::from(i32::from_be_bytes(d.try_into().expect("4 bytes")))
+                }),
+                _ => base,
+            };
             if base >= self.offsets.end {
                 after.extend_from_slice(batch);
             } else if last < self.offsets.start && whole {

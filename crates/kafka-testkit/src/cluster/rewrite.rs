@@ -61,8 +61,8 @@ pub(super) struct Snapshot {
     /// Partitions whose leader the test has set; every other follows the default.
     pub placed: HashMap<(String, i32), Placement>,
     pub coordinator: i32,
-    /// Legacy message sets served in place of tansu's records.
-    pub legacy: HashMap<(String, i32), Arc<MessageSet>>,
+    /// Legacy message sets served in place of tansu's records, by partition.
+    pub legacy: HashMap<(String, i32), Vec<Arc<MessageSet>>>,
     /// The throttle this broker puts into its answers now (0: none).
     pub throttle_ms: i32,
 }
@@ -291,6 +291,9 @@ fn fetch(frame: &[u8], version: i16, snap: &Snapshot) -> Result<Routed, String> 
         });
     }
     request.topics.retain(|t| !t.partitions.is_empty());
+    // tansu 0.6 answers a fetch with max_wait_ms 0 with no partitions at all, where Kafka
+    // returns what it has at once: 1 ms is the nearest tansu does right.
+    request.max_wait_ms = request.max_wait_ms.max(1);
     let injected = pending.injected();
     if pending.refused.is_empty() {
         let frame = encode_request(&header, &request, version)?;
@@ -309,8 +312,8 @@ fn fetch(frame: &[u8], version: i16, snap: &Snapshot) -> Result<Routed, String> 
         });
     }
     // A broker answers a fetch with an erroneous partition at once, without waiting for
-    // data on the others.
-    request.max_wait_ms = 0;
+    // data on the others (1 ms: see above).
+    request.max_wait_ms = 1;
     let frame = encode_request(&header, &request, version)?;
     Ok(Routed {
         route: Route::Forward { frame, pending },
@@ -645,11 +648,14 @@ fn finish_fetch(r: &mut FetchResponse, pending: &Pending, snap: &Snapshot) {
                 continue;
             }
             let key = (topic.clone(), p.partition_index);
-            if let (Some(set), Some(&offset)) =
+            if let (Some(sets), Some(&offset)) =
                 (snap.legacy.get(&key), pending.fetch_offsets.get(&key))
             {
-                let records = p.records.as_deref().unwrap_or_default();
-                p.records = Some(Bytes::from(set.splice(records, offset)));
+                let mut records = p.records.as_deref().unwrap_or_default().to_vec();
+                for set in sets {
+                    records = set.splice(&records, offset);
+                }
+                p.records = Some(Bytes::from(records));
             }
         }
     }
