@@ -22,7 +22,7 @@
 //!   OffsetCommit, OffsetFetch, DescribeGroups) to a broker that is not the coordinator get
 //!   NOT_COORDINATOR (16) from the proxy.
 //! - **ApiVersions**: ranges capped so the rewriting stays simple and decodable: Fetch
-//!   4-12, Produce 3-12, OffsetCommit 2-9, OffsetFetch 1-9 (topics by name, not id), the
+//!   4-12, Produce 3-12 (tansu 0.6 stops at 11), OffsetCommit 2-9, OffsetFetch 1-9 (topics by name, not id), the
 //!   other rewritten APIs to what kafka-protocol decodes; KIP-848's ConsumerGroupHeartbeat
 //!   and ConsumerGroupDescribe are not offered. Kafka 2.1+ clients (librdkafka included)
 //!   work within these ranges.
