@@ -29,17 +29,19 @@
 //! - **Fetch sessions** are refused (session id 0 in every answer), so clients send full
 //!   fetch requests that the proxy can route partition by partition.
 //!
-//! Requests on one connection are handled one at a time, in order, as a Kafka broker does
-//! (it mutes a connection while a request is in progress). Per broker, on command
+//! Each client connection has two threads: one reads requests and forwards them as the
+//! client pipelines them, one delivers the answers in request order. Per broker, on command
 //! ([`BrokerFaults`]):
 //!
 //! - [`Cluster::cut`]: every open connection is closed and new ones are accepted and closed
 //!   at once: the broker is unreachable.
 //! - [`Cluster::freeze`]: connections stay open, nothing is forwarded either way.
-//! - [`Cluster::delay`]: every answer is held until `D` after its request was read, then
-//!   delivered (requests are still read): a slow broker.
+//! - [`Cluster::delay`]: every answer is held until `D` after its own request was read, then
+//!   delivered; requests are still read and forwarded meanwhile: a slow broker (or a slow
+//!   path to it).
 //! - [`Cluster::throttle`]: answers carry `throttle_time_ms = T`, and after each such answer
-//!   the connection's next request is held for T, as KIP-219 brokers mute the channel.
+//!   the connection's next request is held for T, as KIP-219 brokers mute the channel
+//!   (while throttling, a connection's requests go one at a time).
 //! - [`Cluster::restore`]: all of that undone (held answers are released at once).
 //!
 //! Leadership and the coordinator move with [`Cluster::move_leader`] and
@@ -58,7 +60,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -481,11 +483,38 @@ struct State {
     errors: Vec<String>,
 }
 
-/// Both sockets of one proxied connection, for closing it from outside its thread.
+/// One proxied connection: both sockets, for closing it from outside its threads, and what
+/// its two threads share.
 struct Link {
     broker: BrokerId,
     client: TcpStream,
     upstream: TcpStream,
+    /// Requests read and not yet answered (nor dropped).
+    outstanding: usize,
+    /// After a throttled answer: no request is forwarded before this (KIP-219).
+    muted_until: Instant,
+}
+
+/// What a hold waits for.
+enum Wait {
+    Go,
+    /// A change of faults or of the link (a notification).
+    Changed,
+    Until(Instant),
+}
+
+/// A request forwarded or answered, queued for the connection's writer in request order.
+struct Entry {
+    key: i16,
+    read_at: Instant,
+    answer: Pending,
+}
+
+enum Pending {
+    /// tansu's next answer on the upstream connection, to rewrite.
+    Upstream(rewrite::Pending),
+    /// The proxy's own answer, and the throttle it carries.
+    Local(Vec<u8>, i32),
 }
 
 impl State {
@@ -604,37 +633,59 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    /// Waits until link `id` of `broker` may go on: not frozen, and past `not_before` and
-    /// (for an answer to a request read at `read_at`) the broker's delay. False when the
-    /// link was closed meanwhile (a cut, or the cluster stopping).
-    fn hold(
-        &self,
-        link: u64,
-        broker: BrokerId,
-        not_before: Instant,
-        read_at: Option<Instant>,
-    ) -> bool {
+    /// Waits until the request just read on `link` may be forwarded: the broker is not
+    /// frozen, and no throttle mutes the connection. While the broker throttles, requests go
+    /// one at a time (the previous answer delivered first), so each waits out the mute of the
+    /// answer before it, as on a KIP-219 broker. False when the link was closed meanwhile.
+    fn hold_request(&self, link: u64, broker: BrokerId) -> bool {
+        self.wait(|state| {
+            let l = state.links.get(&link)?;
+            let faults = state.faults[state.index(broker)];
+            let now = Instant::now();
+            let throttling = !faults.throttle.is_zero() || l.muted_until > now;
+            Some(if faults.frozen || throttling && l.outstanding > 0 {
+                Wait::Changed
+            } else if l.muted_until > now {
+                Wait::Until(l.muted_until)
+            } else {
+                Wait::Go
+            })
+        })
+    }
+
+    /// Waits until an answer to a request read at `read_at` may be delivered on `link`: the
+    /// broker is not frozen, and its delay has passed since the request was read. False when
+    /// the link was closed meanwhile.
+    fn hold_answer(&self, link: u64, broker: BrokerId, read_at: Instant) -> bool {
+        self.wait(|state| {
+            state.links.get(&link)?;
+            let faults = state.faults[state.index(broker)];
+            let until = read_at + faults.delay;
+            Some(if faults.frozen {
+                Wait::Changed
+            } else if Instant::now() < until {
+                Wait::Until(until)
+            } else {
+                Wait::Go
+            })
+        })
+    }
+
+    /// Re-evaluates `check` on every change until it says go (true) or the link is gone
+    /// (`None`: false).
+    fn wait(&self, check: impl Fn(&State) -> Option<Wait>) -> bool {
         let mut state = self.lock();
         loop {
-            if !state.links.contains_key(&link) {
-                return false;
-            }
-            let faults = state.faults[state.index(broker)];
-            let mut until = not_before;
-            if let Some(read_at) = read_at {
-                until = until.max(read_at + faults.delay);
-            }
-            let now = Instant::now();
-            let wait = if faults.frozen {
-                Duration::from_secs(3600)
-            } else if now < until {
-                until - now
-            } else {
-                return true;
+            let timeout = match check(&state) {
+                None => return false,
+                Some(Wait::Go) => return true,
+                // Woken by a change; the hour is only a bound on a lost notification.
+                Some(Wait::Changed) => Duration::from_secs(3600),
+                Some(Wait::Until(t)) => t.saturating_duration_since(Instant::now()),
             };
             state = self
                 .changed
-                .wait_timeout(state, wait)
+                .wait_timeout(state, timeout)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -704,31 +755,58 @@ fn accept_loop(id: BrokerId, listener: &TcpListener, shared: &Arc<Shared>) {
                 broker: id,
                 client: client_handle,
                 upstream: upstream_handle,
+                outstanding: 0,
+                muted_until: Instant::now(),
             },
         );
         state.threads.retain(|t| !t.is_finished());
-        let conn = {
+        let (Ok(client_writer), Ok(upstream_reader)) = (client.try_clone(), upstream.try_clone())
+        else {
+            if let Some(l) = state.links.remove(&link) {
+                l.close();
+            }
+            continue;
+        };
+        let (queue, entries) = mpsc::channel();
+        let reader = {
             let shared = Arc::clone(shared);
             thread::Builder::new()
-                .name(format!("cluster-broker-{id}-link-{link}"))
-                .spawn(move || serve(id, link, client, upstream, &shared))
+                .name(format!("cluster-broker-{id}-link-{link}-requests"))
+                .spawn(move || read_requests(id, link, client, upstream, &queue, &shared))
                 .expect("spawn a connection thread")
         };
-        state.threads.push(conn);
+        let writer = {
+            let shared = Arc::clone(shared);
+            thread::Builder::new()
+                .name(format!("cluster-broker-{id}-link-{link}-answers"))
+                .spawn(move || {
+                    write_answers(id, link, &entries, upstream_reader, client_writer, &shared)
+                })
+                .expect("spawn a connection thread")
+        };
+        state.threads.extend([reader, writer]);
     }
 }
 
-/// Serves one client connection of broker `id`: one request at a time, in order.
-fn serve(id: BrokerId, link: u64, mut client: TcpStream, mut upstream: TcpStream, shared: &Shared) {
-    // After a throttled answer, the next request waits until this instant (KIP-219).
-    let mut muted_until = Instant::now();
+/// The request side of one client connection of broker `id`: reads each request, routes
+/// it, forwards it to tansu or queues the proxy's own answer. Requests are pipelined as the
+/// client sends them (answers keep their order through the queue), except while the broker
+/// throttles.
+fn read_requests(
+    id: BrokerId,
+    link: u64,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    queue: &mpsc::Sender<Entry>,
+    shared: &Shared,
+) {
     while let Some(request) = read_frame(&mut client) {
         let read_at = Instant::now();
         let Some((key, _)) = rewrite::api_of(&request) else {
             break;
         };
         *shared.lock().requests.entry((id, key)).or_default() += 1;
-        if !shared.hold(link, id, muted_until, None) {
+        if !shared.hold_request(link, id) {
             break;
         }
         let snap = shared.lock().snapshot(id);
@@ -739,26 +817,62 @@ fn serve(id: BrokerId, link: u64, mut client: TcpStream, mut upstream: TcpStream
                 break;
             }
         };
-        {
-            let mut state = shared.lock();
-            for code in routed.injected {
-                *state.injected.entry((id, key, code)).or_default() += 1;
-            }
-        }
-        // The answer, and the throttle it carries (the connection is muted that long after).
-        let (answer, throttle) = match routed.route {
-            Route::Drop => continue,
+        let answer = match routed.route {
+            Route::Drop => None,
             Route::ForwardOnly(frame) => {
                 if upstream.write_all(&frame).is_err() {
                     break;
                 }
-                continue;
+                None
             }
-            Route::Answer(frame) => (frame, snap.throttle_ms),
+            Route::Answer(frame) => Some(Pending::Local(frame, snap.throttle_ms)),
             Route::Forward { frame, pending } => {
                 if upstream.write_all(&frame).is_err() {
                     break;
                 }
+                Some(Pending::Upstream(pending))
+            }
+        };
+        let mut state = shared.lock();
+        for code in routed.injected {
+            *state.injected.entry((id, key, code)).or_default() += 1;
+        }
+        let Some(answer) = answer else { continue };
+        match state.links.get_mut(&link) {
+            Some(l) => l.outstanding += 1,
+            None => break,
+        }
+        drop(state);
+        if queue
+            .send(Entry {
+                key,
+                read_at,
+                answer,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    shared.close_link(link);
+}
+
+/// The answer side of one client connection of broker `id`: takes the queued requests in
+/// order, reads tansu's answer to each forwarded one and rewrites it, holds each answer for
+/// the broker's delay, delivers it, and mutes the connection after a throttled answer.
+fn write_answers(
+    id: BrokerId,
+    link: u64,
+    entries: &mpsc::Receiver<Entry>,
+    mut upstream: TcpStream,
+    mut client: TcpStream,
+    shared: &Shared,
+) {
+    while let Ok(entry) = entries.recv() {
+        // The answer, and the throttle it carries.
+        let (answer, throttle) = match entry.answer {
+            Pending::Local(frame, throttle) => (frame, throttle),
+            Pending::Upstream(pending) => {
                 let Some(answer) = read_frame(&mut upstream) else {
                     break;
                 };
@@ -773,13 +887,13 @@ fn serve(id: BrokerId, link: u64, mut client: TcpStream, mut upstream: TcpStream
                 }
             }
         };
-        if !shared.hold(link, id, read_at, Some(read_at)) {
+        if !shared.hold_answer(link, id, entry.read_at) {
             break;
         }
         // Counted before the write, so a test that has the answer sees it counted.
         {
             let mut state = shared.lock();
-            *state.answers.entry((id, key)).or_default() += 1;
+            *state.answers.entry((id, entry.key)).or_default() += 1;
             if throttle > 0 {
                 let i = state.index(id);
                 state.throttled[i] += 1;
@@ -788,9 +902,15 @@ fn serve(id: BrokerId, link: u64, mut client: TcpStream, mut upstream: TcpStream
         if client.write_all(&answer).is_err() {
             break;
         }
+        let mut state = shared.lock();
+        let Some(l) = state.links.get_mut(&link) else {
+            break;
+        };
+        l.outstanding -= 1;
         if throttle > 0 {
-            muted_until = Instant::now() + Duration::from_millis(throttle as u64);
+            l.muted_until = Instant::now() + Duration::from_millis(throttle as u64);
         }
+        shared.changed.notify_all();
     }
     shared.close_link(link);
 }

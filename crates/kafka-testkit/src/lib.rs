@@ -24,6 +24,7 @@
 //! README.md is the map, and the reference for the fake cluster.
 pub mod cluster;
 pub mod hostile_batch;
+pub mod latency;
 pub mod legacy;
 pub mod produce_faults;
 pub mod proxy;

@@ -377,6 +377,23 @@ fn a_throttled_broker_sets_throttle_time_and_holds_the_connection_that_long() {
     assert_eq!(answer.throttle_time_ms, 1_500);
     assert!(cluster.throttled_answers(2) >= 3);
 
+    // Pipelined requests go one at a time, each after the mute of the answer before it.
+    let mut fresh = connect(&cluster, 2);
+    let first = fresh.send(9, &request).unwrap();
+    let second = fresh.send(9, &request).unwrap();
+    fresh
+        .receive::<MetadataRequest>(9, first)
+        .expect("the first answer");
+    let answered = Instant::now();
+    fresh
+        .receive::<MetadataRequest>(9, second)
+        .expect("the second answer");
+    assert!(
+        answered.elapsed() >= throttle,
+        "the pipelined request was answered {:?} after a throttled answer",
+        answered.elapsed()
+    );
+
     // Other brokers are not throttled; a restored one no longer is.
     let mut at_1 = connect(&cluster, 1);
     assert_eq!(at_1.call(9, &request).unwrap().throttle_time_ms, 0);
@@ -398,6 +415,24 @@ fn a_delayed_broker_answers_after_the_delay_and_at_once_when_restored() {
         start.elapsed() >= delay,
         "answered after {:?}",
         start.elapsed()
+    );
+
+    // Pipelined requests are each held from their own arrival, not one after another.
+    let delay = Duration::from_secs(3);
+    cluster.delay(3, delay);
+    let start = Instant::now();
+    let sent: Vec<i32> = (0..4)
+        .map(|_| at_3.send(9, &metadata_request(9)).unwrap())
+        .collect();
+    for correlation in sent {
+        at_3.receive::<MetadataRequest>(9, correlation)
+            .expect("a held answer");
+    }
+    let took = start.elapsed();
+    assert!(took >= delay, "four answers in {took:?}");
+    assert!(
+        took < delay * 3,
+        "four pipelined answers took {took:?}: held one after another"
     );
 
     // An answer held for a minute is released by restore().
