@@ -40,7 +40,17 @@ fn main() {
         let mut worst: Vec<Vec<Duration>> = vec![Vec::new(); 3];
         for run in 1..=runs {
             let result = run_once(scenario);
-            println!("{} run {run}: {}", scenario.name(), result.summary());
+            let when: Vec<String> = result
+                .partitions
+                .iter()
+                .map(|(p, l)| format!("p{p} at {:.1} s", l.worst_at.as_secs_f64()))
+                .collect();
+            println!(
+                "{} run {run}: {} (worst probes sent: {})",
+                scenario.name(),
+                result.summary(),
+                when.join(", ")
+            );
             for (p, l) in &result.partitions {
                 assert_eq!(
                     l.missing,

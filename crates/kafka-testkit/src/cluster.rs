@@ -120,14 +120,16 @@ pub struct Cluster {
     /// test's producer); it advertises its own address.
     tansu: Broker,
     shared: Arc<Shared>,
-    /// One accept thread per broker port; `None` only while dropping.
+    /// One accept thread per broker port; joined (and emptied) in `Drop`.
     acceptors: Vec<JoinHandle<()>>,
 }
 
 /// A timeline of steps running on its own thread ([`Cluster::schedule`]). Dropping it
 /// cancels the steps not yet applied.
 pub struct Timeline {
+    /// Set (and signalled) by `Drop`: the thread applies no further step.
     cancel: Arc<(Mutex<bool>, Condvar)>,
+    /// The thread applying the steps; `None` once joined.
     thread: Option<JoinHandle<()>>,
 }
 
@@ -507,10 +509,10 @@ enum Wait {
 struct Entry {
     key: i16,
     read_at: Instant,
-    answer: Pending,
+    answer: Answer,
 }
 
-enum Pending {
+enum Answer {
     /// tansu's next answer on the upstream connection, to rewrite.
     Upstream(rewrite::Pending),
     /// The proxy's own answer, and the throttle it carries.
@@ -825,12 +827,12 @@ fn read_requests(
                 }
                 None
             }
-            Route::Answer(frame) => Some(Pending::Local(frame, snap.throttle_ms)),
+            Route::Answer(frame) => Some(Answer::Local(frame, snap.throttle_ms)),
             Route::Forward { frame, pending } => {
                 if upstream.write_all(&frame).is_err() {
                     break;
                 }
-                Some(Pending::Upstream(pending))
+                Some(Answer::Upstream(pending))
             }
         };
         let mut state = shared.lock();
@@ -871,8 +873,8 @@ fn write_answers(
     while let Ok(entry) = entries.recv() {
         // The answer, and the throttle it carries.
         let (answer, throttle) = match entry.answer {
-            Pending::Local(frame, throttle) => (frame, throttle),
-            Pending::Upstream(pending) => {
+            Answer::Local(frame, throttle) => (frame, throttle),
+            Answer::Upstream(pending) => {
                 let Some(answer) = read_frame(&mut upstream) else {
                     break;
                 };
