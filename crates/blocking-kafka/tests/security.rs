@@ -239,7 +239,8 @@ fn a_wrong_password_is_refused_at_once_in_the_brokers_words() {
         e.to_string(),
         "authentication failed for user alice with SCRAM-SHA-256: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256"
     );
-    // (Its line reaches the test through a pipe: wait for it.)
+    // The front logs the refusal after it has sent it, so the client can be back first:
+    // wait for the line, then check that the refusal was asked for once, not retried.
     wait_until(
         "the front to log the refusal",
         Duration::from_secs(5),
