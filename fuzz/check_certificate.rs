@@ -6,6 +6,8 @@
 //! shows; a broker sends these), as a PEM file of certificates (a CA or certificate file)
 //! and as a PEM key file. Per input:
 //! - nothing panics;
+//! - how `check` describes it (subject, expiry, alternative names) is one line with no
+//!   control character, of bounded length;
 //! - a certificate that reads has an expiry `YYYY-MM-DD HH:MM:SS UTC`, digits where digits
 //!   go (display only: webpki decides validity on the same bytes), and a subject of bounded
 //!   length, which `check` shows on one line with no control character (the subject is the
@@ -14,7 +16,8 @@
 //!   trailing period).
 
 use blocking_kafka::fuzzing::{
-    certificate_subject_and_expiry, read_certificates_pem, read_key_pem, session_line,
+    certificate_description, certificate_subject_and_expiry, read_certificates_pem, read_key_pem,
+    session_line,
 };
 
 /// Checks every invariant for one input; true when it reads as a DER certificate.
@@ -31,6 +34,19 @@ pub fn check(data: &[u8]) -> bool {
             data.len()
         );
     }
+    // Our certificate and the CA as `check` shows them, alternative names included.
+    let description = certificate_description(data);
+    assert!(
+        !description.chars().any(char::is_control),
+        "check would show a control character: {description:?}"
+    );
+    // Each byte of a name becomes at most a few characters; at most 8 names are shown.
+    assert!(
+        description.len() <= 8 * data.len() + 128,
+        "a description of {} bytes from {} bytes",
+        description.len(),
+        data.len()
+    );
     let line = session_line(data);
     assert!(
         !line.chars().any(char::is_control),

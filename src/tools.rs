@@ -221,7 +221,7 @@ fn check(config: &Config, security: &Arc<Security>) -> ExitCode {
             config.bootstrap_servers.join(","),
             config.topic,
             config.group_id,
-            describe_security(config)
+            describe_security(config, security)
         )),
     ));
     lines.push((CHECKS[1], check_database(&config.database_path)));
@@ -539,9 +539,11 @@ fn tool_settings(config: &Config, security: &Arc<Security>) -> ConsumerSettings 
     }
 }
 
-/// "security SASL_SSL (SCRAM-SHA-512 as alice, password from file /run/...; CA file ...)":
-/// what is configured, never a secret.
-fn describe_security(config: &Config) -> String {
+/// "security SASL_SSL (SCRAM-SHA-512 as alice, password from file /run/...; CAs from
+/// /etc/...: CN=... (expires ...); client certificate /etc/...: CN=... (expires ...; names
+/// ...))": what is configured, and which CA and client certificate the files hold (as new
+/// connections use them), never a secret.
+fn describe_security(config: &Config, security: &Security) -> String {
     let s = &config.security;
     let mut parts = Vec::new();
     if let Some(sasl) = &s.sasl {
@@ -559,14 +561,21 @@ fn describe_security(config: &Config) -> String {
         }
     }
     if let Some(tls) = &s.tls {
+        let files = security.tls_files();
+        let held = |what: Option<&String>| what.map(|d| format!(": {d}")).unwrap_or_default();
         parts.push(match &tls.ca_location {
-            Some(ca) => format!("CAs from {}", ca.display()),
+            Some(ca) => format!(
+                "CAs from {}{}",
+                ca.display(),
+                held(files.as_ref().and_then(|f| f.trusted.as_ref()))
+            ),
             None => "built-in CA roots".to_owned(),
         });
         if let Some(id) = &tls.client_identity {
             parts.push(format!(
-                "client certificate {}",
-                id.certificate_location.display()
+                "client certificate {}{}",
+                id.certificate_location.display(),
+                held(files.as_ref().and_then(|f| f.client_certificate.as_ref()))
             ));
         }
         if !tls.verify_hostname {

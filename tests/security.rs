@@ -56,9 +56,10 @@ fn over_tls_with_a_private_ca_the_worker_provisions_and_check_describes_the_sess
     ] {
         assert!(kafka.contains(part), "{part:?} missing from {kafka:?}");
     }
+    // The CA trusted, read from its file: its subject and when it expires.
     assert!(
         line_of(&out, "OK   configuration:").contains(&format!(
-            "security SSL (CAs from {})",
+            "security SSL (CAs from {}: CN=provision-worker test CA, O=Tests (expires ",
             sb.certs.file("ca.pem")
         )),
         "{}",
@@ -363,13 +364,31 @@ fn a_client_certificate_and_ca_rotated_mid_run_are_used_for_new_connections_with
     wait_status(&db, "after", "completed");
     assert_eq!(worker.count_lines("Worker stopped"), 0);
 
-    // `check` names the client certificate the session used, and when it expires.
+    // `check` names the client certificate the session used, its names and when it
+    // expires, and the CA now trusted: the rotated files.
     let out = tool(&env, &["check"]);
     let kafka = line_of(&out, "OK   kafka:");
     assert!(
         kafka.contains("client certificate CN=worker.client, O=Tests (expires "),
         "{kafka}"
     );
+    assert!(kafka.contains(" UTC; names worker.client)"), "{kafka}");
+    let configuration = line_of(&out, "OK   configuration:");
+    for part in [
+        format!(
+            "CAs from {}: CN=CA after the rotation, O=Tests (expires ",
+            show("ca.pem")
+        ),
+        format!(
+            "client certificate {}: CN=worker.client, O=Tests (expires ",
+            show("client.pem")
+        ),
+    ] {
+        assert!(
+            configuration.contains(&part),
+            "{part:?} missing: {configuration}"
+        );
+    }
 
     // A bad key arrives: new connections keep the last good files, and it is said once,
     // however many connections are opened meanwhile.

@@ -51,7 +51,7 @@ pub use group::{Generation, assign_range, encode_offset_commit};
 pub use net::security::Security;
 pub use net::settings::{
     ClientIdentity, Password, SaslMechanism, SaslSettings, SecurityError, SessionInfo,
-    TlsSessionInfo, TlsSettings,
+    TlsFilesInfo, TlsSessionInfo, TlsSettings,
 };
 pub use producer::{Delivery, ProduceError, Producer};
 pub use settings::{ConsumerSettings, ProducerSettings};

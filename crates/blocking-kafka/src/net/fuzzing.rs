@@ -6,7 +6,7 @@
 //! - SCRAM: the client's reading of the server-first and server-final messages
 //!   ([`scram_sha256`]), with a fixed user, nonce and password (RFC 7677's).
 //! - Certificates: the DER reader behind `check`'s subject and expiry
-//!   ([`certificate_subject_and_expiry`], [`session_line`]), and the PEM readers of the CA,
+//!   ([`certificate_subject_and_expiry`], [`certificate_description`], [`session_line`]), and the PEM readers of the CA,
 //!   certificate and key files ([`read_certificates_pem`], [`read_key_pem`]).
 use std::path::Path;
 
@@ -53,6 +53,12 @@ pub fn scram_sha256(server_first: &str, server_final: &str) -> ScramOutcome {
 /// read as one.
 pub fn certificate_subject_and_expiry(der: &[u8]) -> Option<(String, String)> {
     tls::der::subject_and_expiry(der)
+}
+
+/// How `check` and the log show a certificate of ours or a CA: subject, expiry and
+/// alternative names, escaped.
+pub fn certificate_description(der: &[u8]) -> String {
+    tls::describe_certificate(der)
 }
 
 /// How `check` shows a session with a broker that presented the certificate `der` (through

@@ -4,7 +4,7 @@
 //! `Security::new` reads and checks every file once, at start (CA bundle, client certificate
 //! and key), so a file that cannot be used stops the program before it talks to anyone.
 //! `Security::default()` is PLAINTEXT: no TLS, no SASL.
-use crate::net::settings::{SaslSettings, SecurityError, TlsSettings};
+use crate::net::settings::{SaslSettings, SecurityError, TlsFilesInfo, TlsSettings};
 use crate::net::tls::TlsContext;
 
 /// The security settings every connection of one client uses.
@@ -44,6 +44,13 @@ impl Security {
     /// True when the broker's host name is not checked (`KAFKA_SSL_ENDPOINT_IDENTIFICATION=none`).
     pub fn skips_hostname_verification(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| !t.verify_hostname())
+    }
+
+    /// Which CAs are trusted and which client certificate is offered, with their subjects,
+    /// names and expiry dates (the files read again first if they changed); `None` without
+    /// TLS.
+    pub fn tls_files(&self) -> Option<TlsFilesInfo> {
+        self.tls.as_ref().map(TlsContext::files_info)
     }
 
     pub(crate) fn tls(&self) -> Option<&TlsContext> {

@@ -1,6 +1,7 @@
 //! What the caller asks of TLS and SASL, and what a connection negotiated: the settings
 //! `Security::new` is built from (`TlsSettings`, `SaslSettings` with its `Password`), the
-//! errors of files that cannot be used (`SecurityError`), and `SessionInfo` for `check`.
+//! errors of files that cannot be used (`SecurityError`), and `SessionInfo` and
+//! `TlsFilesInfo` for `check`.
 //! Plain data: the bottom of `net`, importing nothing of the crate but `printable`.
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -124,7 +125,19 @@ pub struct TlsSessionInfo {
     /// The broker certificate's notAfter, e.g. `2027-03-01 12:00:00 UTC`.
     pub not_after: String,
     /// The client certificate this connection offered (mutual TLS), as
-    /// `CN=..., O=... (expires 2027-03-01 12:00:00 UTC)`: the one in use after a rotation.
+    /// `CN=..., O=... (expires 2027-03-01 12:00:00 UTC; names ...)`: the one in use after a
+    /// rotation.
+    pub client_certificate: Option<String>,
+}
+
+/// What the TLS files in use hold, for `check`: as new connections use them (read again
+/// first if they changed). Escaped, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFilesInfo {
+    /// The CAs of `KAFKA_SSL_CA_LOCATION`: `CN=Example CA (expires 2030-01-01 00:00:00 UTC)`,
+    /// or for a bundle `3 CAs, the first to expire CN=...`; `None`: the built-in roots.
+    pub trusted: Option<String>,
+    /// Our certificate (mutual TLS): `CN=worker, O=Example (expires ...; names worker.example)`.
     pub client_certificate: Option<String>,
 }
 

@@ -30,7 +30,7 @@ use rustls::{
 };
 
 use crate::error::KafkaError;
-use crate::net::settings::{SecurityError, TlsSessionInfo, TlsSettings};
+use crate::net::settings::{SecurityError, TlsFilesInfo, TlsSessionInfo, TlsSettings};
 
 /// The rustls client configuration the connections of one client share, read again from
 /// its files when they change. Its `Debug` shows the settings, never the configuration
@@ -62,14 +62,23 @@ pub(crate) struct TlsStream {
 
 /// A configuration built from the files, and the files' state it was built from.
 struct Loaded {
-    config: Arc<ClientConfig>,
-    /// The CA, certificate and key files' state when `config` was read from them.
+    /// What new connections use, and what it holds.
+    built: Built,
+    /// The CA, certificate and key files' state when `built` was read from them.
     files: Vec<FileState>,
-    /// Our certificate's subject and expiry, for `check` (`None` without mutual TLS).
-    client_certificate: Option<Arc<str>>,
     /// The files' state when they last failed to make a configuration: that was said, and
     /// is not again until they change once more.
     failed: Option<Vec<FileState>>,
+}
+
+/// A client configuration read from the files, with what `check` shows of them.
+#[derive(Clone)]
+struct Built {
+    config: Arc<ClientConfig>,
+    /// Our certificate's subject, names and expiry (`None` without mutual TLS).
+    client_certificate: Option<Arc<str>>,
+    /// The CAs of `KAFKA_SSL_CA_LOCATION` (`None`: the built-in roots).
+    trusted: Option<Arc<str>>,
 }
 
 /// What changes when a file is replaced or rewritten; `None` when it cannot be looked at
@@ -92,21 +101,29 @@ impl TlsContext {
     /// Reads and checks the files: an error names the variable and the file.
     pub(crate) fn new(settings: &TlsSettings) -> Result<TlsContext, SecurityError> {
         let files = file_states(settings);
-        let (config, client_certificate) = build(settings)?;
+        let built = build(settings)?;
         Ok(TlsContext {
             settings: settings.clone(),
             loaded: Mutex::new(Loaded {
-                config,
+                built,
                 files,
-                client_certificate,
                 failed: None,
             }),
         })
     }
 
-    /// The configuration (and our certificate) for a new connection: the files read again
+    /// What the files in use hold (read again first if they changed), for `check`.
+    pub(crate) fn files_info(&self) -> TlsFilesInfo {
+        let built = self.current();
+        TlsFilesInfo {
+            trusted: built.trusted.as_deref().map(str::to_owned),
+            client_certificate: built.client_certificate.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// The configuration (and what it holds) for a new connection: the files read again
     /// first if they changed.
-    fn current(&self) -> (Arc<ClientConfig>, Option<Arc<str>>) {
+    fn current(&self) -> Built {
         match self.refresh() {
             Refresh::Unchanged => {}
             Refresh::Reloaded(certificate) => log::info!(
@@ -119,8 +136,7 @@ impl TlsContext {
                 "The TLS files changed but cannot be used: {e}; new Kafka connections keep the ones read before (said once per change)"
             ),
         }
-        let loaded = self.lock();
-        (loaded.config.clone(), loaded.client_certificate.clone())
+        self.lock().built.clone()
     }
 
     /// Reads the files again if their state changed since they were last read (or last
@@ -134,11 +150,11 @@ impl TlsContext {
             return Refresh::Unchanged;
         }
         match build(&self.settings) {
-            Ok((config, client_certificate)) => {
+            Ok(built) => {
+                let client_certificate = built.client_certificate.clone();
                 *loaded = Loaded {
-                    config,
+                    built,
                     files: now,
-                    client_certificate: client_certificate.clone(),
                     failed: None,
                 };
                 Refresh::Reloaded(client_certificate)
@@ -185,8 +201,9 @@ fn file_state(path: &Path) -> FileState {
     )
 }
 
-/// A client configuration from the settings' files, and our certificate's description.
-fn build(settings: &TlsSettings) -> Result<(Arc<ClientConfig>, Option<Arc<str>>), SecurityError> {
+/// A client configuration from the settings' files, and what `check` shows of them.
+fn build(settings: &TlsSettings) -> Result<Built, SecurityError> {
+    let mut trusted = None;
     let roots = match &settings.ca_location {
         Some(path) => {
             let fail = |detail: String| SecurityError::CaLocation {
@@ -194,6 +211,7 @@ fn build(settings: &TlsSettings) -> Result<(Arc<ClientConfig>, Option<Arc<str>>)
                 detail,
             };
             let certs = read_certificates(path).map_err(fail)?;
+            let description = describe_cas(&certs);
             let mut roots = RootCertStore::empty();
             let (added, ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {
@@ -201,6 +219,7 @@ fn build(settings: &TlsSettings) -> Result<(Arc<ClientConfig>, Option<Arc<str>>)
                     "none of its {ignored} certificate(s) can be used as a trust anchor"
                 )));
             }
+            trusted = Some(description);
             roots
         }
         // Mozilla's roots, compiled in: a scratch image has no system store to read.
@@ -247,14 +266,56 @@ fn build(settings: &TlsSettings) -> Result<(Arc<ClientConfig>, Option<Arc<str>>)
             })?
         }
     };
-    Ok((Arc::new(config), client_certificate))
+    Ok(Built {
+        config: Arc::new(config),
+        client_certificate,
+        trusted,
+    })
 }
 
-/// "CN=..., O=... (expires ...)" of a certificate.
+/// "CN=..., O=... (expires ...; names a.example, 10.0.0.1)" of a certificate, escaped: it
+/// is a file's text (or a peer's), shown on one line.
 fn describe(der: &[u8]) -> Arc<str> {
-    let (subject, not_after) = der::subject_and_expiry(der)
-        .unwrap_or_else(|| ("(unreadable)".to_owned(), "(unknown)".to_owned()));
-    Arc::from(format!("{subject} (expires {not_after})"))
+    Arc::from(describe_certificate(der))
+}
+
+/// See [`describe`] (the fuzz target's entry too).
+pub(crate) fn describe_certificate(der: &[u8]) -> String {
+    /// Names shown; a certificate for hundreds of hosts would fill the screen.
+    const SHOWN: usize = 8;
+    let text = match der::facts(der) {
+        None => "(unreadable) (expires (unknown))".to_owned(),
+        Some(f) if f.names.is_empty() => format!("{} (expires {})", f.subject, f.not_after),
+        Some(f) => {
+            let mut names = f.names[..f.names.len().min(SHOWN)].join(", ");
+            if f.names.len() > SHOWN {
+                names.push_str(&format!(" and {} more", f.names.len() - SHOWN));
+            }
+            format!("{} (expires {}; names {names})", f.subject, f.not_after)
+        }
+    };
+    crate::error::printable(&text).into_owned()
+}
+
+/// The CAs of a CA file, for `check`: the one as [`describe`] shows it, or for a bundle how
+/// many and the first to expire (the one to renew first).
+fn describe_cas(certs: &[CertificateDer<'_>]) -> Arc<str> {
+    if let [one] = certs {
+        return describe(one.as_ref());
+    }
+    // "YYYY-MM-DD HH:MM:SS UTC" sorts as it reads.
+    let first = certs
+        .iter()
+        .filter_map(|c| der::facts(c.as_ref()).map(|f| (f.not_after, c)))
+        .min_by(|a, b| a.0.cmp(&b.0));
+    Arc::from(match first {
+        Some((_, c)) => format!(
+            "{} CAs, the first to expire {}",
+            certs.len(),
+            describe_certificate(c.as_ref())
+        ),
+        None => format!("{} CAs", certs.len()),
+    })
 }
 
 impl TlsContext {
@@ -275,7 +336,11 @@ impl TlsContext {
             broker: addr.to_owned(),
             reason: format!("{host} is neither a host name nor an IP address"),
         })?;
-        let (config, client_certificate) = self.current();
+        let Built {
+            config,
+            client_certificate,
+            ..
+        } = self.current();
         let conn = ClientConnection::new(config, name).map_err(|e| KafkaError::Tls {
             broker: addr.to_owned(),
             reason: e.to_string(),
@@ -747,6 +812,25 @@ impl Write for Stream {
 pub(crate) mod der {
     /// (subject, notAfter) of an X.509 certificate, or `None` if it does not parse.
     pub(crate) fn subject_and_expiry(cert: &[u8]) -> Option<(String, String)> {
+        facts(cert).map(|f| (f.subject, f.not_after))
+    }
+
+    /// What `check` shows of a certificate.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct Facts {
+        /// "CN=..., O=...", or "(empty subject)".
+        pub(crate) subject: String,
+        /// "YYYY-MM-DD HH:MM:SS UTC".
+        pub(crate) not_after: String,
+        /// The subject alternative names: DNS names, IP addresses, URIs (a SPIFFE id) and
+        /// e-mail addresses, in the certificate's order. A client certificate may have no
+        /// subject and only these.
+        pub(crate) names: Vec<String>,
+    }
+
+    /// The subject, expiry and alternative names of an X.509 certificate, or `None` if it
+    /// does not parse. (Names in an extension that does not parse are left out.)
+    pub(crate) fn facts(cert: &[u8]) -> Option<Facts> {
         let (tag, certificate, _) = tlv(cert)?;
         if tag != 0x30 {
             return None;
@@ -783,7 +867,64 @@ pub(crate) mod der {
         if tag != 0x30 {
             return None;
         }
-        Some((name(subject), not_after))
+        // subjectPublicKeyInfo, then the optional unique ids ([1], [2]) and extensions ([3]).
+        let mut names = Vec::new();
+        while let Some((tag, value)) = field() {
+            if tag == 0xa3 {
+                names = alternative_names(value).unwrap_or_default();
+            }
+        }
+        Some(Facts {
+            subject: name(subject),
+            not_after,
+            names,
+        })
+    }
+
+    /// The names of the subjectAltName extension (2.5.29.17) among `[3] Extensions`.
+    fn alternative_names(explicit: &[u8]) -> Option<Vec<String>> {
+        let (0x30, mut extensions, _) = tlv(explicit)? else {
+            return None;
+        };
+        while let Some((0x30, extension, after)) = tlv(extensions) {
+            extensions = after;
+            let Some((0x06, [0x55, 0x1d, 0x11], rest)) = tlv(extension) else {
+                continue;
+            };
+            // `critical BOOLEAN DEFAULT FALSE` may come before the value.
+            let rest = match tlv(rest)? {
+                (0x01, _, after) => after,
+                _ => rest,
+            };
+            let (0x04, octets, _) = tlv(rest)? else {
+                return None;
+            };
+            let (0x30, mut general_names, _) = tlv(octets)? else {
+                return None;
+            };
+            let mut names = Vec::new();
+            while let Some((tag, value, after)) = tlv(general_names) {
+                general_names = after;
+                match (tag, value.len()) {
+                    // [1] rfc822Name, [2] dNSName, [6] uniformResourceIdentifier: IA5 text.
+                    (0x81 | 0x82 | 0x86, _) => {
+                        names.push(String::from_utf8_lossy(value).into_owned());
+                    }
+                    // [7] iPAddress.
+                    (0x87, 4) => {
+                        let octets: [u8; 4] = value.try_into().ok()?;
+                        names.push(std::net::Ipv4Addr::from(octets).to_string());
+                    }
+                    (0x87, 16) => {
+                        let octets: [u8; 16] = value.try_into().ok()?;
+                        names.push(std::net::Ipv6Addr::from(octets).to_string());
+                    }
+                    _ => {}
+                }
+            }
+            return Some(names);
+        }
+        None
     }
 
     /// Seconds since 1970 as "YYYY-MM-DD HH:MM:SS UTC".
@@ -918,6 +1059,48 @@ pub(crate) mod der {
             assert_eq!(subject, "CN=kafka.example.com, O=Example");
             assert_eq!(not_after, "2031-07-04 00:00:00 UTC");
             assert_eq!(subject_and_expiry(&cert.der()[..40]), None);
+            assert_eq!(
+                facts(cert.der().as_ref()).expect("parses").names,
+                ["kafka.example.com"]
+            );
+        }
+
+        #[test]
+        fn alternative_names_of_every_kind_are_read_and_a_subject_may_be_empty() {
+            use rcgen::SanType;
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            let ia5 = |s: &str| s.try_into().expect("IA5");
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.subject_alt_names = vec![
+                SanType::URI(ia5("spiffe://example.org/worker")),
+                SanType::DnsName(ia5("worker.example.org")),
+                SanType::IpAddress("10.0.0.7".parse().expect("v4")),
+                SanType::IpAddress("fd00::7".parse().expect("v6")),
+                SanType::Rfc822Name(ia5("ops@example.org")),
+            ];
+            let cert = params.self_signed(&key).expect("self-signed");
+            let f = facts(cert.der().as_ref()).expect("parses");
+            assert_eq!(f.subject, "(empty subject)");
+            assert_eq!(
+                f.names,
+                [
+                    "spiffe://example.org/worker",
+                    "worker.example.org",
+                    "10.0.0.7",
+                    "fd00::7",
+                    "ops@example.org"
+                ]
+            );
+            // Without the extension: no names, the rest as before.
+            let plain = rcgen::CertificateParams::new(Vec::<String>::new())
+                .expect("params")
+                .self_signed(&key)
+                .expect("self-signed");
+            assert_eq!(
+                facts(plain.der().as_ref()).expect("parses").names,
+                Vec::<String>::new()
+            );
         }
 
         #[test]
@@ -999,7 +1182,21 @@ mod tests {
         pki.replace("client.key", &key);
         let ctx = TlsContext::new(&pki.settings()).expect("good files");
         assert!(matches!(ctx.refresh(), Refresh::Unchanged));
-        let (first, ours) = ctx.current();
+        // What `check` shows: the CA and our certificate, with its names and expiry.
+        let info = ctx.files_info();
+        let trusted = info.trusted.unwrap_or_default();
+        assert!(trusted.starts_with("CN=reload CA (expires "), "{trusted}");
+        let ours = info.client_certificate.unwrap_or_default();
+        assert!(
+            ours.starts_with("CN=one.client (expires ")
+                && ours.ends_with(" UTC; names one.client)"),
+            "{ours}"
+        );
+        let Built {
+            config: first,
+            client_certificate: ours,
+            ..
+        } = ctx.current();
         assert!(
             ours.as_deref()
                 .unwrap_or_default()
@@ -1014,7 +1211,11 @@ mod tests {
             Refresh::Reloaded(Some(c)) => assert!(c.starts_with("CN=two.client"), "{c}"),
             other => panic!("{other:?}"),
         }
-        let (second, ours) = ctx.current();
+        let Built {
+            config: second,
+            client_certificate: ours,
+            ..
+        } = ctx.current();
         assert!(!Arc::ptr_eq(&first, &second));
         assert!(
             ours.as_deref()
@@ -1034,7 +1235,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(ctx.refresh(), Refresh::Unchanged), "said twice");
-        let (kept, ours) = ctx.current();
+        let Built {
+            config: kept,
+            client_certificate: ours,
+            ..
+        } = ctx.current();
         assert!(Arc::ptr_eq(&kept, &second));
         assert!(
             ours.as_deref()
