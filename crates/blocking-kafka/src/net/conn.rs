@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 
-use crate::error::KafkaError;
+use crate::error::{KafkaError, printable};
 use crate::net::body::Body;
 use crate::net::sasl;
 use crate::net::security::Security;
@@ -170,7 +170,8 @@ impl Connection {
         if let Some(l) = lifetime {
             log::debug!(
                 "SASL session with {} lasts {l:?}; renewing it before then",
-                self.transport.addr()
+                // (The address may come from metadata: the broker's text.)
+                printable(self.transport.addr())
             );
         }
         Ok(())
