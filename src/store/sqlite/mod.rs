@@ -30,11 +30,10 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use crate::request::ProvisionRequest;
+use super::group::GroupCommit;
 use checkpoint::Checkpointer;
-use group::GroupCommit;
 
 mod checkpoint;
-mod group;
 
 /// Where a request is in its life. Stored as lower-case text in `provision_requests.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -874,7 +873,7 @@ impl fmt::Display for ParseStatusError {
 
 impl std::error::Error for ParseStatusError {}
 
-const SCHEMA: &str = include_str!("../sql/schema.sql");
+const SCHEMA: &str = include_str!("../../../sql/schema.sql");
 
 /// Long enough for one writer to finish a transaction (each is a single short statement), short
 /// enough that a stuck lock surfaces as a retryable error within seconds.
