@@ -31,6 +31,8 @@ impl<Op, Out> GroupCommit<Op, Out> {
         }
     }
 
+    /// Only the tests submit single operations; the store passes vectors.
+    #[cfg(test)]
     /// Runs `op`, batched with the operations of any other callers waiting at the time, and
     /// returns its own outcome once its batch has run.
     ///
