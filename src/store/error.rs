@@ -1,20 +1,32 @@
 //! Why a store operation failed, and the one place that sorts database errors by what the
-//! caller does about them ([`StoreError::fault`]).
+//! caller does about them: [`StoreError::fault`].
+//!
+//! - **Transient**: the fault may clear by itself (busy, locked, I/O, a full disk, a read-only
+//!   remount, no connection in time): the caller retries with backoff, never turns the request
+//!   into `failed`, and its offset stays uncommitted meanwhile.
+//! - **Permanent**: the database refuses this statement and will again (a constraint, a
+//!   trigger's `RAISE`, a column or table that is missing, a status this worker does not own):
+//!   the caller tries a bounded number of times, then ends the request's handling.
+//! - **Fatal**: durability is lost (an fsync failed, the write-ahead log vanished): nothing may
+//!   be committed to Kafka any more, and the worker stops.
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use rusqlite::ErrorCode;
+use rusqlite::ffi;
 
-/// How the caller handles a [`StoreError`].
+/// How the caller handles a [`StoreError`] (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// May clear by itself: retried with backoff, never turned into `failed`.
+    /// May clear by itself: retry with backoff; never `failed`.
     Transient,
-    /// Will not clear by retrying.
+    /// The database refuses this and will again: bounded tries, then give up on the request.
     Permanent,
+    /// Durability is lost: commit nothing more to Kafka, stop the worker.
+    Fatal,
 }
 
+/// Why a store operation failed. [`StoreError::fault`] says what to do about it.
 #[derive(Debug)]
 pub enum StoreError {
     /// `StoreOptions::pool_size` was 0.
@@ -51,38 +63,36 @@ pub enum StoreError {
     Pool(r2d2::Error),
     /// The full path of the database file could not be resolved at start.
     Resolve { path: PathBuf, source: io::Error },
-    /// An fsync (of the `-wal` file, or of the directory at start) failed.
+    /// An fsync (of the database or its `-wal` file, or of the directory at start) failed:
+    /// the pages it was to write may be lost, and a later fsync that succeeds proves nothing
+    /// (Linux marks them clean). Every sync after the first failure fails with it again.
     Sync { path: PathBuf, source: io::Error },
+    /// The database file or its `-wal` file was removed or replaced while the store had it
+    /// open: what SQLite writes goes to a file nobody will read again.
+    Vanished { path: PathBuf },
     /// The thread that syncs the database is gone (it panicked): nothing can be made durable.
     SyncThreadGone,
     /// The checkpoint thread could not be started at open.
     Thread { path: PathBuf, source: io::Error },
     /// `insert_pending` found a row with that request id.
     AlreadyExists { request_id: String },
-    /// A row's status is not one this worker knows, so it cannot tell what to do with it.
-    UnexpectedStatus { request_id: String, value: String },
+    /// A row's status is not one this worker owns (the backend's own, such as `cancelled`):
+    /// the worker leaves such a row as it is.
+    ForeignStatus { request_id: String, status: String },
 }
 
 impl StoreError {
-    /// How to handle this error: the one place that sorts them.
-    pub fn fault(&self) -> Fault {
-        if self.is_transient() {
-            Fault::Transient
-        } else {
-            Fault::Permanent
-        }
-    }
-
-    /// True for faults that may clear by themselves and must be retried, never turned into
-    /// `failed`: SQLite busy or locked, I/O errors, a full disk, a read-only or unopenable file
-    /// (a remount, a moved file), and no pooled connection in time.
+    /// How to handle this error: the one place that sorts store errors.
     ///
-    /// Errors from `open` are never transient: they are found at start and need an operator.
-    /// A failed fsync is not transient either (see [`Store::make_durable`]).
-    pub fn is_transient(&self) -> bool {
+    /// Errors from `open` are permanent (found at start, they need an operator), except a
+    /// database another process holds locked, which is waited for.
+    pub fn fault(&self) -> Fault {
         match self {
-            StoreError::Sqlite(e) => is_transient_sqlite(e),
-            StoreError::Pool(_) | StoreError::Busy { .. } => true,
+            StoreError::Sqlite(e) => sqlite_fault(e),
+            StoreError::Pool(_) | StoreError::Busy { .. } => Fault::Transient,
+            StoreError::Sync { .. } | StoreError::Vanished { .. } | StoreError::SyncThreadGone => {
+                Fault::Fatal
+            }
             StoreError::ZeroPoolSize
             | StoreError::Open { .. }
             | StoreError::NotWal { .. }
@@ -90,11 +100,33 @@ impl StoreError {
             | StoreError::MissingColumns { .. }
             | StoreError::RequestIdNotUnique { .. }
             | StoreError::Resolve { .. }
-            | StoreError::Sync { .. }
-            | StoreError::SyncThreadGone
             | StoreError::Thread { .. }
             | StoreError::AlreadyExists { .. }
-            | StoreError::UnexpectedStatus { .. } => false,
+            | StoreError::ForeignStatus { .. } => Fault::Permanent,
+        }
+    }
+
+    /// Whether the fault may clear by itself ([`Fault::Transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.fault() == Fault::Transient
+    }
+
+    /// SQLite said busy or locked: another connection held the database (for the metrics).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Busy { .. })
+            || matches!(self, StoreError::Sqlite(e) if is_busy(e))
+    }
+
+    /// The database's own words for a refusal, as a backend's user should read them: a
+    /// trigger's `RAISE` message, a constraint's "CHECK constraint failed: ...", or for
+    /// anything else this error's message.
+    pub fn reason(&self) -> String {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(_, Some(message))) => message.clone(),
+            StoreError::ForeignStatus { status, .. } => {
+                format!("status {status:?} is not one this worker owns")
+            }
+            other => other.to_string(),
         }
     }
 }
@@ -142,16 +174,29 @@ impl fmt::Display for StoreError {
                  provision_requests(request_id)",
                 path.display()
             ),
-            StoreError::Sqlite(e) if is_transient_sqlite(e) => write!(
-                f,
-                "database temporarily unavailable: {e}; retry, and if it persists look for a \
-                 process holding a long write transaction, a full disk or failing storage"
-            ),
-            StoreError::Sqlite(e) => write!(
-                f,
-                "database statement failed: {e}; check that provision_requests matches \
-                 sql/schema.sql"
-            ),
+            StoreError::Sqlite(e) => match sqlite_fault(e) {
+                Fault::Transient => write!(
+                    f,
+                    "database temporarily unavailable: {e}; retry, and if it persists look for \
+                     a process holding a long write transaction, a full disk or failing storage"
+                ),
+                Fault::Fatal => write!(
+                    f,
+                    "the database could not flush its files to disk: {e}; recent commits may \
+                     be lost, so nothing more is acknowledged to Kafka: check the storage \
+                     (dmesg), then restart the worker to recover from what is on disk"
+                ),
+                Fault::Permanent if is_constraint(e) => write!(
+                    f,
+                    "the database refused the statement: {e}; a constraint or trigger of \
+                     provision_requests does not allow it"
+                ),
+                Fault::Permanent => write!(
+                    f,
+                    "database statement failed: {e}; check that provision_requests matches \
+                     sql/schema.sql"
+                ),
+            },
             StoreError::Pool(e) => write!(
                 f,
                 "no database connection within {} s: {e}; retry, and if it persists check that \
@@ -166,8 +211,17 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Sync { path, source } => write!(
                 f,
-                "cannot flush {} to disk: {source}; recent commits may not be durable, so check \
-                 the storage before going on",
+                "cannot flush {} to disk: {source}; writes since the last flush may be lost \
+                 and a later flush would prove nothing, so nothing more is acknowledged to \
+                 Kafka: check the storage (dmesg), then restart the worker to recover from what \
+                 is on disk",
+                path.display()
+            ),
+            StoreError::Vanished { path } => write!(
+                f,
+                "file {} was removed or replaced while the database was open, so commits go to a \
+                 file nobody will read; find what removed it, restore the database if needed, \
+                 and restart the worker",
                 path.display()
             ),
             StoreError::SyncThreadGone => write!(
@@ -186,10 +240,11 @@ impl fmt::Display for StoreError {
                 f,
                 "request {request_id:?} already exists; use a new request id"
             ),
-            StoreError::UnexpectedStatus { request_id, value } => write!(
+            StoreError::ForeignStatus { request_id, status } => write!(
                 f,
-                "request {request_id:?} has status {value:?}, which this worker does not know; \
-                 set it to pending, provisioning, completed or failed by hand"
+                "request {request_id:?} has status {status:?}, which this worker does not own \
+                 (it moves only pending and provisioning rows) and leaves as it is; to have it \
+                 processed, set the row back to pending and replay its dead letter"
             ),
         }
     }
@@ -208,11 +263,12 @@ impl std::error::Error for StoreError {
             | StoreError::Thread { source, .. } => Some(source),
             StoreError::ZeroPoolSize
             | StoreError::SyncThreadGone
+            | StoreError::Vanished { .. }
             | StoreError::NotWal { .. }
             | StoreError::MissingColumns { .. }
             | StoreError::RequestIdNotUnique { .. }
             | StoreError::AlreadyExists { .. }
-            | StoreError::UnexpectedStatus { .. } => None,
+            | StoreError::ForeignStatus { .. } => None,
         }
     }
 }
@@ -223,65 +279,175 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-fn is_transient_sqlite(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
-                | ErrorCode::ReadOnly
-                | ErrorCode::CannotOpen
+/// SQLite's result codes (<https://www.sqlite.org/rescode.html>), sorted.
+fn sqlite_fault(e: &rusqlite::Error) -> Fault {
+    let rusqlite::Error::SqliteFailure(err, _) = e else {
+        // rusqlite's own errors (a value of another type in a column, a row that is not
+        // there): the table does not hold what the worker reads.
+        return Fault::Permanent;
+    };
+    if matches!(
+        err.extended_code,
+        ffi::SQLITE_IOERR_FSYNC | ffi::SQLITE_IOERR_DIR_FSYNC
+    ) {
+        // SQLite's own fsync failed (a checkpoint, say): as fatal as one of ours.
+        return Fault::Fatal;
+    }
+    match err.extended_code & 0xff {
+        // Another connection holds a lock; the storage (I/O, a full disk, a read-only
+        // remount, a moved or unreadable file); the moment (memory, an interrupt, a
+        // statement aborted by a rollback, the WAL index being rebuilt, a schema change
+        // under a prepared statement).
+        ffi::SQLITE_BUSY
+        | ffi::SQLITE_LOCKED
+        | ffi::SQLITE_IOERR
+        | ffi::SQLITE_FULL
+        | ffi::SQLITE_READONLY
+        | ffi::SQLITE_CANTOPEN
+        | ffi::SQLITE_PERM
+        | ffi::SQLITE_NOLFS
+        | ffi::SQLITE_NOMEM
+        | ffi::SQLITE_INTERRUPT
+        | ffi::SQLITE_ABORT
+        | ffi::SQLITE_PROTOCOL
+        | ffi::SQLITE_SCHEMA
+        // A damaged file is not the request's fault: the request waits for an operator to
+        // restore it rather than fail.
+        | ffi::SQLITE_CORRUPT
+        | ffi::SQLITE_NOTADB => Fault::Transient,
+        // SQLITE_CONSTRAINT (a constraint, or a trigger's RAISE with ABORT, FAIL or
+        // ROLLBACK), SQLITE_ERROR (an SQL error: a column or table the statement needs is
+        // gone), SQLITE_MISMATCH, SQLITE_TOOBIG, SQLITE_AUTH, SQLITE_RANGE, SQLITE_MISUSE,
+        // SQLITE_INTERNAL, SQLITE_NOTFOUND, SQLITE_FORMAT: this statement is refused, and
+        // the same statement would be refused again.
+        _ => Fault::Permanent,
+    }
+}
+
+/// Another connection holds the lock we need (past the busy timeout).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    e.sqlite_error().is_some_and(|err| {
+        matches!(
+            err.extended_code & 0xff,
+            ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED
         )
-    )
+    })
+}
+
+/// A constraint or a trigger refused the statement.
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    e.sqlite_error()
+        .is_some_and(|err| err.extended_code & 0xff == ffi::SQLITE_CONSTRAINT)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
 
+    fn sqlite(code: i32, message: Option<&str>) -> StoreError {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(code),
+            message.map(str::to_owned),
+        ))
+    }
+
     #[test]
-    fn is_transient_covers_the_faults_that_clear_by_themselves() {
-        let sqlite = |code| {
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(code),
-                None,
-            ))
-        };
-        for code in [
-            rusqlite::ffi::SQLITE_BUSY,
-            rusqlite::ffi::SQLITE_LOCKED,
-            rusqlite::ffi::SQLITE_IOERR,
-            rusqlite::ffi::SQLITE_IOERR_FSYNC,
-            rusqlite::ffi::SQLITE_FULL,
-            rusqlite::ffi::SQLITE_READONLY,
-            rusqlite::ffi::SQLITE_CANTOPEN,
-        ] {
-            assert!(sqlite(code).is_transient(), "{code}");
+    fn every_sqlite_result_code_is_sorted_by_what_the_caller_does() {
+        use Fault::*;
+        let table = [
+            (ffi::SQLITE_BUSY, Transient),
+            (ffi::SQLITE_BUSY_SNAPSHOT, Transient),
+            (ffi::SQLITE_LOCKED, Transient),
+            (ffi::SQLITE_IOERR, Transient),
+            (ffi::SQLITE_IOERR_WRITE, Transient),
+            (ffi::SQLITE_IOERR_SHORT_READ, Transient),
+            (ffi::SQLITE_FULL, Transient),
+            (ffi::SQLITE_READONLY, Transient),
+            (ffi::SQLITE_READONLY_DBMOVED, Transient),
+            (ffi::SQLITE_CANTOPEN, Transient),
+            (ffi::SQLITE_PERM, Transient),
+            (ffi::SQLITE_NOMEM, Transient),
+            (ffi::SQLITE_INTERRUPT, Transient),
+            (ffi::SQLITE_ABORT, Transient),
+            (ffi::SQLITE_PROTOCOL, Transient),
+            (ffi::SQLITE_SCHEMA, Transient),
+            (ffi::SQLITE_CORRUPT, Transient),
+            (ffi::SQLITE_NOTADB, Transient),
+            (ffi::SQLITE_IOERR_FSYNC, Fatal),
+            (ffi::SQLITE_IOERR_DIR_FSYNC, Fatal),
+            (ffi::SQLITE_CONSTRAINT, Permanent),
+            (ffi::SQLITE_CONSTRAINT_TRIGGER, Permanent),
+            (ffi::SQLITE_CONSTRAINT_CHECK, Permanent),
+            (ffi::SQLITE_CONSTRAINT_NOTNULL, Permanent),
+            (ffi::SQLITE_CONSTRAINT_UNIQUE, Permanent),
+            (ffi::SQLITE_ERROR, Permanent),
+            (ffi::SQLITE_MISMATCH, Permanent),
+            (ffi::SQLITE_TOOBIG, Permanent),
+            (ffi::SQLITE_AUTH, Permanent),
+            (ffi::SQLITE_RANGE, Permanent),
+            (ffi::SQLITE_MISUSE, Permanent),
+        ];
+        for (code, fault) in table {
+            let err = sqlite(code, None);
+            assert_eq!(err.fault(), fault, "code {code}: {err}");
+            assert_eq!(err.is_transient(), fault == Transient, "code {code}");
         }
-        for code in [
-            rusqlite::ffi::SQLITE_CONSTRAINT,
-            rusqlite::ffi::SQLITE_CORRUPT,
-            rusqlite::ffi::SQLITE_ERROR,
-        ] {
-            assert!(!sqlite(code).is_transient(), "{code}");
-        }
+        assert!(sqlite(ffi::SQLITE_BUSY, None).is_busy());
+        assert!(sqlite(ffi::SQLITE_LOCKED_SHAREDCACHE, None).is_busy());
+        assert!(!sqlite(ffi::SQLITE_IOERR, None).is_busy());
+        let wrong_type = StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
+            4,
+            "status".to_owned(),
+            rusqlite::types::Type::Null,
+        ));
+        assert_eq!(wrong_type.fault(), Permanent);
+    }
+
+    #[test]
+    fn errors_of_the_store_itself_are_sorted_too() {
+        let path = || PathBuf::from("poc.db");
         let at_start = StoreError::Open {
-            path: PathBuf::from("poc.db"),
-            source: rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                None,
-            ),
+            path: path(),
+            source: rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CANTOPEN), None),
         };
-        assert!(!at_start.is_transient());
+        assert_eq!(at_start.fault(), Fault::Permanent);
+        let locked_at_start = StoreError::Busy {
+            path: path(),
+            source: rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_BUSY), None),
+        };
+        assert_eq!(locked_at_start.fault(), Fault::Transient);
+        assert!(locked_at_start.is_busy());
         let fsync = StoreError::Sync {
             path: PathBuf::from("poc.db-wal"),
             source: io::Error::other("EIO"),
         };
-        assert!(!fsync.is_transient());
+        assert_eq!(fsync.fault(), Fault::Fatal);
+        assert_eq!(StoreError::SyncThreadGone.fault(), Fault::Fatal);
+        assert_eq!(StoreError::Vanished { path: path() }.fault(), Fault::Fatal);
+        let foreign = StoreError::ForeignStatus {
+            request_id: "r1".to_owned(),
+            status: "cancelled".to_owned(),
+        };
+        assert_eq!(foreign.fault(), Fault::Permanent);
+    }
+
+    #[test]
+    fn the_reason_of_a_refusal_is_the_databases_own_words() {
+        let raised = sqlite(
+            ffi::SQLITE_CONSTRAINT_TRIGGER,
+            Some("gpu quota exceeded for bob"),
+        );
+        assert_eq!(raised.reason(), "gpu quota exceeded for bob");
+        assert!(raised.to_string().contains("refused"), "{raised}");
+        let foreign = StoreError::ForeignStatus {
+            request_id: "r1".to_owned(),
+            status: "cancelled".to_owned(),
+        };
+        assert!(
+            foreign.reason().contains("\"cancelled\""),
+            "{}",
+            foreign.reason()
+        );
     }
 
     #[test]
@@ -322,6 +488,16 @@ mod tests {
                 path: path.clone(),
                 source: io::Error::other("EIO"),
             },
+            StoreError::Vanished { path: path.clone() },
+            StoreError::SyncThreadGone,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(ffi::SQLITE_IOERR_FSYNC),
+                None,
+            )),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(ffi::SQLITE_CONSTRAINT_TRIGGER),
+                Some("quota".to_owned()),
+            )),
             StoreError::Thread {
                 path,
                 source: io::Error::other("EAGAIN"),
@@ -329,9 +505,9 @@ mod tests {
             StoreError::AlreadyExists {
                 request_id: "r1".to_owned(),
             },
-            StoreError::UnexpectedStatus {
+            StoreError::ForeignStatus {
                 request_id: "r1".to_owned(),
-                value: "x".to_owned(),
+                status: "x".to_owned(),
             },
         ];
         for err in errors {

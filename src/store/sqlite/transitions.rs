@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, params};
 
 use super::super::utc::utc_now;
-use super::super::{Applied, Claim, Status, StoreError, Transition};
+use super::super::{Applied, Claim, Fault, Status, StoreError, Transition};
 use super::Sqlite;
 
 // The status literals below are `Status::as_str` values, and each WHERE clause is the set of
@@ -45,24 +45,27 @@ impl Sqlite {
     /// outcome, and commits it. Called by the leader of group commit.
     ///
     /// Each transition's outcome is its own:
-    /// - A statement that fails for its own reasons (a constraint or trigger of the backend's
-    ///   table refuses it, an unknown status) gets that error; SQLite has undone just that
-    ///   statement, and the others go on. If the failure took the whole transaction with it
-    ///   (a trigger's `RAISE(ROLLBACK)`), the others run again, without it, in a new one.
+    /// - A statement the database refuses for good (a constraint or trigger of the backend's
+    ///   table, a status this worker does not own) gets that error, and the transaction is
+    ///   rolled back and run again without it: so the refused transition is undone alone,
+    ///   whatever its conflict mode. `RAISE(ABORT)` undoes its statement, but `RAISE(FAIL)`
+    ///   and `OR FAIL` keep what the statement (and its triggers) changed before the error,
+    ///   and `RAISE(ROLLBACK)` ends the transaction; a rollback is right for all three. Why
+    ///   not a savepoint around each transition: two more statements for every transition
+    ///   of every batch, where the rollback costs one more transaction only when a refusal
+    ///   happens, which is rare.
     /// - A transient fault (busy past the busy timeout, I/O, a full disk) means the
     ///   transaction cannot commit: every transition of the batch gets it and its worker
     ///   retries, so another process holding the lock delays the batch and fails nothing.
     /// - Only a committed transition reports success.
+    ///
+    /// A batch of one runs in an explicit transaction too: SQLite's implicit one, around a
+    /// lone statement, commits what a `RAISE(FAIL)` kept.
     pub(super) fn run_batch(&self, batch: &[&Transition]) -> Vec<Result<Applied, StoreError>> {
         let conn = self.writer();
         // A leader that panicked mid-batch (its thread unwound) may have left a transaction
         // open on this connection.
         rollback(&conn);
-        if let [transition] = batch
-            && let Some(outcome) = self.run_alone(&conn, transition)
-        {
-            return vec![outcome];
-        }
         let mut outcomes: Vec<Option<Result<Applied, StoreError>>> =
             batch.iter().map(|_| None).collect();
         // Each pass settles at least one transition, so this ends.
@@ -73,29 +76,28 @@ impl Sqlite {
             }
             let now = utc_now();
             let mut applied: Vec<(usize, Applied)> = Vec::with_capacity(batch.len());
-            let mut lost_transaction = false;
+            let mut refused = false;
             for (i, transition) in batch.iter().enumerate() {
                 if outcomes[i].is_some() {
                     continue;
                 }
                 match apply(&conn, transition, &now) {
                     Ok(a) => applied.push((i, a)),
-                    Err(e) if e.is_transient() => {
+                    Err(e) if e.fault() == Fault::Permanent => {
+                        outcomes[i] = Some(Err(e));
+                        refused = true;
+                        break;
+                    }
+                    Err(e) => {
                         settle_all(&mut outcomes, &e);
                         outcomes[i] = Some(Err(e));
                         break;
                     }
-                    Err(e) => {
-                        outcomes[i] = Some(Err(e));
-                        if conn.is_autocommit() {
-                            lost_transaction = true;
-                            break;
-                        }
-                    }
                 }
             }
-            if lost_transaction || outcomes.iter().all(Option::is_some) {
-                // Nothing of this transaction is reported as done: undo what it still holds.
+            if refused || outcomes.iter().all(Option::is_some) {
+                // Nothing of this transaction is reported as done: undo what it holds, and
+                // run what is left (if anything) again.
                 rollback(&conn);
                 continue;
             }
@@ -117,39 +119,6 @@ impl Sqlite {
         }
         // Every outcome is settled here: the loop runs until none is missing.
         outcomes.into_iter().flatten().collect()
-    }
-
-    /// A batch of one, when it is a single statement, runs as that statement alone: SQLite
-    /// wraps it in a transaction of its own, which costs less than an explicit BEGIN and
-    /// COMMIT around it (two more statements to run). That is every completion and failure,
-    /// and the claim of an existing `pending` or `provisioning` row. `None` when the claim
-    /// needs more than its UPDATE (a missing or final row): then it runs as a batch, in an
-    /// explicit transaction, so its steps see one state of the row.
-    fn run_alone(
-        &self,
-        conn: &Connection,
-        transition: &Transition,
-    ) -> Option<Result<Applied, StoreError>> {
-        let now = utc_now();
-        let outcome = match transition {
-            Transition::Claim { request_id, .. } => {
-                match conn
-                    .prepare_cached(CLAIM_SQL)
-                    .and_then(|mut stmt| stmt.execute(params![request_id, now]))
-                {
-                    Ok(0) => return None,
-                    Ok(_) => Ok(Applied::Claim(Claim::Claimed)),
-                    Err(e) => Err(StoreError::Sqlite(e)),
-                }
-            }
-            Transition::Complete { .. } | Transition::Fail { .. } => apply(conn, transition, &now),
-        };
-        if outcome.is_ok() {
-            self.transactions.fetch_add(1, Ordering::Relaxed);
-            self.transitions.fetch_add(1, Ordering::Relaxed);
-            self.checkpointer.committed(1);
-        }
-        Some(outcome)
     }
 }
 
@@ -185,9 +154,9 @@ fn apply(conn: &Connection, transition: &Transition, now: &str) -> Result<Applie
                 .query_row(params![request_id], |r| r.get(0))?;
             match value.parse::<Status>() {
                 Ok(status) if status.is_final() => Ok(Applied::Claim(Claim::AlreadyFinal(status))),
-                _ => Err(StoreError::UnexpectedStatus {
+                _ => Err(StoreError::ForeignStatus {
                     request_id: request_id.clone(),
-                    value,
+                    status: value,
                 }),
             }
         }
@@ -328,7 +297,7 @@ mod tests {
         let before = store.get("r1").unwrap().unwrap();
         let err = store.claim(&req("r1")).unwrap_err();
         assert!(
-            matches!(&err, StoreError::UnexpectedStatus { value, .. } if value == "PENDING"),
+            matches!(&err, StoreError::ForeignStatus { status, .. } if status == "PENDING"),
             "{err:?}"
         );
         assert!(!err.is_transient());
@@ -559,23 +528,71 @@ mod tests {
         assert_eq!(completions, 1);
     }
 
+    /// A backend trigger that refuses completing the row `bad`, in each conflict mode, and
+    /// a note it writes first (a trigger's earlier work, which FAIL does not undo).
+    /// ABORT undoes its statement; ROLLBACK the whole transaction; FAIL (raised, or the
+    /// `OR FAIL` of a statement in the trigger) keeps what the statement did before the
+    /// error: the row's own change, since these triggers run after it.
+    const REFUSALS: [(&str, &str); 4] = [
+        (
+            "RAISE(ABORT)",
+            "CREATE TRIGGER refuse BEFORE UPDATE ON provision_requests
+             WHEN NEW.request_id = 'bad' AND NEW.status = 'completed' BEGIN
+               INSERT INTO notes VALUES ('refusing ' || NEW.request_id);
+               SELECT RAISE(ABORT, 'refused by the backend'); END;",
+        ),
+        (
+            "RAISE(ROLLBACK)",
+            "CREATE TRIGGER refuse BEFORE UPDATE ON provision_requests
+             WHEN NEW.request_id = 'bad' AND NEW.status = 'completed' BEGIN
+               INSERT INTO notes VALUES ('refusing ' || NEW.request_id);
+               SELECT RAISE(ROLLBACK, 'refused by the backend'); END;",
+        ),
+        (
+            "RAISE(FAIL)",
+            "CREATE TRIGGER refuse AFTER UPDATE ON provision_requests
+             WHEN NEW.request_id = 'bad' AND NEW.status = 'completed' BEGIN
+               INSERT INTO notes VALUES ('refusing ' || NEW.request_id);
+               SELECT RAISE(FAIL, 'refused by the backend'); END;",
+        ),
+        (
+            "OR FAIL",
+            "INSERT INTO notes VALUES ('taken');
+             CREATE UNIQUE INDEX one_note ON notes(note);
+             CREATE TRIGGER refuse AFTER UPDATE ON provision_requests
+             WHEN NEW.request_id = 'bad' AND NEW.status = 'completed' BEGIN
+               INSERT INTO notes VALUES ('refusing ' || NEW.request_id);
+               INSERT OR FAIL INTO notes VALUES ('taken'); END;",
+        ),
+    ];
+
+    /// Adds the `notes` table and the refusing trigger of `mode` (see [`REFUSALS`]).
+    fn add_refusal(store: &Temp, trigger: &str) {
+        raw(store)
+            .execute_batch(&format!("CREATE TABLE notes (note TEXT); {trigger}"))
+            .unwrap();
+    }
+
+    /// The trigger's notes about refusing `bad`: none may survive its refusal.
+    fn notes_about_bad(store: &Temp) -> i64 {
+        raw(store)
+            .query_row(
+                "SELECT count(*) FROM notes WHERE note = 'refusing bad'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
     #[test]
-    fn a_statement_refused_in_a_batch_fails_alone() {
-        for raise in ["ABORT", "ROLLBACK"] {
+    fn a_statement_refused_in_a_batch_is_undone_alone_whatever_its_conflict_mode() {
+        for (mode, trigger) in REFUSALS {
             let store = open_temp();
             add_audit(&store);
             for id in ["good-1", "bad", "good-2"] {
                 store.claim(&req(id)).unwrap();
             }
-            // A trigger of the backend refuses one row: ABORT undoes that statement alone,
-            // ROLLBACK the whole transaction it ran in.
-            raw(&store)
-                .execute_batch(&format!(
-                    "CREATE TRIGGER refuse BEFORE UPDATE ON provision_requests
-                     WHEN NEW.request_id = 'bad' AND NEW.status = 'completed'
-                     BEGIN SELECT RAISE({raise}, 'refused by the backend'); END;"
-                ))
-                .unwrap();
+            add_refusal(&store, trigger);
             let results = in_one_batch(
                 &store,
                 vec![
@@ -586,24 +603,55 @@ mod tests {
             );
             assert!(
                 matches!(results[0], Ok(Applied::Moved(true))),
-                "{raise}: {results:?}"
+                "{mode}: {results:?}"
             );
             assert!(
                 matches!(results[2], Ok(Applied::Moved(true))),
-                "{raise}: {results:?}"
+                "{mode}: {results:?}"
             );
             let err = results[1].as_ref().unwrap_err();
-            assert!(!err.is_transient(), "{raise}: {err:?}");
-            assert!(err.to_string().contains("refused by the backend"), "{err}");
-            assert_eq!(status_of(&store, "bad").as_deref(), Some("provisioning"));
+            assert_eq!(err.fault(), Fault::Permanent, "{mode}: {err:?}");
+            let row = store.get("bad").unwrap().unwrap();
+            assert_eq!(
+                (row.status.as_str(), row.kubeconfig),
+                ("provisioning", None),
+                "{mode}: the refused completion is undone"
+            );
+            assert_eq!(completions_of(&store, "bad"), 0, "{mode}");
+            assert_eq!(
+                notes_about_bad(&store),
+                0,
+                "{mode}: the trigger's own work too"
+            );
             for (id, kubeconfig) in [("good-1", "k1"), ("good-2", "k2")] {
                 let row = store.get(id).unwrap().unwrap();
-                assert_eq!(row.status, "completed", "{raise}");
+                assert_eq!(row.status, "completed", "{mode}");
                 assert_eq!(row.kubeconfig.as_deref(), Some(kubeconfig));
                 // Applied once, even when the transaction had to run again without `bad`.
                 let completions = completions_of(&store, id);
-                assert_eq!(completions, 1, "{raise}: {id}");
+                assert_eq!(completions, 1, "{mode}: {id}");
             }
+        }
+    }
+
+    #[test]
+    fn a_lone_statement_refused_leaves_nothing_behind_whatever_its_conflict_mode() {
+        for (mode, trigger) in REFUSALS {
+            let store = open_temp();
+            add_audit(&store);
+            store.claim(&req("bad")).unwrap();
+            add_refusal(&store, trigger);
+            let before = store.write_counts();
+            let err = store.complete("bad", "k").unwrap_err();
+            assert_eq!(err.fault(), Fault::Permanent, "{mode}: {err:?}");
+            assert!(err.reason().contains("refused by the backend") || mode == "OR FAIL");
+            let row = store.get("bad").unwrap().unwrap();
+            assert_eq!(row.status, "provisioning", "{mode}");
+            assert_eq!(completions_of(&store, "bad"), 0, "{mode}");
+            assert_eq!(notes_about_bad(&store), 0, "{mode}");
+            assert_eq!(store.write_counts(), before, "{mode}: nothing committed");
+            // The failure the worker writes next is allowed.
+            assert!(store.fail("bad", &err.reason()).unwrap(), "{mode}");
         }
     }
 
