@@ -28,9 +28,9 @@ use super::group::GroupCommit;
 use super::utc::{format_utc, utc_now};
 use super::{Applied, Backend, Row, StoreError, Syncing, Transition, WriteCounts};
 use crate::request::ProvisionRequest;
-use checkpoint::Checkpointer;
+use durability::Checkpointer;
 
-mod checkpoint;
+mod durability;
 mod schema;
 #[cfg(test)]
 mod testing;
@@ -242,7 +242,7 @@ fn start_checkpointer(
         .pragma_update(
             None,
             "wal_autocheckpoint",
-            checkpoint::WRITER_AUTOCHECKPOINT,
+            durability::WRITER_AUTOCHECKPOINT,
         )
         .map_err(open)?;
     let mut conn = Connection::open_with_flags(path, schema::open_flags()).map_err(open)?;
