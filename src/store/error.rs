@@ -70,9 +70,12 @@ pub enum StoreError {
     /// The database file or its `-wal` file was removed or replaced while the store had it
     /// open: what SQLite writes goes to a file nobody will read again.
     Vanished { path: PathBuf },
+    /// The database is in WAL mode but SQLite has no `-wal` file open for it, so there is
+    /// nothing to make commits durable through.
+    WalNotOpen { path: PathBuf },
     /// The thread that syncs the database is gone (it panicked): nothing can be made durable.
     SyncThreadGone,
-    /// The checkpoint thread could not be started at open.
+    /// The durability thread could not be started at open.
     Thread { path: PathBuf, source: io::Error },
     /// `insert_pending` found a row with that request id.
     AlreadyExists { request_id: String },
@@ -101,6 +104,7 @@ impl StoreError {
             | StoreError::RequestIdNotUnique { .. }
             | StoreError::Resolve { .. }
             | StoreError::Thread { .. }
+            | StoreError::WalNotOpen { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::ForeignStatus { .. } => Fault::Permanent,
         }
@@ -224,6 +228,13 @@ impl fmt::Display for StoreError {
                  and restart the worker",
                 path.display()
             ),
+            StoreError::WalNotOpen { path } => write!(
+                f,
+                "no write-ahead log is open at {} although the database is in wal \
+                 mode; check that nothing deletes the -wal file, and report this if it \
+                 persists",
+                path.display()
+            ),
             StoreError::SyncThreadGone => write!(
                 f,
                 "the database sync thread stopped (it panicked); recent commits may not be \
@@ -231,7 +242,7 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Thread { path, source } => write!(
                 f,
-                "cannot start the checkpoint thread of database {}: {source}; the system is out \
+                "cannot start the durability thread of database {}: {source}; the system is out \
                  of threads or memory, so raise the limit on processes (ulimit -u, TasksMax) or \
                  free memory",
                 path.display()
@@ -264,6 +275,7 @@ impl std::error::Error for StoreError {
             StoreError::ZeroPoolSize
             | StoreError::SyncThreadGone
             | StoreError::Vanished { .. }
+            | StoreError::WalNotOpen { .. }
             | StoreError::NotWal { .. }
             | StoreError::MissingColumns { .. }
             | StoreError::RequestIdNotUnique { .. }
@@ -489,6 +501,7 @@ mod tests {
                 source: io::Error::other("EIO"),
             },
             StoreError::Vanished { path: path.clone() },
+            StoreError::WalNotOpen { path: path.clone() },
             StoreError::SyncThreadGone,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(
                 ffi::Error::new(ffi::SQLITE_IOERR_FSYNC),

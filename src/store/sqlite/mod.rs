@@ -8,17 +8,16 @@
 //! Reads (the health check, start-up reports, the operator commands) use a small pool.
 //!
 //! Durability: connections run in WAL mode with `synchronous=NORMAL`, which writes each commit
-//! to the `-wal` file without an fsync; a sync (`durability.rs`) makes them durable before the
-//! poller commits Kafka offsets, so one fsync covers a whole batch of completions.
+//! to the `-wal` file without an fsync; a sync on the durability thread (`durability.rs`)
+//! fsyncs the `-wal` and the database file before the poller commits Kafka offsets, so one
+//! sync covers a whole batch of completions.
 //!
 //! - `schema.rs`: opening, setting up and checking the file and the table.
 //! - `transitions.rs`: the SQL of each transition; the batches group commit runs.
-//! - `checkpoint.rs`: the thread that checkpoints the WAL beside the writer.
-use std::fs::File;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+//! - `durability.rs`: the thread that syncs and checkpoints, through SQLite's own handles.
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use r2d2_sqlite::SqliteConnectionManager;
@@ -28,7 +27,7 @@ use super::group::GroupCommit;
 use super::utc::{format_utc, utc_now};
 use super::{Applied, Backend, Row, StoreError, Syncing, Transition, WriteCounts};
 use crate::request::ProvisionRequest;
-use durability::Checkpointer;
+use durability::{Durability, Latch};
 
 mod durability;
 mod schema;
@@ -52,8 +51,6 @@ pub(super) struct Sqlite {
     /// Connections for the transitions; each already configured (WAL, synchronous, busy
     /// timeout). Lives as long as the store.
     pool: r2d2::Pool<SqliteConnectionManager>,
-    /// `<canonical db path>-wal`: the file SQLite appends commits to, fsynced by `make_durable`.
-    wal_path: PathBuf,
     /// The one connection every write goes through: the one that set the database up.
     ///
     /// Why one: SQLite admits one writer at a time, and a connection that finds the write
@@ -67,7 +64,8 @@ pub(super) struct Sqlite {
     ///
     /// Held open for the store's life, it also keeps the `-wal` file: SQLite deletes it when
     /// the last connection closes, and a re-created one would have a directory entry nobody
-    /// fsynced; while this connection is open it keeps the entry that `open` made durable.
+    /// fsynced; while the store's connections are open it keeps the entry that `open` made
+    /// durable.
     ///
     /// Transitions reach it through `group` (whose leader holds this lock for one batch);
     /// `insert_pending` takes the lock directly.
@@ -77,9 +75,13 @@ pub(super) struct Sqlite {
     /// For [`Store::write_counts`](super::Store::write_counts).
     transactions: AtomicU64,
     transitions: AtomicU64,
-    /// Copies the WAL into the database off the writer's path (see `checkpoint.rs`); told
-    /// by the writer what it commits. Stopped and joined when the store is dropped.
-    checkpointer: Checkpointer,
+    /// Syncs before offsets are committed, and copies the WAL into the database off the
+    /// writer's path (see `durability.rs`); told by the writer what it commits. Stopped and
+    /// joined when the store is dropped.
+    durability: Durability,
+    /// The first durability failure, shared with `durability`: set also by a transition that
+    /// met a failed fsync of SQLite's own, so that no later sync succeeds.
+    latch: Arc<Latch>,
 }
 
 /// Long enough for one writer to finish a transaction (each is a single short statement), short
@@ -125,8 +127,7 @@ impl Sqlite {
             return Err(StoreError::ZeroPoolSize);
         }
         let busy_timeout = options.busy_timeout;
-        let (writer, canonical) = schema::open_writer(path, busy_timeout)?;
-        let wal_path = sidecar(&canonical, "-wal");
+        let writer = schema::open_writer(path, busy_timeout)?;
         let manager = SqliteConnectionManager::file(path)
             .with_flags(schema::open_flags())
             .with_init(move |conn| schema::configure(conn, busy_timeout).map(drop));
@@ -139,7 +140,8 @@ impl Sqlite {
             .max_lifetime(None)
             .build(manager)
             .map_err(StoreError::Pool)?;
-        let checkpointer = start_checkpointer(path, busy_timeout, &writer)?;
+        let latch = Arc::new(Latch::default());
+        let durability = start_durability(path, busy_timeout, &writer, latch.clone())?;
         log::info!(
             "database {} ready (wal, pool of {})",
             path.display(),
@@ -147,12 +149,12 @@ impl Sqlite {
         );
         Ok(Sqlite {
             pool,
-            wal_path,
             writer: Mutex::new(writer),
             group: GroupCommit::new(),
             transactions: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
-            checkpointer,
+            durability,
+            latch,
         })
     }
 
@@ -171,15 +173,19 @@ impl Sqlite {
 
 impl Backend for Sqlite {
     fn write(&self, transitions: Vec<Transition>) -> Vec<Result<Applied, StoreError>> {
-        self.group
-            .submit_all(transitions, |batch| self.run_batch(batch))
+        let outcomes = self
+            .group
+            .submit_all(transitions, |batch| self.run_batch(batch));
+        for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+            // A failed fsync of SQLite's own (the writer's safety-net checkpoint): no later
+            // sync may succeed.
+            self.latch.set(e);
+        }
+        outcomes
     }
 
     fn start_sync(&self) -> Syncing {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        // The receiver is in hand: the send cannot fail.
-        let _ = tx.send(sync_wal(&self.wal_path));
-        Syncing::new(rx)
+        self.durability.sync()
     }
 
     fn write_counts(&self) -> WriteCounts {
@@ -227,13 +233,14 @@ impl Backend for Sqlite {
     }
 }
 
-/// Hands checkpoints to a thread of their own (see `checkpoint.rs`): the writer's automatic
-/// checkpoint moves far out, to a safety net, and the thread gets a connection of its own.
-fn start_checkpointer(
+/// Starts the durability thread (see `durability.rs`) on a connection of its own; the
+/// writer's automatic checkpoint moves far out, to a safety net.
+fn start_durability(
     path: &Path,
     busy_timeout: Duration,
     writer: &Connection,
-) -> Result<Checkpointer, StoreError> {
+    latch: Arc<Latch>,
+) -> Result<Durability, StoreError> {
     let open = |source| StoreError::Open {
         path: path.to_owned(),
         source,
@@ -247,10 +254,7 @@ fn start_checkpointer(
         .map_err(open)?;
     let mut conn = Connection::open_with_flags(path, schema::open_flags()).map_err(open)?;
     schema::configure(&mut conn, busy_timeout).map_err(open)?;
-    Checkpointer::start(conn).map_err(|source| StoreError::Thread {
-        path: path.to_owned(),
-        source,
-    })
+    Durability::start(conn, latch)
 }
 
 fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -273,32 +277,6 @@ fn is_key_conflict(e: &rusqlite::Error) -> bool {
         err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             || err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
     })
-}
-
-/// `path` with `suffix` appended to its last component, as SQLite names `-wal` and `-shm`.
-fn sidecar(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// fdatasyncs the `-wal` file at `path` if it exists.
-fn sync_wal(path: &Path) -> Result<(), StoreError> {
-    // Opening and closing our own descriptor is safe for the `-wal` file only: SQLite keeps its
-    // POSIX locks on the database and `-shm` files, and closing any descriptor of a file drops
-    // all of this process's locks on it. Never do this to the database file.
-    match File::open(path) {
-        // fdatasync is what SQLite itself uses: it also flushes the size of a grown file.
-        Ok(file) => file.sync_data().map_err(|source| StoreError::Sync {
-            path: path.to_owned(),
-            source,
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StoreError::Sync {
-            path: path.to_owned(),
-            source,
-        }),
-    }
 }
 
 #[cfg(test)]
@@ -371,28 +349,19 @@ mod tests {
     }
 
     #[test]
-    fn make_durable_syncs_the_wal_that_commits_go_to() {
+    fn make_durable_succeeds_until_the_wal_is_removed_and_never_after() {
         let store = open_temp();
         store.claim(&req("r1")).unwrap();
-        assert!(
-            store.sqlite.wal_path.exists(),
-            "{}",
-            store.sqlite.wal_path.display()
-        );
-        assert_eq!(
-            store.sqlite.wal_path,
-            sidecar(
-                &std::fs::canonicalize(store.dir.path().join("poc.db")).unwrap(),
-                "-wal"
-            )
-        );
         store.make_durable().unwrap();
-    }
-
-    #[test]
-    fn sync_wal_does_nothing_when_there_is_no_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        sync_wal(&dir.path().join("poc.db-wal")).unwrap();
+        let wal = store.dir.path().join("poc.db-wal");
+        std::fs::remove_file(&wal).unwrap();
+        // SQLite goes on writing to the removed file's descriptor: the commit succeeds, but
+        // nothing it writes can be found again.
+        assert!(store.complete("r1", "k").unwrap());
+        let err = store.make_durable().unwrap_err();
+        assert_eq!(err.fault(), crate::store::Fault::Fatal, "{err:?}");
+        assert!(err.to_string().contains("poc.db-wal"), "{err}");
+        assert!(store.make_durable().is_err(), "the failure is kept");
     }
 
     #[test]

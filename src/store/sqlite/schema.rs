@@ -2,7 +2,7 @@
 //! WAL, given the schema (`sql/schema.sql`), and checked for what would otherwise fail on the
 //! first message (every column, a unique `request_id`, a writable file).
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -26,16 +26,12 @@ const REQUIRED_COLUMNS: [&str; 9] = [
 ];
 
 /// Opens, sets up and checks the database at `path`; returns the connection that becomes the
-/// one writer, and the full path of the file (symlinks resolved, as SQLite names its `-wal`
-/// after it).
+/// one writer.
 ///
 /// A missing directory is an error naming the path: creating directories is the deployment's
 /// job, and a typo in `DATABASE_URL` should not silently start an empty database somewhere
 /// new.
-pub(super) fn open_writer(
-    path: &Path,
-    busy_timeout: Duration,
-) -> Result<(Connection, PathBuf), StoreError> {
+pub(super) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let open_error = |source: rusqlite::Error| {
         if is_busy(&source) {
             StoreError::Busy {
@@ -103,17 +99,18 @@ pub(super) fn open_writer(
             }
         })?;
 
-    // SQLite names the WAL after the full path with symlinks resolved; do the same.
+    // SQLite names the WAL after the full path with symlinks resolved; so does the directory
+    // synced below.
     let canonical = std::fs::canonicalize(path).map_err(|source| StoreError::Resolve {
         path: path.to_owned(),
         source,
     })?;
     // The database and `-wal` files may have just been created: fsync their directory once
-    // so their entries survive a power cut. Later fsyncs of the `-wal` file then suffice.
+    // so their entries survive a power cut. Later syncs of the files then suffice.
     let dir = canonical.parent().unwrap_or(Path::new("/"));
     sync_path(dir)?;
     warn_if_others_can_read(path);
-    Ok((setup, canonical))
+    Ok(setup)
 }
 
 /// Without `SQLITE_OPEN_URI` (which rusqlite sets by default), so a path that happens to start
@@ -129,7 +126,7 @@ pub(super) fn open_flags() -> OpenFlags {
 pub(super) fn configure(conn: &mut Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
     conn.busy_timeout(busy_timeout)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    // NORMAL instead of FULL: commits skip the fsync, and `make_durable` fsyncs once per batch
+    // NORMAL instead of FULL: commits skip the fsync, and the durability thread syncs once per batch
     // of offsets instead of once per request.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // 512 KiB of page cache per connection instead of SQLite's 2 MiB: the worker touches each

@@ -106,7 +106,7 @@ impl Sqlite {
                     self.transactions.fetch_add(1, Ordering::Relaxed);
                     self.transitions
                         .fetch_add(applied.len() as u64, Ordering::Relaxed);
-                    self.checkpointer.committed(applied.len() as u64);
+                    self.durability.committed(applied.len() as u64);
                     for (i, a) in applied {
                         outcomes[i] = Some(Ok(a));
                     }
