@@ -109,6 +109,9 @@ pub struct Metrics {
     /// `dead_letter_error` then says which and why. The flag spares the fine path the lock.
     dead_letter_waiting: AtomicBool,
     dead_letter_error: Mutex<String>,
+    /// Set when a sync of the database failed: the worker is stopping, and `/healthz`
+    /// answers 503 with this reason until the process exits.
+    durability_lost: Mutex<Option<String>>,
     /// When the poller next asks for log-end offsets (ms since `epoch`).
     next_log_end_ms: AtomicU64,
     /// The assigned partitions' offsets; replaced at every join.
@@ -190,6 +193,7 @@ impl Metrics {
             kafka_error: Mutex::new(String::new()),
             dead_letter_waiting: AtomicBool::new(false),
             dead_letter_error: Mutex::new(String::new()),
+            durability_lost: Mutex::new(None),
             next_log_end_ms: AtomicU64::new(0),
             partitions: Mutex::new(BTreeMap::new()),
         }
@@ -323,6 +327,12 @@ impl Metrics {
         }
     }
 
+    /// A sync of the database failed (`reason` says which file and why): `/healthz` fails
+    /// with it from now on; the worker is stopping.
+    pub fn durability_lost(&self, reason: String) {
+        *lock(&self.durability_lost) = Some(reason);
+    }
+
     /// The connection to Kafka came back after an outage.
     pub fn reconnected(&self) {
         lock(&self.kafka_error).clear();
@@ -336,6 +346,9 @@ impl Metrics {
     /// else `Err` with every reason.
     pub fn health(&self, db: &dyn Fn() -> Result<(), String>) -> Result<String, String> {
         let mut problems = Vec::new();
+        if let Some(reason) = lock(&self.durability_lost).as_ref() {
+            problems.push(reason.clone());
+        }
         match self.group_state() {
             GroupState::Member => {
                 if self.heartbeat_failing.load(Ordering::Relaxed) {
@@ -941,6 +954,15 @@ mod tests {
             "{why}"
         );
         m.dead_letters_flowing();
+        assert!(m.health(&db_ok).is_ok());
+
+        m.durability_lost("database sync failed, stopping: cannot flush poc.db-wal".into());
+        let why = m.health(&db_ok).unwrap_err();
+        assert!(
+            why.starts_with("database sync failed, stopping: cannot flush poc.db-wal"),
+            "{why}"
+        );
+        *lock(&m.durability_lost) = None;
         assert!(m.health(&db_ok).is_ok());
 
         m.leaving(Leaving::Rebalance);

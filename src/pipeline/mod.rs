@@ -35,8 +35,15 @@ use workers::WorkerPool;
 #[derive(Debug)]
 pub enum RunError {
     Database(StoreError),
+    /// A sync of the database failed: commits may be lost, so the worker stops without
+    /// committing the offsets the sync was to cover (exit code 1; `Restart=on-failure`
+    /// restarts it, and it recovers from what is on disk).
+    Durability(StoreError),
     Kafka(KafkaError),
     Thread(std::io::Error),
+    /// The poller thread panicked: a bug. The worker stops (exit code 1) with nothing more
+    /// committed.
+    PollerPanicked,
     /// The metrics listener could not bind `METRICS_ADDR`.
     Metrics {
         addr: std::net::SocketAddr,
@@ -48,11 +55,18 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Database(e) => write!(f, "database: {e}"),
+            RunError::Durability(e) => write!(f, "database sync failed: {e}"),
             // A TLS or SASL failure is its own sentence, e.g. "authentication failed for user
             // alice with SCRAM-SHA-512: ...", which operators and scripts look for as it is.
             RunError::Kafka(e) if e.is_security() => write!(f, "{e}"),
             RunError::Kafka(e) => write!(f, "kafka: {e}"),
             RunError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            RunError::PollerPanicked => write!(
+                f,
+                "the poller thread panicked (a bug: please report it with the log above); \
+                 stopped without committing anything more, so a restart redoes the unfinished \
+                 work"
+            ),
             RunError::Metrics { addr, source } => write!(
                 f,
                 "cannot serve metrics on METRICS_ADDR={addr}: {source} (pick a free port, or leave METRICS_ADDR empty to turn the listener off)"
@@ -190,11 +204,10 @@ pub fn run(
         .spawn(move || poller.run())
         .map_err(RunError::Thread)?;
     let result = match handle.join() {
-        Ok(r) => r.map_err(RunError::Kafka),
-        Err(_) => {
-            log::error!("the poller thread panicked");
-            Ok(())
-        }
+        Ok(r) => r,
+        // The panic message is already on stderr; the offsets the poller held uncommitted
+        // stay so, and the exit code tells the supervisor to restart the worker.
+        Err(_) => Err(RunError::PollerPanicked),
     };
     // The poller dropped the only job sender when it returned: workers finish and exit.
     pool.join();
