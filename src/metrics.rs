@@ -54,6 +54,12 @@ pub enum Final {
     Invalid,
     /// The row was already `completed` or `failed`: a redelivered or duplicate message.
     AlreadyFinal,
+    /// The database refused a step for good: the row is `failed` with its reason (or as it
+    /// was), the message dead-lettered.
+    Refused,
+    /// The row's status is not the worker's (the backend's `cancelled`, say): left as it is,
+    /// the message dead-lettered.
+    ForeignStatus,
 }
 
 /// Why the worker is (no longer) a member of its group, for `/healthz`.
@@ -80,6 +86,8 @@ pub struct Metrics {
     failed: AtomicU64,
     invalid: AtomicU64,
     already_final: AtomicU64,
+    refused: AtomicU64,
+    foreign_status: AtomicU64,
     dead_lettered: AtomicU64,
     /// Dead letters Kafka refused even in their cut-down form: logged and skipped.
     dead_letters_dropped: AtomicU64,
@@ -93,6 +101,8 @@ pub struct Metrics {
     reconnects: AtomicU64,
     db_busy_retries: AtomicU64,
     db_other_retries: AtomicU64,
+    /// Database steps given up after [`crate::provision::PERMANENT_TRIES`] refusals.
+    db_gave_up: AtomicU64,
 
     /// A [`GroupState`] as u8.
     group: AtomicU8,
@@ -176,6 +186,8 @@ impl Metrics {
             failed: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             already_final: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            foreign_status: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             dead_letters_dropped: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
@@ -186,6 +198,7 @@ impl Metrics {
             reconnects: AtomicU64::new(0),
             db_busy_retries: AtomicU64::new(0),
             db_other_retries: AtomicU64::new(0),
+            db_gave_up: AtomicU64::new(0),
             group: AtomicU8::new(GroupState::Joining as u8),
             confirmed_at_ms: AtomicU64::new(0),
             heartbeat_failing: AtomicBool::new(false),
@@ -218,6 +231,11 @@ impl Metrics {
             &self.db_other_retries
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A database step was refused for good and given up on.
+    pub fn db_gave_up(&self) {
+        self.db_gave_up.fetch_add(1, Ordering::Relaxed);
     }
 
     // ---- the poller
@@ -417,13 +435,15 @@ impl Metrics {
             &mut out,
             "provision_requests_total",
             "counter",
-            "Requests whose job ended, by how: completed, failed, invalid (not a valid request), already_final (a duplicate of a finished request).",
+            "Requests whose job ended, by how: completed, failed, invalid (not a valid request), already_final (a duplicate of a finished request), refused (the database refused a step for good: the row is failed with its reason, the message dead-lettered), foreign_status (the row's status is not this worker's, e.g. cancelled: left unchanged, the message dead-lettered).",
         );
         for (status, counter) in [
             ("completed", &self.completed),
             ("failed", &self.failed),
             ("invalid", &self.invalid),
             ("already_final", &self.already_final),
+            ("refused", &self.refused),
+            ("foreign_status", &self.foreign_status),
         ] {
             let _ = writeln!(
                 out,
@@ -502,8 +522,13 @@ impl Metrics {
             ),
             (
                 "provision_db_retries_other_total",
-                "Database steps retried after another fault (I/O, full disk, no pooled connection).",
+                "Database steps retried after another fault (I/O, full disk, no pooled connection, a refusal tried again).",
                 get(&self.db_other_retries),
+            ),
+            (
+                "provision_db_refusals_total",
+                "Database steps given up after the database refused them three times (a constraint, a trigger, a status this worker does not own): each logged once with the request id and the reason.",
+                get(&self.db_gave_up),
             ),
             (
                 "provision_dead_lettered_total",
@@ -552,6 +577,8 @@ impl JobTimer<'_> {
             Final::Failed => &m.failed,
             Final::Invalid => &m.invalid,
             Final::AlreadyFinal => &m.already_final,
+            Final::Refused => &m.refused,
+            Final::ForeignStatus => &m.foreign_status,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         m.processing.observe(self.started.elapsed());

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
 use super::RunError;
-use super::dead_letter::DeadLetter;
+use super::dead_letter::{Cause, DeadLetter};
 use super::tracker::OffsetTracker;
 use super::workers::{Done, Job, JobResult, Work};
 use crate::kafka::{
@@ -630,27 +630,49 @@ impl Run {
                 key,
                 value,
                 original_len,
-            } => {
-                if self.p.settings.dlq_topic.is_some() {
-                    self.pending_dead_letters.push_back(DeadLetter {
-                        partition: d.partition,
-                        offset: d.offset,
-                        epoch: d.epoch,
-                        reason,
-                        key,
-                        value,
-                        original_len,
-                        cut_down: false,
-                    });
-                } else {
-                    log::warn!(
-                        "Dropping invalid message at partition {} offset {} (dead-letter topic disabled): {reason}",
-                        d.partition,
-                        d.offset
-                    );
-                    self.tracker.finished(d.partition, d.offset);
-                }
-            }
+            } => self.dead_letter(DeadLetter {
+                cause: Cause::Invalid,
+                partition: d.partition,
+                offset: d.offset,
+                epoch: d.epoch,
+                reason,
+                key,
+                value,
+                original_len,
+                cut_down: false,
+            }),
+            JobResult::Refused {
+                refusal,
+                key,
+                value,
+            } => self.dead_letter(DeadLetter {
+                cause: Cause::Refused,
+                partition: d.partition,
+                offset: d.offset,
+                epoch: d.epoch,
+                reason: refusal.reason,
+                key,
+                original_len: value.len(),
+                value,
+                cut_down: false,
+            }),
+        }
+    }
+
+    /// Queues a dead letter; its offset stays unfinished until it is sent. Without a
+    /// dead-letter topic the message is logged and done.
+    fn dead_letter(&mut self, dl: DeadLetter) {
+        if self.p.settings.dlq_topic.is_some() {
+            self.pending_dead_letters.push_back(dl);
+        } else {
+            log::warn!(
+                "Dropping {} at partition {} offset {} (dead-letter topic disabled): {}",
+                dl.cause.describe(),
+                dl.partition,
+                dl.offset,
+                dl.reason
+            );
+            self.tracker.finished(dl.partition, dl.offset);
         }
     }
 
@@ -710,7 +732,8 @@ impl Run {
                         String::new()
                     };
                     log::warn!(
-                        "Dead-lettered invalid message at partition {} offset {} to {topic}{cut}: {}",
+                        "Dead-lettered {} at partition {} offset {} to {topic}{cut}: {}",
+                        dl.cause.describe(),
                         dl.partition,
                         dl.offset,
                         dl.reason
@@ -740,9 +763,10 @@ impl Run {
                 }
                 Err(e) if e.is_permanent() => {
                     log::error!(
-                        "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; the message was invalid ({}), its value starts {}; skipping it, so its partition moves on",
+                        "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; {} ({}), its value starts {}; skipping it, so its partition moves on",
                         dl.partition,
                         dl.offset,
+                        dl.cause.what_it_was(),
                         dl.reason.escape_debug(),
                         dl.first_bytes()
                     );
@@ -1058,7 +1082,11 @@ fn work_for(
         ProvisionRequest::parse(&value)
     };
     match parsed {
-        Ok(req) => Work::Provision(req),
+        Ok(req) => Work::Provision {
+            req,
+            key: key.map(|k| Bytes::copy_from_slice(&k)),
+            value: Bytes::copy_from_slice(&value),
+        },
         Err(rejected) => Work::Reject {
             request_id: rejected.request_id,
             reason: rejected.reason.to_string(),
@@ -1118,7 +1146,7 @@ mod tests {
     fn a_whole_value_is_parsed() {
         let value = br#"{"request_id":"r","user_id":"u","gpu_count":1,"duration_hours":1}"#;
         let work = work_for(None, None, Some(Bytes::from_static(value)), value.len());
-        assert!(matches!(work, Work::Provision(_)), "{work:?}");
+        assert!(matches!(work, Work::Provision { .. }), "{work:?}");
         let work = work_for(None, None, Some(Bytes::from_static(b"[]")), 2);
         assert!(
             matches!(&work, Work::Reject { reason, .. } if reason.contains("JSON object")),

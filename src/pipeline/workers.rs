@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::kafka::{Offset, Partition};
 use crate::metrics::{Final, JobTimer};
-use crate::provision::{Outcome, Provisioner, Started};
+use crate::provision::{Outcome, Provisioner, Refusal, RefusalKind, Started};
 use crate::request::ProvisionRequest;
 use crate::store::{Claim, StoreError};
 
@@ -30,7 +30,14 @@ pub struct Job {
 
 #[derive(Debug)]
 pub enum Work {
-    Provision(ProvisionRequest),
+    /// A valid request; `key` and `value` are copies of the message's, for its dead letter
+    /// should the database refuse the request (copies, not slices: a slice would keep the
+    /// whole fetch response in memory for as long as the job waits).
+    Provision {
+        req: ProvisionRequest,
+        key: Option<Bytes>,
+        value: Bytes,
+    },
     /// An invalid message: fail its row (if named and present), then dead-letter it.
     Reject {
         request_id: Option<String>,
@@ -61,6 +68,13 @@ pub enum JobResult {
         key: Option<Bytes>,
         value: Bytes,
         original_len: usize,
+    },
+    /// The database will not let the request finish (its row is `failed` with the reason,
+    /// or left as it is); the poller dead-letters the message.
+    Refused {
+        refusal: Refusal,
+        key: Option<Bytes>,
+        value: Bytes,
     },
     /// Not done by us (revoked before it started, or aborted by shutdown).
     Dropped,
@@ -146,7 +160,7 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
             JobResult::Dropped
         } else {
             match job.work {
-                Work::Provision(req) => {
+                Work::Provision { req, key, value } => {
                     let outcome = match provisioner.start(&req, claimed) {
                         Started::Finished(outcome) => outcome,
                         Started::Rendered(kubeconfig) => {
@@ -158,6 +172,11 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
                     };
                     match outcome {
                         Outcome::Aborted => JobResult::Dropped,
+                        Outcome::Refused(refusal) => JobResult::Refused {
+                            refusal,
+                            key,
+                            value,
+                        },
                         outcome => JobResult::Finished(outcome),
                     }
                 }
@@ -211,7 +230,7 @@ fn finish<'m>(
     };
     let timer = provisioner.metrics.job_started();
     match &job.work {
-        Work::Provision(next) if job.epoch == epoch.load(Ordering::Acquire) => {
+        Work::Provision { req: next, .. } if job.epoch == epoch.load(Ordering::Acquire) => {
             let (outcome, claimed) = provisioner.finish_and_claim(req, kubeconfig, next);
             let taken = Taken {
                 job,
@@ -248,7 +267,12 @@ fn final_of(result: &JobResult) -> Option<Final> {
         JobResult::Finished(Outcome::Failed) => Some(Final::Failed),
         JobResult::Finished(Outcome::AlreadyFinal(_)) => Some(Final::AlreadyFinal),
         JobResult::Rejected { .. } => Some(Final::Invalid),
-        JobResult::Finished(Outcome::Aborted) | JobResult::Dropped => None,
+        JobResult::Refused { refusal, .. } => Some(match refusal.kind {
+            RefusalKind::Refused => Final::Refused,
+            RefusalKind::ForeignStatus => Final::ForeignStatus,
+        }),
+        // `work` turns these into `Dropped` and `Refused`.
+        JobResult::Finished(Outcome::Aborted | Outcome::Refused(_)) | JobResult::Dropped => None,
     }
 }
 

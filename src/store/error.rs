@@ -82,6 +82,9 @@ pub enum StoreError {
     /// A row's status is not one this worker owns (the backend's own, such as `cancelled`):
     /// the worker leaves such a row as it is.
     ForeignStatus { request_id: String, status: String },
+    /// A completion moved no row although the row is `provisioning`: the database ignored the
+    /// update without an error (a trigger's `RAISE(IGNORE)`).
+    Ignored { request_id: String },
 }
 
 impl StoreError {
@@ -106,7 +109,8 @@ impl StoreError {
             | StoreError::Thread { .. }
             | StoreError::WalNotOpen { .. }
             | StoreError::AlreadyExists { .. }
-            | StoreError::ForeignStatus { .. } => Fault::Permanent,
+            | StoreError::ForeignStatus { .. }
+            | StoreError::Ignored { .. } => Fault::Permanent,
         }
     }
 
@@ -130,6 +134,9 @@ impl StoreError {
             StoreError::ForeignStatus { status, .. } => {
                 format!("status {status:?} is not one this worker owns")
             }
+            StoreError::Ignored { .. } => "it left the row provisioning without an error (a \
+                 trigger that ignores the update?)"
+                .to_owned(),
             other => other.to_string(),
         }
     }
@@ -257,6 +264,12 @@ impl fmt::Display for StoreError {
                  (it moves only pending and provisioning rows) and leaves as it is; to have it \
                  processed, set the row back to pending and replay its dead letter"
             ),
+            StoreError::Ignored { request_id } => write!(
+                f,
+                "the database ignored the completion of request {request_id:?} without an \
+                 error (the row is still provisioning); look for a trigger on \
+                 provision_requests that uses RAISE(IGNORE)"
+            ),
         }
     }
 }
@@ -280,7 +293,8 @@ impl std::error::Error for StoreError {
             | StoreError::MissingColumns { .. }
             | StoreError::RequestIdNotUnique { .. }
             | StoreError::AlreadyExists { .. }
-            | StoreError::ForeignStatus { .. } => None,
+            | StoreError::ForeignStatus { .. }
+            | StoreError::Ignored { .. } => None,
         }
     }
 }
@@ -521,6 +535,9 @@ mod tests {
             StoreError::ForeignStatus {
                 request_id: "r1".to_owned(),
                 status: "x".to_owned(),
+            },
+            StoreError::Ignored {
+                request_id: "r1".to_owned(),
             },
         ];
         for err in errors {

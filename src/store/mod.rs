@@ -485,6 +485,49 @@ mod tests {
     }
 
     #[test]
+    fn transition_debug_shows_no_kubeconfig() {
+        let token = crate::kubeconfig::new_token();
+        let complete = Transition::Complete {
+            request_id: "r1".to_owned(),
+            kubeconfig: format!("users:\n- user:\n    token: \"{token}\"\n"),
+        };
+        let shown = format!("{complete:?}");
+        assert!(!shown.contains(&token), "{shown}");
+        assert!(
+            shown.contains("r1") && shown.contains("redacted"),
+            "{shown}"
+        );
+        // The other transitions hold nothing secret and show everything.
+        let fail = Transition::Fail {
+            request_id: "r2".to_owned(),
+            reason: "quota".to_owned(),
+        };
+        assert_eq!(
+            format!("{fail:?}"),
+            "Fail { request_id: \"r2\", reason: \"quota\" }"
+        );
+    }
+
+    #[test]
+    fn row_debug_shows_no_kubeconfig() {
+        let token = crate::kubeconfig::new_token();
+        let row = Row {
+            request_id: "r1".to_owned(),
+            user_id: "alice".to_owned(),
+            gpu_count: 1,
+            duration_hours: 1,
+            status: "completed".to_owned(),
+            kubeconfig: Some(format!("token: \"{token}\"")),
+            error_message: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        let shown = format!("{row:?}");
+        assert!(!shown.contains(&token), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
     fn can_move_to_allows_exactly_the_legal_transitions() {
         use Status::*;
         let legal = [
