@@ -851,7 +851,7 @@ impl Run {
             .collect();
         if let Err(e) = answer {
             log::error!(
-                "Database sync failed: {e}; offsets [{}] stay uncommitted, and the worker stops with exit code 1 so that a restart recovers from what is on disk",
+                "Database sync failed: {e}; offsets [{}] stay uncommitted; stopping (exit code 1)",
                 list.join(", ")
             );
             self.p
