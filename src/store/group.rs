@@ -9,8 +9,8 @@
 //! carries as many operations as there are callers waiting for the writer.
 //!
 //! The same shape as LevelDB's writer queue and the group commit of database logs. Pure
-//! logic: what a batch does is the `run` function the callers pass (src/store.rs runs it as
-//! one SQLite transaction), so it is tested here with plain functions.
+//! logic: what a batch does is the `run` function the callers pass (the SQLite backend runs
+//! it as one SQLite transaction), so it is tested here with plain functions.
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, Thread};
