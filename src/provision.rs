@@ -225,6 +225,7 @@ impl Provisioner {
 
     /// A completion that moved no row: the row left `provisioning` while the worker had it,
     /// or the database ignored the update without an error (a trigger's `RAISE(IGNORE)`).
+    #[cold]
     fn not_completed(&self, request_id: &str) -> Outcome {
         let row = match self.attempt("read", request_id, None, || self.store.get(request_id)) {
             Tried::Aborted => return Outcome::Aborted,
@@ -264,6 +265,7 @@ impl Provisioner {
     /// The database refused `step` of the request for good (`e`): a row in a status the
     /// worker does not own is left as it is; any other refusal becomes `failed` with the
     /// database's reason. Logged once, here.
+    #[cold]
     fn refused(&self, request_id: &str, step: &str, e: &StoreError) -> Outcome {
         if let StoreError::ForeignStatus { status, .. } = e {
             let status = printable(status);
@@ -329,36 +331,57 @@ impl Provisioner {
                 Ok(v) => return Tried::Done(v),
                 Err(e) => e,
             };
-            match e.fault() {
-                Fault::Permanent => {
-                    refusals += 1;
-                    if refusals >= PERMANENT_TRIES {
-                        self.metrics.db_gave_up();
-                        return Tried::GaveUp(e);
-                    }
-                    self.metrics.db_retry(false);
-                    log::debug!(
-                        "Database refused the {step} of request {request_id} (try {refusals} of {PERMANENT_TRIES}): {e}; trying again in {backoff:?}"
-                    );
-                }
-                Fault::Transient => {
-                    self.metrics.db_retry(e.is_busy());
-                    log::warn!(
-                        "Database unavailable during {step} of request {request_id}: {e}; retrying in {backoff:?}"
-                    );
-                }
-                Fault::Fatal => {
-                    self.metrics.db_retry(false);
-                    log::error!(
-                        "Database storage failed during {step} of request {request_id}: {e}; retrying in {backoff:?} while the worker stops"
-                    );
-                }
+            match self.failed_try(step, request_id, e, &mut refusals, backoff) {
+                Ok(()) => backoff = (backoff * 2).min(MAX_BACKOFF),
+                Err(Some(e)) => return Tried::GaveUp(e),
+                Err(None) => return Tried::Aborted,
             }
-            if self.wait(backoff) {
-                return Tried::Aborted;
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// A try of `step` failed with `e`: counts and logs it and waits `backoff`. `Ok` to try
+    /// again; `Err(Some(e))` when the database refused it [`PERMANENT_TRIES`] times,
+    /// `Err(None)` when shutdown aborted the wait. Apart from `attempt` (and cold) so that
+    /// each of its instances stays small on the path every request takes.
+    #[cold]
+    #[inline(never)]
+    fn failed_try(
+        &self,
+        step: &str,
+        request_id: &str,
+        e: StoreError,
+        refusals: &mut u32,
+        backoff: Duration,
+    ) -> Result<(), Option<StoreError>> {
+        match e.fault() {
+            Fault::Permanent => {
+                *refusals += 1;
+                if *refusals >= PERMANENT_TRIES {
+                    self.metrics.db_gave_up();
+                    return Err(Some(e));
+                }
+                self.metrics.db_retry(false);
+                log::debug!(
+                    "Database refused the {step} of request {request_id} (try {refusals} of {PERMANENT_TRIES}): {e}; trying again in {backoff:?}"
+                );
+            }
+            Fault::Transient => {
+                self.metrics.db_retry(e.is_busy());
+                log::warn!(
+                    "Database unavailable during {step} of request {request_id}: {e}; retrying in {backoff:?}"
+                );
+            }
+            Fault::Fatal => {
+                self.metrics.db_retry(false);
+                log::error!(
+                    "Database storage failed during {step} of request {request_id}: {e}; retrying in {backoff:?} while the worker stops"
+                );
+            }
+        }
+        if self.wait(backoff) {
+            return Err(None);
+        }
+        Ok(())
     }
 
     /// Waits `d`; true when shutdown aborted the wait.

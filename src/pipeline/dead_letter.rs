@@ -3,7 +3,9 @@
 //! form (cut to `KAFKA_DLQ_MAX_BYTES`) and its cut-down form (for a broker that refused the
 //! full one for good). Pure: the poller does the sending.
 //!
-//! A dead letter carries the original key and value and these headers:
+//! A dead letter of an invalid message carries the original key and value; one of a refused
+//! request carries the request as the worker read it, re-encoded as JSON (replayable as it
+//! is), and no key. Both have these headers:
 //! `x-dlq-reason`, `x-original-topic`, `x-original-partition`, `x-original-offset`; and when
 //! the value (or, rarely, anything else) had to be cut: `x-dlq-truncated: true` and
 //! `x-original-size: N`, the value's length in the log.

@@ -641,17 +641,13 @@ impl Run {
                 original_len,
                 cut_down: false,
             }),
-            JobResult::Refused {
-                refusal,
-                key,
-                value,
-            } => self.dead_letter(DeadLetter {
+            JobResult::Refused { refusal, value } => self.dead_letter(DeadLetter {
                 cause: Cause::Refused,
                 partition: d.partition,
                 offset: d.offset,
                 epoch: d.epoch,
                 reason: refusal.reason,
-                key,
+                key: None,
                 original_len: value.len(),
                 value,
                 cut_down: false,
@@ -898,8 +894,15 @@ impl Run {
             if now >= deadline {
                 return;
             }
+            // Never a deadline already past: a heartbeat that is due but not sent (Kafka
+            // down, say) would make this loop spin.
             let until = if heartbeat {
-                deadline.min(self.p.consumer.next_heartbeat().max(now))
+                deadline.min(
+                    self.p
+                        .consumer
+                        .next_heartbeat()
+                        .max(now + Duration::from_millis(10)),
+                )
             } else {
                 deadline
             };
@@ -1082,11 +1085,7 @@ fn work_for(
         ProvisionRequest::parse(&value)
     };
     match parsed {
-        Ok(req) => Work::Provision {
-            req,
-            key: key.map(|k| Bytes::copy_from_slice(&k)),
-            value: Bytes::copy_from_slice(&value),
-        },
+        Ok(req) => Work::Provision(req),
         Err(rejected) => Work::Reject {
             request_id: rejected.request_id,
             reason: rejected.reason.to_string(),
@@ -1146,7 +1145,7 @@ mod tests {
     fn a_whole_value_is_parsed() {
         let value = br#"{"request_id":"r","user_id":"u","gpu_count":1,"duration_hours":1}"#;
         let work = work_for(None, None, Some(Bytes::from_static(value)), value.len());
-        assert!(matches!(work, Work::Provision { .. }), "{work:?}");
+        assert!(matches!(work, Work::Provision(_)), "{work:?}");
         let work = work_for(None, None, Some(Bytes::from_static(b"[]")), 2);
         assert!(
             matches!(&work, Work::Reject { reason, .. } if reason.contains("JSON object")),

@@ -256,8 +256,9 @@ impl Shared {
 
 impl Files {
     fn of(conn: Connection) -> Result<Files, StoreError> {
-        // A read makes the pager open the WAL of a WAL-mode database (and keep it open).
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        // A read transaction makes the pager open the WAL of a WAL-mode database (and keep
+        // it open); reading the header's schema cookie is one that parses no schema.
+        conn.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
         // SAFETY: `handle` is the open connection's; the calls below only read from it, on
         // the thread that owns it.
         let (db_path, wal_path, db_file, wal_file) = unsafe {

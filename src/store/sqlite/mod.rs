@@ -28,6 +28,7 @@ use super::utc::{format_utc, utc_now};
 use super::{Applied, Backend, Row, StoreError, Syncing, Transition, WriteCounts};
 use crate::request::ProvisionRequest;
 use durability::{Durability, Latch};
+use transitions::Writer;
 
 mod durability;
 mod schema;
@@ -69,7 +70,7 @@ pub(super) struct Sqlite {
     ///
     /// Transitions reach it through `group` (whose leader holds this lock for one batch);
     /// `insert_pending` takes the lock directly.
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     /// The queue of transitions waiting for the writer: group commit (see `group.rs`).
     group: GroupCommit<Transition, Result<Applied, StoreError>>,
     /// For [`Store::write_counts`](super::Store::write_counts).
@@ -149,7 +150,10 @@ impl Sqlite {
         );
         Ok(Sqlite {
             pool,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Writer::new(writer).map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?),
             group: GroupCommit::new(),
             transactions: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
@@ -164,7 +168,7 @@ impl Sqlite {
 
     /// The write connection (see `writer`). A writer that panicked left nothing half-done
     /// behind the lock (SQLite rolls its open transaction back), so poisoning is ignored.
-    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

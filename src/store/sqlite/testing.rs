@@ -46,7 +46,7 @@ pub fn open_temp_with(options: StoreOptions) -> Temp {
     let sqlite = Arc::new(Sqlite::open(&dir.path().join("poc.db"), options).unwrap());
     Temp {
         dir,
-        store: Store::new(sqlite.clone()),
+        store: Store::on_sqlite(sqlite.clone()),
         sqlite,
     }
 }
