@@ -31,8 +31,6 @@ impl<Op, Out> GroupCommit<Op, Out> {
         }
     }
 
-    /// Only the tests submit single operations; the store passes vectors.
-    #[cfg(test)]
     /// Runs `op`, batched with the operations of any other callers waiting at the time, and
     /// returns its own outcome once its batch has run.
     ///
@@ -41,6 +39,8 @@ impl<Op, Out> GroupCommit<Op, Out> {
     /// so every caller of one queue must pass the same `run` (the store passes one function).
     /// If `run` panics, the panic goes on in the leader's thread, and the followers of that
     /// batch queue their operations again rather than wait forever.
+    // Only the tests submit single operations; the store passes vectors (`submit_all`).
+    #[cfg(test)]
     pub fn submit(&self, op: Op, run: impl Fn(&[&Op]) -> Vec<Out>) -> Out {
         let mut outs = self.submit_all(vec![op], run);
         // One operation in, one outcome out (`lead` hands each caller as many as it gave).
