@@ -414,8 +414,8 @@ impl Run {
             i => {
                 if let Some(r) = &sync {
                     debug_assert_eq!(Some(i), synced);
-                    let answer = op.recv(r).unwrap_or(Err(StoreError::SyncThreadGone));
-                    self.sync_answered(answer);
+                    let received = op.recv(r);
+                    self.sync_received(received);
                 }
             }
         }
@@ -825,7 +825,7 @@ impl Run {
     fn check_sync(&mut self) {
         let answer = match &self.syncing {
             Some(pending) => match pending.sync.receiver().try_recv() {
-                Ok(answer) => answer,
+                Ok(()) => pending.sync.result(Ok(())),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => Err(StoreError::SyncThreadGone),
             },
@@ -907,7 +907,10 @@ impl Run {
                 deadline
             };
             match pending.sync.receiver().recv_deadline(until) {
-                Ok(answer) => self.sync_answered(answer),
+                Ok(()) => {
+                    let answer = pending.sync.result(Ok(()));
+                    self.sync_answered(answer);
+                }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     self.sync_answered(Err(StoreError::SyncThreadGone));
                 }
@@ -1042,14 +1045,22 @@ impl Run {
             self.shutdown_seen = true;
         } else if let Some(r) = &sync {
             debug_assert_eq!(Some(op.index()), synced);
-            let answer = op.recv(r).unwrap_or(Err(StoreError::SyncThreadGone));
+            let received = op.recv(r);
+            self.sync_received(received);
+        }
+    }
+
+    /// A `select` received the pending sync's signal.
+    fn sync_received(&mut self, received: Result<(), crossbeam_channel::RecvError>) {
+        if let Some(pending) = &self.syncing {
+            let answer = pending.sync.result(received);
             self.sync_answered(answer);
         }
     }
 
-    /// The receiver of the pending sync's answer, for a `select` that should also wake for
+    /// The receiver of the pending sync's signal, for a `select` that should also wake for
     /// it (a clone: the `select` borrows it while `self` is used afterwards).
-    fn sync_receiver(&self) -> Option<Receiver<Result<(), StoreError>>> {
+    fn sync_receiver(&self) -> Option<Receiver<()>> {
         self.syncing
             .as_ref()
             .map(|pending| pending.sync.receiver().clone())

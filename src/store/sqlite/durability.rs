@@ -41,10 +41,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
 use rusqlite::{Connection, ffi};
 
-use super::super::{Fault, StoreError, Syncing};
+use super::super::{Fault, StoreError, SyncAnswer, Syncing};
 
 /// Transitions committed between two checkpoints. Each writes at least one page to the WAL
 /// and a completion often two or three, so this is about SQLite's default of 1,000 pages or
@@ -98,7 +97,7 @@ struct Shared {
 struct State {
     stop: bool,
     /// Callers waiting for the next sync to begin and end.
-    waiting: Vec<Sender<Result<(), StoreError>>>,
+    waiting: Vec<SyncAnswer>,
 }
 
 /// The connection this thread works through, and SQLite's handles of its two files.
@@ -169,15 +168,14 @@ impl Durability {
     /// Asks for a sync of everything committed so far; the result arrives on the returned
     /// [`Syncing`]. After a failure, at once and always the same failure.
     pub fn sync(&self) -> Syncing {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (answer, syncing) = Syncing::start();
         if let Some(error) = self.shared.latch.error() {
-            // The receiver is in hand: the send cannot fail.
-            let _ = tx.send(Err(error));
+            answer.answer(Err(error));
         } else {
-            self.shared.lock().waiting.push(tx);
+            self.shared.lock().waiting.push(answer);
             self.shared.wake.notify_one();
         }
-        Syncing::new(rx)
+        syncing
     }
 }
 
@@ -371,12 +369,10 @@ fn run(files: &Files, shared: &Shared) {
         if !waiting.is_empty() {
             let result = files.sync(&shared.latch);
             for w in waiting {
-                let answer = match &result {
+                w.answer(match &result {
                     Ok(()) => Ok(()),
                     Err(_) => Err(shared.latch.error().unwrap_or(StoreError::SyncThreadGone)),
-                };
-                // A caller that stopped waiting dropped its receiver: nothing to tell it.
-                let _ = w.send(answer);
+                });
             }
         }
         if shared.written.load(Ordering::Relaxed) >= EVERY {
