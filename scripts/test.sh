@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs the Python interop client, fetches the tansu broker
+# Runs the whole test suite of the workspace (the worker, crates/blocking-kafka and
+# crates/kafka-testkit): installs the Python interop client, fetches the tansu broker
 # binary once up front (each integration test starts its own broker from it on a free
-# port, so no shared broker is needed), then `cargo test --all-targets`.
-# Extra arguments go to cargo test, e.g. `scripts/test.sh --test broker_smoke`.
+# port, so no shared broker is needed), then `cargo test --workspace --all-targets`.
+# Extra arguments go to cargo test, e.g. `scripts/test.sh --no-fail-fast`.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,11 +18,23 @@ if ! command -v stunnel4 >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1
         apt-get update -qq >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 openssl >/dev/null
     else
-        echo "test.sh: stunnel4 and openssl are needed by tests/security.rs; install them (apt-get install -y stunnel4 openssl)" >&2
+        echo "test.sh: stunnel4 and openssl are needed by the TLS tests (tests/security.rs, crates/blocking-kafka/tests/security.rs); install them (apt-get install -y stunnel4 openssl)" >&2
+        exit 1
+    fi
+fi
+# The PostgreSQL tests (crates/blocking-postgres) start clusters of their own from Debian's
+# PostgreSQL 15 server programs, as the postgres user; installed here when missing.
+if [[ -z "${PG_BIN:-}" && ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing postgresql-15" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+    else
+        echo "test.sh: PostgreSQL 15's server is needed by crates/blocking-postgres/tests; install it (apt-get install -y postgresql-15) or set PG_BIN" >&2
         exit 1
     fi
 fi
 TANSU_BIN="$(scripts/kafka-up.sh --path)"
 export TANSU_BIN
 echo "test.sh: using tansu at $TANSU_BIN" >&2
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"

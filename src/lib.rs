@@ -9,8 +9,6 @@
 //! - `kubeconfig`: rendering the mock kubeconfig (pure).
 //! - `store`: the state transitions as named functions behind one interface, database errors
 //!   sorted in one place, durability before commits; the SQLite backend (schema from `sql/`).
-//! - `kafka`: the Kafka layer (group membership, fetch, commits, produce); knows nothing
-//!   about provisioning.
 //! - `provision`: what a worker does with one request.
 //! - `pipeline`: the poller thread, the worker pool, the offset tracker; `run`.
 //! - `signals`: SIGTERM/SIGINT/SIGHUP: one graceful shutdown per request, signals arriving
@@ -19,11 +17,14 @@
 //! - `metrics`: counters, gauges and histograms on atomics, and the optional HTTP listener
 //!   (`METRICS_ADDR`) serving `/metrics` and `/healthz`.
 //!
-//! Dependencies point one way: `main` → `pipeline` → (`kafka`, `provision` → (`store`,
-//! `kubeconfig`, `request`)). `kafka` and `store` never import each other.
+//! The Kafka client is a crate of its own, `blocking_kafka` (crates/blocking-kafka): group
+//! membership, fetch, commits, produce, TLS and SASL. It knows nothing about provisioning,
+//! and the compiler holds it to that: it cannot name anything of this crate.
+//!
+//! Dependencies point one way: `main` → `pipeline` → (`blocking_kafka`, `provision` →
+//! (`store`, `kubeconfig`, `request`)). `blocking_kafka` and `store` never import each other.
 pub mod cli;
 pub mod config;
-pub mod kafka;
 pub mod kubeconfig;
 pub mod logging;
 pub mod metrics;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::kafka::{Offset, Partition};
+use blocking_kafka::{Offset, Partition};
 
 /// How often the poller asks for the log-end offsets of its partitions (for lag), while the
 /// metrics are served. One ListOffsets request per interval; a scrape sees lag at most this old.

@@ -11,13 +11,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::{Command, ResetTo};
-use crate::config::{Config, OffsetReset, PasswordSource};
-use crate::kafka::admin::{Admin, GroupDescription, OutsideCommitError};
-use crate::kafka::{
+use blocking_kafka::admin::{Admin, GroupDescription, OutsideCommitError};
+use blocking_kafka::{
     BatchCompression, Consumer, ConsumerSettings, KafkaError, Offset, OutRecord, Partition,
     ProduceError, Producer, ProducerSettings, Security, StartFrom, TopicState,
 };
+
+use crate::cli::{Command, ResetTo};
+use crate::config::{Config, OffsetReset, PasswordSource};
 use crate::pipeline::consumer_settings;
 use crate::request::ProvisionRequest;
 use crate::store::{Store, StoreError};

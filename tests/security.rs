@@ -19,10 +19,8 @@ use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::secure::{
-    Certs, FrontSettings, Protocol, SecureBroker, free_port, librdkafka_security, openssl,
-};
-use common::{TempDb, WorkerProcess, b64_encode, python_tool, wait_until};
+use common::secure::{Certs, FrontSettings, Protocol, SecureBroker, librdkafka_security, openssl};
+use common::{TempDb, WorkerProcess, b64_encode, free_port, python_tool, wait_until};
 
 const TOPIC: &str = "provision-requests";
 const DLQ: &str = "provision-requests.dlq";

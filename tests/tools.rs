@@ -7,8 +7,8 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use provision_worker::kafka::admin::{Admin, OutsideCommitError};
-use provision_worker::kafka::{ConsumerSettings, Offset, Partition, StartFrom};
+use blocking_kafka::admin::{Admin, OutsideCommitError};
+use blocking_kafka::{ConsumerSettings, Offset, Partition, StartFrom};
 
 use common::{Broker, TempDb, WorkerProcess, librdkafka_committed, produce, wait_until};
 

@@ -17,7 +17,7 @@
 //! reads the dead-letter topic.
 use bytes::Bytes;
 
-use crate::kafka::{Offset, OutRecord, Partition, uncompressed_batch_len};
+use blocking_kafka::{Offset, OutRecord, Partition, uncompressed_batch_len};
 
 /// A message waiting to be dead-lettered; its offset is unfinished until then.
 #[derive(Debug, Clone)]

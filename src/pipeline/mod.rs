@@ -17,14 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
+use blocking_kafka::{
+    ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password, Producer, ProducerSettings,
+    RecordLimits, SaslSettings, Security, SecurityError, StartFrom, TlsSettings, TopicState,
+};
 use crossbeam_channel::Receiver;
 
 use crate::config::{Config, OffsetReset, PasswordSource, SaslMechanism};
-use crate::kafka::{
-    self, ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password, Producer,
-    ProducerSettings, RecordLimits, SaslSettings, Security, SecurityError, StartFrom, TlsSettings,
-    TopicState,
-};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
 use crate::store::{Store, StoreError};
@@ -268,9 +267,9 @@ pub fn security(config: &Config) -> Result<Arc<Security>, SecurityError> {
     });
     let sasl = config.security.sasl.as_ref().map(|s| SaslSettings {
         mechanism: match s.mechanism {
-            SaslMechanism::Plain => kafka::SaslMechanism::Plain,
-            SaslMechanism::ScramSha256 => kafka::SaslMechanism::ScramSha256,
-            SaslMechanism::ScramSha512 => kafka::SaslMechanism::ScramSha512,
+            SaslMechanism::Plain => blocking_kafka::SaslMechanism::Plain,
+            SaslMechanism::ScramSha256 => blocking_kafka::SaslMechanism::ScramSha256,
+            SaslMechanism::ScramSha512 => blocking_kafka::SaslMechanism::ScramSha512,
         },
         username: s.username.clone(),
         password: match &s.password_source {

@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use blocking_kafka::{
+    BatchCompression, Consumer, GroupSignal, KafkaError, Message, Offset, Partition, Producer,
+    Undecoded,
+};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
@@ -21,10 +25,6 @@ use super::RunError;
 use super::dead_letter::{Cause, DeadLetter};
 use super::tracker::OffsetTracker;
 use super::workers::{Done, Job, JobResult, Work};
-use crate::kafka::{
-    BatchCompression, Consumer, GroupSignal, KafkaError, Message, Offset, Partition, Producer,
-    Undecoded,
-};
 use crate::metrics::{Leaving, Metrics};
 use crate::request::{MAX_MESSAGE_BYTES, ProvisionRequest, Rejected, RequestError};
 use crate::store::{Store, StoreError, Syncing};
@@ -279,7 +279,7 @@ impl Run {
             match self
                 .p
                 .consumer
-                .log_offsets(&assigned, crate::kafka::StartFrom::Latest)
+                .log_offsets(&assigned, blocking_kafka::StartFrom::Latest)
             {
                 Ok(ends) => self.p.metrics.log_ends(&ends),
                 Err(e) => log::debug!("reading log-end offsets for the lag metric: {e}"),
@@ -949,7 +949,7 @@ impl Run {
         let topic = &self.p.settings.topic;
         if matches!(
             self.p.consumer.topic_state(),
-            Ok(crate::kafka::TopicState::Missing)
+            Ok(blocking_kafka::TopicState::Missing)
         ) {
             log::warn!(
                 "Topic {topic} does not exist yet; waiting for it. Create it, e.g. `kafka-topics.sh --bootstrap-server {} --create --topic {topic} --partitions 3`, or set KAFKA_TOPIC to the backend's topic",
@@ -1110,7 +1110,7 @@ fn work_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::Offset;
+    use blocking_kafka::Offset;
 
     #[test]
     fn a_value_held_only_in_part_is_rejected_by_its_true_size() {

@@ -10,7 +10,7 @@
 //! Pure bookkeeping, owned by the poller thread: no locks, no I/O.
 use std::collections::{BTreeSet, HashMap};
 
-use crate::kafka::{Offset, Partition};
+use blocking_kafka::{Offset, Partition};
 
 #[derive(Debug, Default)]
 pub struct OffsetTracker {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
+use blocking_kafka::{Offset, Partition};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::kafka::{Offset, Partition};
 use crate::metrics::{Final, JobTimer};
 use crate::provision::{Outcome, Provisioner, Refusal, RefusalKind, Started};
 use crate::request::ProvisionRequest;

@@ -1,0 +1,57 @@
+//! blocking-kafka: a Kafka client for one thread, in plain blocking Rust: consumer-group
+//! membership, fetch with bounded memory, commits, an idempotent producer, an admin client
+//! for group offsets, TLS and SASL/SCRAM. No async runtime, no background thread, no C.
+//! README.md says what it speaks (APIs and versions), its security modes, its memory
+//! bounds and what is deliberately absent.
+//!
+//! # Layout
+//! Layers, bottom first; each imports only from the layers below it (`tests/layers.rs`
+//! checks that from the source), errors at the bottom.
+//!
+//! - `error`: [`KafkaError`], every variant saying what to do. `types`: [`Partition`],
+//!   [`Offset`], [`StartFrom`].
+//! - `wire` (pure, no I/O): `message` ([`Message`]), `header` (a batch's framing),
+//!   `limits` ([`RecordLimits`], the per-fetch budget, the work bound), `codec` (streaming
+//!   decompression), `transactions` (aborted transactions, markers), `record` (one record),
+//!   `decoder` (a partition's batches into messages), `batch` (batches out: [`OutRecord`]),
+//!   `partitioner` ([`partition_for_key`]).
+//! - `net` (one broker): `settings` ([`TlsSettings`], [`SaslSettings`], [`Password`],
+//!   [`SessionInfo`]), `tls` (rustls on ring), `security` ([`Security`]), `body` (an answer
+//!   read as it arrives), `transport` (framing, deadlines, API versions), `scram` (pure),
+//!   `sasl`, `conn` (the authenticated connection, renewed in band).
+//! - `cluster`: bootstrap, metadata, a connection per broker ([`TopicState`]).
+//! - `settings`: [`ConsumerSettings`], [`ProducerSettings`].
+//! - Client roles: `fetch` (read_committed fetch, ListOffsets), `group` (membership, range
+//!   assignment, commits: [`Generation`]), `producer` ([`Producer`]), [`admin`].
+//! - `consumer`: [`Consumer`], the facade a caller drives.
+//!
+//! `src/bin/consume.rs` is a small consumer on the public API (`blocking-kafka-consume`).
+#![warn(missing_docs)]
+pub mod admin;
+mod cluster;
+mod consumer;
+mod error;
+mod fetch;
+mod group;
+mod net;
+mod producer;
+mod settings;
+mod types;
+mod wire;
+
+pub use cluster::TopicState;
+pub use consumer::{Assignment, Consumer, GroupSignal};
+pub use error::KafkaError;
+pub use group::{Generation, assign_range, encode_offset_commit};
+pub use net::security::Security;
+pub use net::settings::{
+    ClientIdentity, Password, SaslMechanism, SaslSettings, SecurityError, SessionInfo,
+    TlsSessionInfo, TlsSettings,
+};
+pub use producer::{Delivery, ProduceError, Producer};
+pub use settings::{ConsumerSettings, ProducerSettings};
+pub use types::{Offset, Partition, StartFrom};
+pub use wire::batch::{BatchCompression, OutRecord, uncompressed_batch_len};
+pub use wire::limits::RecordLimits;
+pub use wire::message::{Message, Undecoded};
+pub use wire::partitioner::{murmur2, partition_for_key};

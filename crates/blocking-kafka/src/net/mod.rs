@@ -1,0 +1,19 @@
+//! The connection to one broker: TCP, TLS, SASL, typed requests. Bottom first:
+//!
+//! - `settings`: what TLS and SASL are asked to do (`TlsSettings`, `SaslSettings`,
+//!   `Password`), `SecurityError`, and `SessionInfo`; plain data.
+//! - `tls`: rustls on ring: trust roots, mutual TLS, the handshake, errors in words.
+//! - `security`: `Security`, the TLS context and SASL settings every connection applies.
+//! - `body`: an answer's body, held whole or read as it arrives (`Body`).
+//! - `transport`: one TCP or TLS stream: framing, correlation, deadlines, API versions.
+//! - `scram`: the SCRAM client's messages and proofs (pure).
+//! - `sasl`: SaslHandshake and SaslAuthenticate over a transport: PLAIN and SCRAM.
+//! - `conn`: `Connection`, a transport authenticated with SASL and renewed in band.
+pub(crate) mod body;
+pub(crate) mod conn;
+pub(crate) mod sasl;
+pub(crate) mod scram;
+pub(crate) mod security;
+pub(crate) mod settings;
+pub(crate) mod tls;
+pub(crate) mod transport;

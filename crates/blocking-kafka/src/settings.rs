@@ -1,0 +1,70 @@
+//! What a client is configured with: the servers, the client id, deadlines and the one
+//! `Security` of the program; for a consumer also its group, topic, timings, where to start
+//! and how much of a record to hold. A producer's settings are derived from a consumer's
+//! (`ProducerSettings::for_topic`), and the admin client takes a consumer's, so one
+//! configuration serves every client of a program.
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::net::security::Security;
+use crate::types::StartFrom;
+use crate::wire::limits::RecordLimits;
+
+/// Where and how a consumer connects, the group it joins and the one topic it reads.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// "host:port" of brokers to learn the cluster from, tried in turn.
+    pub bootstrap: Vec<String>,
+    /// The client id every request carries (the broker's logs and quotas name it).
+    pub client_id: String,
+    /// The consumer group to join.
+    pub group_id: String,
+    /// The one topic to read.
+    pub topic: String,
+    /// How long the coordinator waits for a heartbeat before it drops the member.
+    pub session_timeout: Duration,
+    /// How long the coordinator waits for every member to rejoin in a rebalance.
+    pub rebalance_timeout: Duration,
+    /// How often to heartbeat (a third of the session timeout is usual).
+    pub heartbeat_interval: Duration,
+    /// How long the broker may hold a fetch that has nothing to return.
+    pub fetch_max_wait: Duration,
+    /// Deadline for ordinary requests (metadata, commits, heartbeats).
+    pub request_timeout: Duration,
+    /// Where to start a partition without a committed offset (or with one out of range).
+    pub start_from: StartFrom,
+    /// TLS and SASL for every connection (bootstrap, brokers, coordinator).
+    pub security: Arc<Security>,
+    /// How much of a record a fetch holds: keys and values past the limit arrive cut, with
+    /// their true length (`Message::value_len`).
+    pub record_limits: RecordLimits,
+}
+
+/// Where and how a producer connects, and the one topic it writes to.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    /// "host:port" of brokers to learn the cluster from, tried in turn.
+    pub bootstrap: Vec<String>,
+    /// The client id every request carries.
+    pub client_id: String,
+    /// The one topic to write to.
+    pub topic: String,
+    /// Deadline of each request; the broker is given most of it to gather acknowledgements.
+    pub request_timeout: Duration,
+    /// The same TLS and SASL settings as every other connection of the program.
+    pub security: Arc<Security>,
+}
+
+impl ProducerSettings {
+    /// Settings for producing to `topic` with the consumer's servers, client id, request
+    /// deadline and security (the same `Arc`, so one TLS/SASL configuration serves both).
+    pub fn for_topic(consumer: &ConsumerSettings, topic: &str) -> ProducerSettings {
+        ProducerSettings {
+            bootstrap: consumer.bootstrap.clone(),
+            client_id: consumer.client_id.clone(),
+            topic: topic.to_owned(),
+            request_timeout: consumer.request_timeout,
+            security: consumer.security.clone(),
+        }
+    }
+}
