@@ -13,14 +13,13 @@
 //! | `cert_user`  | -           | cert (hostssl only; CN=cert_user)         |
 //!
 //! Self-contained (std, rcgen, tempfile; nothing of the client under test), so the
-//! worker's tests can share it. `psql` runs the tests' own SQL, an independent client.
+//! client's tests, the worker's and the benchmark share it. `psql` runs the tests' own SQL,
+//! an independent client.
 //!
 //! The cluster is stopped when the `PgCluster` is dropped, a failing test included; a
 //! watchdog process stops it too if the test process dies without dropping it (a
 //! `shared()` cluster lives until the process exits; SIGKILL). A missing PostgreSQL
 //! fails the test, saying what to install.
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
