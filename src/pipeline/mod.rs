@@ -23,10 +23,10 @@ use blocking_kafka::{
 };
 use crossbeam_channel::Receiver;
 
-use crate::config::{Config, OffsetReset, PasswordSource, SaslMechanism};
+use crate::config::{Config, Database, OffsetReset, PasswordSource, SaslMechanism};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
-use crate::store::{Store, StoreError};
+use crate::store::{PostgresOptions, Store, StoreError};
 use poller::{Poller, PollerSettings};
 use workers::WorkerPool;
 
@@ -88,11 +88,9 @@ pub fn run(
     security: Arc<Security>,
     shutdown: Receiver<()>,
 ) -> Result<(), RunError> {
+    // The URL with its password masked.
     log::info!("Connecting to database: {}", config.database_url);
-    // Writes all go through the store's one write connection; the pool only serves reads
-    // (start-up checks, the health check), so two connections are plenty.
-    let pool_size = 2;
-    let Some(store) = open_store(config, pool_size, &shutdown)? else {
+    let Some(store) = open_store(config, &shutdown)? else {
         log::info!("Shutdown requested during start-up; exiting");
         return Ok(());
     };
@@ -232,17 +230,34 @@ fn check_dead_letter_topic(producer: &mut Producer, servers: &str) {
 
 /// Opens the database, waiting out a lock held by another process (the backend in the middle
 /// of a long write) instead of failing: a busy database delays the worker, never stops it.
-/// `None` when shutdown was requested meanwhile.
-fn open_store(
-    config: &Config,
-    pool_size: u32,
-    shutdown: &Receiver<()>,
-) -> Result<Option<Store>, RunError> {
+/// A PostgreSQL server that is down, restarting or full is waited for as long as an
+/// unreachable broker, `KAFKA_STARTUP_TIMEOUT_SECONDS`; then the worker exits 1 saying why
+/// (a wrong host must not leave it waiting forever). `None` when shutdown was requested
+/// meanwhile.
+fn open_store(config: &Config, shutdown: &Receiver<()>) -> Result<Option<Store>, RunError> {
     let mut backoff = Duration::from_millis(200);
+    let deadline = Instant::now() + config.startup_timeout;
     loop {
-        match Store::open(&config.database_path, pool_size) {
+        let (opened, waits_forever) = match &config.database {
+            // Writes all go through the store's one write connection; the pool only serves
+            // reads (start-up checks, the health check), so two connections are plenty.
+            Database::Sqlite(path) => (Store::open(path, 2), true),
+            // Each worker thread writes on a connection of its own; one more for reads.
+            Database::Postgres(pg) => (
+                Store::open_postgres(
+                    pg,
+                    PostgresOptions {
+                        // Invariant: at most 1024 threads (config), so this fits.
+                        pool_size: config.worker_threads as u32 + 1,
+                        create_table: true,
+                    },
+                ),
+                false,
+            ),
+        };
+        match opened {
             Ok(store) => return Ok(Some(store)),
-            Err(e) if e.is_transient() => {
+            Err(e) if e.is_transient() && (waits_forever || Instant::now() < deadline) => {
                 log::warn!("{e}");
                 if shutdown.recv_timeout(backoff).is_ok() {
                     return Ok(None);

@@ -9,6 +9,14 @@
 //!   the caller tries a bounded number of times, then ends the request's handling.
 //! - **Fatal**: durability is lost (an fsync failed, the write-ahead log vanished): nothing may
 //!   be committed to Kafka any more, and the worker stops.
+//!
+//! PostgreSQL's errors are sorted here too, by SQLSTATE (the client's `Class`, with two
+//! changes, below): a lost connection, a server restarting (57P01, 57P03), a serialization
+//! failure (40001), a deadlock (40P01), too many connections (53300), a lock the backend
+//! holds past `lock_timeout` (55P03) are transient; a constraint or a trigger's `RAISE
+//! EXCEPTION` (class 23, P0001), a missing column or privilege (class 42) permanent. Nothing
+//! PostgreSQL says is fatal: a commit it acknowledged is in its WAL, and a server that cannot
+//! flush its WAL stops itself (PANIC) and recovers from it.
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -85,6 +93,26 @@ pub enum StoreError {
     /// A completion moved no row although the row is `provisioning`: the database ignored the
     /// update without an error (a trigger's `RAISE(IGNORE)`).
     Ignored { request_id: String },
+    /// PostgreSQL: a statement failed while running (or its connection did).
+    Postgres(blocking_postgres::Error),
+    /// PostgreSQL: connecting or setting up at start failed (the server, TLS, the password,
+    /// the session).
+    PgConnect {
+        server: String,
+        source: blocking_postgres::Error,
+    },
+    /// PostgreSQL: no pooled connection within the pool timeout; `reason` is the last
+    /// connection error.
+    PgPool { server: String, reason: String },
+    /// PostgreSQL: the table is missing (where the caller would not create it), lacks
+    /// columns, has a column of a type the worker cannot write, no unique key on
+    /// `request_id`, or this user cannot write it. `problem` follows "database at SERVER".
+    PgSchema { server: String, problem: String },
+    /// PostgreSQL: `DATABASE_PASSWORD_FILE` cannot be read at start.
+    PgPasswordFile { path: PathBuf, reason: String },
+    /// PostgreSQL: the row changed under each of a claim's rounds (inserted, deleted, moved
+    /// back by the backend): tried again later.
+    PgClaimRaced { request_id: String },
 }
 
 impl StoreError {
@@ -95,7 +123,17 @@ impl StoreError {
     pub fn fault(&self) -> Fault {
         match self {
             StoreError::Sqlite(e) => sqlite_fault(e),
-            StoreError::Pool(_) | StoreError::Busy { .. } => Fault::Transient,
+            StoreError::Postgres(e) => postgres_fault(e),
+            // At start: a server that is down or restarting is waited for; a refused
+            // password or certificate, a bad setting, is not.
+            StoreError::PgConnect { source, .. } => match source.class() {
+                blocking_postgres::Class::Transient => Fault::Transient,
+                blocking_postgres::Class::Permanent => Fault::Permanent,
+            },
+            StoreError::Pool(_)
+            | StoreError::Busy { .. }
+            | StoreError::PgPool { .. }
+            | StoreError::PgClaimRaced { .. } => Fault::Transient,
             StoreError::Sync { .. } | StoreError::Vanished { .. } | StoreError::SyncThreadGone => {
                 Fault::Fatal
             }
@@ -110,7 +148,9 @@ impl StoreError {
             | StoreError::WalNotOpen { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::ForeignStatus { .. }
-            | StoreError::Ignored { .. } => Fault::Permanent,
+            | StoreError::Ignored { .. }
+            | StoreError::PgSchema { .. }
+            | StoreError::PgPasswordFile { .. } => Fault::Permanent,
         }
     }
 
@@ -119,10 +159,14 @@ impl StoreError {
         self.fault() == Fault::Transient
     }
 
-    /// SQLite said busy or locked: another connection held the database (for the metrics).
+    /// Another connection held what this one needed (for the metrics): SQLite said busy or
+    /// locked; PostgreSQL's `lock_timeout` passed (55P03), or a deadlock (40P01) or
+    /// serialization failure (40001) ended the transaction.
     pub fn is_busy(&self) -> bool {
         matches!(self, StoreError::Busy { .. })
             || matches!(self, StoreError::Sqlite(e) if is_busy(e))
+            || matches!(self, StoreError::Postgres(e)
+                if matches!(e.code(), Some("55P03" | "40P01" | "40001")))
     }
 
     /// The database's own words for a refusal, as a backend's user should read them: a
@@ -131,6 +175,9 @@ impl StoreError {
     pub fn reason(&self) -> String {
         match self {
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(_, Some(message))) => message.clone(),
+            StoreError::Postgres(e) if e.as_db().is_some() => {
+                e.as_db().map(|db| db.message.clone()).unwrap_or_default()
+            }
             StoreError::ForeignStatus { status, .. } => {
                 format!("status {status:?} is not one this worker owns")
             }
@@ -268,7 +315,57 @@ impl fmt::Display for StoreError {
                 f,
                 "the database ignored the completion of request {request_id:?} without an \
                  error (the row is still provisioning); look for a trigger on \
-                 provision_requests that uses RAISE(IGNORE)"
+                 provision_requests that uses RAISE(IGNORE) (SQLite) or returns NULL \
+                 (PostgreSQL)"
+            ),
+            StoreError::Postgres(e) => match postgres_fault(e) {
+                Fault::Transient => write!(
+                    f,
+                    "database temporarily unavailable: {e}; retrying, and if it persists look \
+                     at the server's log, its connection limit, or a session holding rows \
+                     locked (pg_locks)"
+                ),
+                Fault::Permanent if is_pg_refusal(e) => write!(
+                    f,
+                    "the database refused the statement: {e}; a constraint or trigger of \
+                     provision_requests does not allow it"
+                ),
+                // Nothing of PostgreSQL's is fatal (see `postgres_fault`).
+                Fault::Permanent | Fault::Fatal => write!(
+                    f,
+                    "database statement failed: {e}; check that provision_requests matches \
+                     sql/schema-postgresql.sql"
+                ),
+            },
+            StoreError::PgConnect { server, source } if source.is_transient() => write!(
+                f,
+                "cannot use PostgreSQL at {server}: {source}; the worker waits for it up to \
+                 KAFKA_STARTUP_TIMEOUT_SECONDS at start"
+            ),
+            StoreError::PgConnect { server, source } => write!(
+                f,
+                "cannot use PostgreSQL at {server}: {source}; fix DATABASE_URL (or \
+                 DATABASE_PASSWORD_FILE) or the server's settings for this user"
+            ),
+            StoreError::PgPool { server, reason } => write!(
+                f,
+                "no connection to PostgreSQL at {server} within {} s ({reason}); retrying, \
+                 and if it persists check that the server is up and accepts this user",
+                super::postgres::POOL_TIMEOUT.as_secs()
+            ),
+            StoreError::PgSchema { server, problem } => {
+                write!(f, "the database at {server} {problem}")
+            }
+            StoreError::PgPasswordFile { path, reason } => write!(
+                f,
+                "cannot read DATABASE_PASSWORD_FILE {}: {reason}; make it readable by the \
+                 worker's user",
+                path.display()
+            ),
+            StoreError::PgClaimRaced { request_id } => write!(
+                f,
+                "the row of request {request_id:?} changed under each of three tries to claim \
+                 it; retrying, and if it persists look for a process rewriting it"
             ),
         }
     }
@@ -285,6 +382,7 @@ impl std::error::Error for StoreError {
             StoreError::Resolve { source, .. }
             | StoreError::Sync { source, .. }
             | StoreError::Thread { source, .. } => Some(source),
+            StoreError::Postgres(e) | StoreError::PgConnect { source: e, .. } => Some(e),
             StoreError::ZeroPoolSize
             | StoreError::SyncThreadGone
             | StoreError::Vanished { .. }
@@ -294,7 +392,11 @@ impl std::error::Error for StoreError {
             | StoreError::RequestIdNotUnique { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::ForeignStatus { .. }
-            | StoreError::Ignored { .. } => None,
+            | StoreError::Ignored { .. }
+            | StoreError::PgPool { .. }
+            | StoreError::PgSchema { .. }
+            | StoreError::PgPasswordFile { .. }
+            | StoreError::PgClaimRaced { .. } => None,
         }
     }
 }
@@ -303,6 +405,35 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
         StoreError::Sqlite(e)
     }
+}
+
+impl From<blocking_postgres::Error> for StoreError {
+    fn from(e: blocking_postgres::Error) -> StoreError {
+        StoreError::Postgres(e)
+    }
+}
+
+/// PostgreSQL's errors mid-run, sorted: the client's `Class` (by SQLSTATE: connection
+/// exceptions, 40001, 40P01, class 53, 55P03, 57P01/57P03, ... transient; the rest
+/// permanent), with two changes for a long-running worker:
+/// - a refused password or certificate (a rotated secret, a renewed certificate) is an
+///   outage until it is put right, as for Kafka: transient, never a `failed` request;
+/// - damaged data or index pages (XX001, XX002) are not the request's fault: it waits for an
+///   operator to repair them, as with a damaged SQLite file.
+fn postgres_fault(e: &blocking_postgres::Error) -> Fault {
+    if e.is_security() || matches!(e.code(), Some("XX001" | "XX002")) {
+        return Fault::Transient;
+    }
+    match e.class() {
+        blocking_postgres::Class::Transient => Fault::Transient,
+        blocking_postgres::Class::Permanent => Fault::Permanent,
+    }
+}
+
+/// A constraint (class 23) or a trigger's `RAISE EXCEPTION` (P0001) refused the statement.
+fn is_pg_refusal(e: &blocking_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|code| code.starts_with("23") || code == "P0001")
 }
 
 /// SQLite's result codes (<https://www.sqlite.org/rescode.html>), sorted.
@@ -476,6 +607,90 @@ mod tests {
         );
     }
 
+    fn pg(code: &str, message: &str) -> blocking_postgres::Error {
+        blocking_postgres::Error::Db(Box::new(blocking_postgres::DbError {
+            severity: "ERROR".to_owned(),
+            code: code.to_owned(),
+            message: message.to_owned(),
+            detail: None,
+            hint: None,
+            schema: None,
+            table: None,
+            column: None,
+            constraint: None,
+            context: None,
+        }))
+    }
+
+    #[test]
+    fn postgresql_errors_are_sorted_as_the_issue_lists_them() {
+        use Fault::*;
+        let table = [
+            ("57P01", Transient), // admin shutdown (pg_ctl restart -m fast, pg_terminate_backend)
+            ("57P03", Transient), // the server is starting
+            ("40001", Transient), // serialization failure
+            ("40P01", Transient), // deadlock
+            ("53300", Transient), // too many connections
+            ("55P03", Transient), // lock_timeout: the backend holds the row
+            ("57014", Transient), // statement_timeout
+            ("25006", Transient), // a read-only server (a standby)
+            ("53100", Transient), // disk full
+            ("XX001", Transient), // data corrupted: wait for an operator
+            ("28P01", Transient), // a password rotated under the worker: an outage
+            ("23505", Permanent),
+            ("23514", Permanent),
+            ("P0001", Permanent), // a trigger's RAISE EXCEPTION
+            ("42703", Permanent), // a column is gone
+            ("42501", Permanent), // privileges
+            ("22001", Permanent), // a value too long for its column
+            ("XX000", Permanent),
+        ];
+        for (code, fault) in table {
+            let err = StoreError::Postgres(pg(code, "m"));
+            assert_eq!(err.fault(), fault, "{code}: {err}");
+        }
+        let lost = StoreError::Postgres(blocking_postgres::Error::Io {
+            addr: "db:5432".to_owned(),
+            what: "a query",
+            source: io::Error::from(io::ErrorKind::ConnectionReset),
+        });
+        assert_eq!(lost.fault(), Fault::Transient);
+        assert_eq!(
+            StoreError::Postgres(blocking_postgres::Error::Closed).fault(),
+            Transient
+        );
+        for busy in ["55P03", "40P01", "40001"] {
+            assert!(StoreError::Postgres(pg(busy, "m")).is_busy(), "{busy}");
+        }
+        assert!(!StoreError::Postgres(pg("57P01", "m")).is_busy());
+        // At start a refused password is not waited for; a server that is down is.
+        let refused = StoreError::PgConnect {
+            server: "db:5432".to_owned(),
+            source: pg("28P01", "password authentication failed for user \"app\""),
+        };
+        assert_eq!(refused.fault(), Permanent);
+        let starting = StoreError::PgConnect {
+            server: "db:5432".to_owned(),
+            source: pg("57P03", "the database system is starting up"),
+        };
+        assert_eq!(starting.fault(), Transient);
+        assert_eq!(
+            StoreError::PgPool {
+                server: "db:5432".to_owned(),
+                reason: "timed out".to_owned()
+            }
+            .fault(),
+            Transient
+        );
+    }
+
+    #[test]
+    fn the_reason_of_a_postgresql_refusal_is_the_triggers_own_words() {
+        let raised = StoreError::Postgres(pg("P0001", "gpu quota exceeded for bob"));
+        assert_eq!(raised.reason(), "gpu quota exceeded for bob");
+        assert!(raised.to_string().contains("refused"), "{raised}");
+    }
+
     #[test]
     fn error_messages_are_lower_case_without_a_trailing_period() {
         let failure = || {
@@ -537,6 +752,32 @@ mod tests {
                 status: "x".to_owned(),
             },
             StoreError::Ignored {
+                request_id: "r1".to_owned(),
+            },
+            StoreError::Postgres(pg("55P03", "could not obtain lock")),
+            StoreError::Postgres(pg("P0001", "quota")),
+            StoreError::Postgres(pg("42703", "column x does not exist")),
+            StoreError::PgConnect {
+                server: "db:5432".to_owned(),
+                source: pg("28P01", "password authentication failed"),
+            },
+            StoreError::PgConnect {
+                server: "db:5432".to_owned(),
+                source: pg("57P03", "starting up"),
+            },
+            StoreError::PgPool {
+                server: "db:5432".to_owned(),
+                reason: "timed out".to_owned(),
+            },
+            StoreError::PgSchema {
+                server: "db:5432".to_owned(),
+                problem: "has no table provision_requests; create it".to_owned(),
+            },
+            StoreError::PgPasswordFile {
+                path: PathBuf::from("/run/pw"),
+                reason: "denied".to_owned(),
+            },
+            StoreError::PgClaimRaced {
                 request_id: "r1".to_owned(),
             },
         ];

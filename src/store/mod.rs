@@ -24,9 +24,11 @@
 //!   `schema.rs` (opening and checking the file and table), `transitions.rs` (the SQL of each
 //!   transition and the batches group commit runs), `durability.rs` (the thread that syncs
 //!   and checkpoints).
+//! - `postgres/`: the PostgreSQL backend: `mod.rs` (the backend, its pool), `schema.rs`
+//!   (connecting, creating and checking the table, what `check` reports), `transitions.rs`
+//!   (the SQL of each transition, one autocommit statement each).
 //!
-//! A second backend (PostgreSQL, issue 20) implements [`Backend`] beside `sqlite/`; nothing
-//! above the store changes.
+//! The two implement [`Backend`]; nothing above the store knows which one runs.
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -38,10 +40,12 @@ use crate::request::ProvisionRequest;
 
 mod error;
 mod group;
+mod postgres;
 mod sqlite;
 mod utc;
 
 pub use error::{Fault, StoreError};
+pub use postgres::{PostgresOptions, ServerReport};
 pub use sqlite::StoreOptions;
 pub use utc::utc_now;
 
@@ -109,6 +113,7 @@ pub struct Store {
 #[derive(Debug)]
 enum Engine {
     Sqlite(Arc<sqlite::Sqlite>),
+    Postgres(Arc<postgres::Postgres>),
 }
 
 /// `$call` with `$b` bound to the store's backend, dispatched statically.
@@ -116,6 +121,7 @@ macro_rules! on_backend {
     ($store:expr, $b:ident => $call:expr) => {
         match &$store.engine {
             Engine::Sqlite($b) => $call,
+            Engine::Postgres($b) => $call,
         }
     };
 }
@@ -150,10 +156,10 @@ pub struct ParseStatusError {
 /// What a database backend provides. Every method may block (the callers are worker threads
 /// and the poller's sync thread, never the poller itself); none retries.
 pub(crate) trait Backend: Send + Sync + fmt::Debug {
-    /// Runs `transitions` in one transaction, in this order, each with its own conditional
-    /// statement and its own outcome (one refused transition fails alone, the others are
-    /// committed); returns once they are committed or failed. May also carry the transitions
-    /// of other callers in the same transaction (group commit).
+    /// Runs `transitions` in this order, each with its own conditional statement and its own
+    /// outcome (one refused transition fails alone, the others are committed); returns once
+    /// they are committed or failed. SQLite runs them in one transaction, which may also
+    /// carry the transitions of other callers (group commit); PostgreSQL each in its own.
     fn write(&self, transitions: Vec<Transition>) -> Vec<Result<Applied, StoreError>>;
 
     /// Starts a sync (see [`Store::start_sync`]) and returns at once.
@@ -288,6 +294,26 @@ impl Store {
     /// `sqlite/schema.rs`).
     pub fn open_with(path: &std::path::Path, options: StoreOptions) -> Result<Store, StoreError> {
         sqlite::Sqlite::open(path, options).map(|s| Store::on_sqlite(Arc::new(s)))
+    }
+
+    /// Connects to PostgreSQL, creates `provision_requests` if it is missing (and
+    /// `options.create_table` says so), checks the table and starts a pool of
+    /// `options.pool_size` connections (see `postgres/`).
+    pub fn open_postgres(
+        config: &crate::config::PostgresConfig,
+        options: PostgresOptions,
+    ) -> Result<Store, StoreError> {
+        postgres::Postgres::open(config, options).map(|p| Store {
+            engine: Engine::Postgres(Arc::new(p)),
+        })
+    }
+
+    /// What `check` reports about a PostgreSQL server: version, TLS, the user, durability
+    /// settings, and the table (checked, never created).
+    pub fn postgres_report(
+        config: &crate::config::PostgresConfig,
+    ) -> Result<ServerReport, StoreError> {
+        postgres::report(config)
     }
 
     /// A store on a SQLite backend.
