@@ -170,17 +170,19 @@ impl Provisioner {
         }) {
             Tried::Aborted => Outcome::Aborted,
             Tried::GaveUp(e) => self.refused(&req.request_id, "completion", &e),
-            Tried::Done(true) => {
-                log::info!("Updated request {} to status: completed", req.request_id);
-                log::info!(
-                    "\u{2705} Successfully provisioned request {} for user {}",
-                    req.request_id,
-                    printable(&req.user_id)
-                );
-                Outcome::Completed
-            }
-            Tried::Done(false) => self.not_completed(&req.request_id),
+            Tried::Done(true) => self.completed(req),
+            Tried::Done(false) => self.not_completed(req, kubeconfig),
         }
+    }
+
+    fn completed(&self, req: &ProvisionRequest) -> Outcome {
+        log::info!("Updated request {} to status: completed", req.request_id);
+        log::info!(
+            "\u{2705} Successfully provisioned request {} for user {}",
+            req.request_id,
+            printable(&req.user_id)
+        );
+        Outcome::Completed
     }
 
     /// [`Provisioner::finish`] for `req` and the claim of `next`, the request the worker
@@ -224,14 +226,24 @@ impl Provisioner {
     }
 
     /// A completion that moved no row: the row left `provisioning` while the worker had it,
-    /// or the database ignored the update without an error (a trigger's `RAISE(IGNORE)`).
+    /// or the database ignored the update without an error (a trigger's `RAISE(IGNORE)`);
+    /// or it is our own completion, retried after the connection was lost during its COMMIT
+    /// (PostgreSQL: the outcome of that COMMIT was unknown, and it had committed).
     #[cold]
-    fn not_completed(&self, request_id: &str) -> Outcome {
+    fn not_completed(&self, req: &ProvisionRequest, kubeconfig: &str) -> Outcome {
+        let request_id = req.request_id.as_str();
         let row = match self.attempt("read", request_id, None, || self.store.get(request_id)) {
             Tried::Aborted => return Outcome::Aborted,
             Tried::Done(row) => row,
             Tried::GaveUp(_) => None,
         };
+        if let Some(row) = &row
+            && row.status == Status::Completed.as_str()
+            && row.kubeconfig.as_deref() == Some(kubeconfig)
+        {
+            // Our kubeconfig holds a fresh random token: no one else wrote it.
+            return self.completed(req);
+        }
         let status = row.map(|r| r.status);
         match status.as_deref().map(str::parse::<Status>) {
             Some(Ok(Status::Provisioning)) => {
@@ -488,6 +500,28 @@ mod tests {
             gpu_count: 2,
             duration_hours: 1,
         }
+    }
+
+    /// A completion whose COMMIT's answer was lost (a PostgreSQL connection cut at that
+    /// moment) is retried and moves nothing: the row is completed with our own kubeconfig,
+    /// so the request is completed, not "left provisioning while we worked on it".
+    #[test]
+    fn a_retried_completion_that_finds_its_own_kubeconfig_is_completed() {
+        let f = fixture();
+        let req = request("r-lost-commit", "alice");
+        assert_eq!(f.provisioner.store.claim(&req).unwrap(), Claim::Claimed);
+        assert!(
+            f.provisioner
+                .store
+                .complete(&req.request_id, "ours")
+                .unwrap()
+        );
+        // The retry of that completion finds nothing left to move.
+        let outcome = f.provisioner.finish(&req, "ours", Some(Ok(false)));
+        assert_eq!(outcome, Outcome::Completed);
+        // Someone else's completion stays someone else's.
+        let outcome = f.provisioner.finish(&req, "another", Some(Ok(false)));
+        assert_eq!(outcome, Outcome::AlreadyFinal(Status::Completed));
     }
 
     #[test]

@@ -321,9 +321,9 @@ impl fmt::Display for StoreError {
             StoreError::Postgres(e) => match postgres_fault(e) {
                 Fault::Transient => write!(
                     f,
-                    "database temporarily unavailable: {e}; retrying, and if it persists look \
-                     at the server's log, its connection limit, or a session holding rows \
-                     locked (pg_locks)"
+                    "database temporarily unavailable: {e}; if it persists look at the \
+                     server's log, its connection limit, or a session holding rows locked \
+                     (pg_locks)"
                 ),
                 Fault::Permanent if is_pg_refusal(e) => write!(
                     f,
@@ -339,8 +339,9 @@ impl fmt::Display for StoreError {
             },
             StoreError::PgConnect { server, source } if source.is_transient() => write!(
                 f,
-                "cannot use PostgreSQL at {server}: {source}; the worker waits for it up to \
-                 KAFKA_STARTUP_TIMEOUT_SECONDS at start"
+                "cannot use PostgreSQL at {server}: {source}; check that the server is up \
+                 and reachable (the worker waits for it for KAFKA_STARTUP_TIMEOUT_SECONDS at \
+                 start)"
             ),
             StoreError::PgConnect { server, source } => write!(
                 f,
@@ -349,8 +350,8 @@ impl fmt::Display for StoreError {
             ),
             StoreError::PgPool { server, reason } => write!(
                 f,
-                "no connection to PostgreSQL at {server} within {} s ({reason}); retrying, \
-                 and if it persists check that the server is up and accepts this user",
+                "no connection to PostgreSQL at {server} within {} s ({reason}); if it \
+                 persists check that the server is up and accepts this user",
                 super::postgres::POOL_TIMEOUT.as_secs()
             ),
             StoreError::PgSchema { server, problem } => {
@@ -365,7 +366,7 @@ impl fmt::Display for StoreError {
             StoreError::PgClaimRaced { request_id } => write!(
                 f,
                 "the row of request {request_id:?} changed under each of three tries to claim \
-                 it; retrying, and if it persists look for a process rewriting it"
+                 it; if it persists look for a process rewriting it"
             ),
         }
     }

@@ -3,7 +3,7 @@
 //! backend would; and [`Db`], what a test needs of a database whichever backend holds it,
 //! so the same test body runs against SQLite ([`TempDb`]) and PostgreSQL.
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub use pg_testkit::{Options, PgCluster, SCRAM_PASSWORD};
 
@@ -33,9 +33,10 @@ pub trait Db {
     fn table_exists(&self) -> bool;
 }
 
-/// A database of its own (owned by `scram_user`) on the cluster shared by this test binary.
+/// A database of its own (owned by `scram_user`) on the cluster shared by this test binary,
+/// or on one a test started for itself (to restart or stop it).
 pub struct PgDb {
-    cluster: &'static PgCluster,
+    cluster: Arc<PgCluster>,
     name: String,
 }
 
@@ -48,9 +49,11 @@ const NULL: &str = "NULL";
 
 /// One cluster for the test binary, with room for several workers' pools (each takes
 /// `WORKER_THREADS` + 1 connections).
-pub fn cluster() -> &'static PgCluster {
-    static SHARED: OnceLock<PgCluster> = OnceLock::new();
-    SHARED.get_or_init(|| PgCluster::start_with(roomy()))
+pub fn cluster() -> Arc<PgCluster> {
+    static SHARED: OnceLock<Arc<PgCluster>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| Arc::new(PgCluster::start_with(roomy())))
+        .clone()
 }
 
 /// The harness's defaults with room for several workers' pools.
@@ -68,7 +71,7 @@ impl PgDb {
     }
 
     /// A fresh database on `cluster` (one a test restarts or stops).
-    pub fn on(cluster: &'static PgCluster) -> PgDb {
+    pub fn on(cluster: Arc<PgCluster>) -> PgDb {
         let name = cluster.create_database("scram_user");
         PgDb { cluster, name }
     }
@@ -77,8 +80,8 @@ impl PgDb {
         &self.name
     }
 
-    pub fn cluster(&self) -> &'static PgCluster {
-        self.cluster
+    pub fn cluster(&self) -> &PgCluster {
+        &self.cluster
     }
 
     /// The URL with `query` (e.g. `sslmode=verify-full&sslrootcert=...`) and the scheme
