@@ -532,12 +532,12 @@ impl Metrics {
             ),
             (
                 "provision_dead_lettered_total",
-                "Invalid messages produced to the dead-letter topic.",
+                "Messages produced to the dead-letter topic: invalid ones, and requests the database refused for good.",
                 get(&self.dead_lettered),
             ),
             (
                 "provision_dead_letters_dropped_total",
-                "Invalid messages whose dead letter Kafka refused for good, even cut down: logged (partition, offset, reason, first bytes) and skipped.",
+                "Messages whose dead letter Kafka refused for good, even cut down: logged (partition, offset, reason, first bytes) and skipped.",
                 get(&self.dead_letters_dropped),
             ),
         ] {

@@ -12,8 +12,10 @@
 //!   own is left as it is. Either way the job ends [`Outcome::Refused`], logged once here,
 //!   and the poller dead-letters the message and commits past it: one row the worker cannot
 //!   finish never stalls its partition (DESIGN invariant 13);
-//! - fatal (durability is lost): retried like a transient fault until the worker, which
-//!   stops on it, aborts the wait.
+//! - fatal (durability is lost: a failed fsync of SQLite's own, say): never retried, since
+//!   nothing written from now on can be made durable. The job ends
+//!   [`Outcome::StorageFailed`], its row as it is and its offset uncommitted, and the poller
+//!   stops the worker (exit code 1; DESIGN invariant 12) without waiting for its next sync.
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -37,6 +39,10 @@ pub enum Outcome {
     Refused(Refusal),
     /// Shutdown interrupted the work: the row stays `provisioning`, the offset uncommitted.
     Aborted,
+    /// The database's storage failed (the error, in words): nothing more can be made
+    /// durable. The row stays as it is, the offset uncommitted, and the poller stops the
+    /// worker.
+    StorageFailed(String),
 }
 
 /// Why the database will not let a request finish, and what became of its row.
@@ -95,6 +101,15 @@ enum Tried<T> {
     Aborted,
     /// Refused [`PERMANENT_TRIES`] times: the last error.
     GaveUp(StoreError),
+    /// Durability is lost (a fatal fault): the error, in words.
+    Fatal(String),
+}
+
+/// Why [`Provisioner::failed_try`] says not to try again.
+enum Stop {
+    Aborted,
+    GaveUp(StoreError),
+    Fatal(String),
 }
 
 impl Provisioner {
@@ -124,6 +139,7 @@ impl Provisioner {
         );
         match self.attempt("claim", &req.request_id, claimed, || self.store.claim(req)) {
             Tried::Aborted => return Started::Finished(Outcome::Aborted),
+            Tried::Fatal(e) => return Started::Finished(Outcome::StorageFailed(e)),
             Tried::GaveUp(e) => {
                 return Started::Finished(self.refused(&req.request_id, "claim", &e));
             }
@@ -169,6 +185,7 @@ impl Provisioner {
             self.store.complete(&req.request_id, kubeconfig)
         }) {
             Tried::Aborted => Outcome::Aborted,
+            Tried::Fatal(e) => Outcome::StorageFailed(e),
             Tried::GaveUp(e) => self.refused(&req.request_id, "completion", &e),
             Tried::Done(true) => self.completed(req),
             Tried::Done(false) => self.not_completed(req, kubeconfig),
@@ -209,6 +226,7 @@ impl Provisioner {
             self.store.fail(request_id, reason)
         }) {
             Tried::Aborted => Outcome::Aborted,
+            Tried::Fatal(e) => Outcome::StorageFailed(e),
             Tried::Done(true) => {
                 log::info!("Updated request {request_id} to status: failed ({reason})");
                 Outcome::Failed
@@ -234,6 +252,7 @@ impl Provisioner {
         let request_id = req.request_id.as_str();
         let row = match self.attempt("read", request_id, None, || self.store.get(request_id)) {
             Tried::Aborted => return Outcome::Aborted,
+            Tried::Fatal(e) => return Outcome::StorageFailed(e),
             Tried::Done(row) => row,
             Tried::GaveUp(_) => None,
         };
@@ -298,6 +317,7 @@ impl Provisioner {
         });
         let (done, row) = match failed {
             Tried::Aborted => return Outcome::Aborted,
+            Tried::Fatal(e) => return Outcome::StorageFailed(e),
             Tried::Done(true) => (
                 "marked it failed with that reason".to_owned(),
                 "the row is failed with that reason".to_owned(),
@@ -345,15 +365,16 @@ impl Provisioner {
             };
             match self.failed_try(step, request_id, e, &mut refusals, backoff) {
                 Ok(()) => backoff = (backoff * 2).min(MAX_BACKOFF),
-                Err(Some(e)) => return Tried::GaveUp(e),
-                Err(None) => return Tried::Aborted,
+                Err(Stop::GaveUp(e)) => return Tried::GaveUp(e),
+                Err(Stop::Fatal(e)) => return Tried::Fatal(e),
+                Err(Stop::Aborted) => return Tried::Aborted,
             }
         }
     }
 
     /// A try of `step` failed with `e`: counts and logs it and waits `backoff`. `Ok` to try
-    /// again; `Err(Some(e))` when the database refused it [`PERMANENT_TRIES`] times,
-    /// `Err(None)` when shutdown aborted the wait. Apart from `attempt` (and cold) so that
+    /// again; `Err` when the database refused it [`PERMANENT_TRIES`] times, when durability
+    /// is lost, or when shutdown aborted the wait. Apart from `attempt` (and cold) so that
     /// each of its instances stays small on the path every request takes.
     #[cold]
     #[inline(never)]
@@ -364,13 +385,13 @@ impl Provisioner {
         e: StoreError,
         refusals: &mut u32,
         backoff: Duration,
-    ) -> Result<(), Option<StoreError>> {
+    ) -> Result<(), Stop> {
         match e.fault() {
             Fault::Permanent => {
                 *refusals += 1;
                 if *refusals >= PERMANENT_TRIES {
                     self.metrics.db_gave_up();
-                    return Err(Some(e));
+                    return Err(Stop::GaveUp(e));
                 }
                 self.metrics.db_retry(false);
                 log::debug!(
@@ -384,14 +405,16 @@ impl Provisioner {
                 );
             }
             Fault::Fatal => {
-                self.metrics.db_retry(false);
+                // No retry: a later try that succeeds would prove nothing (a failed fsync is
+                // reported once), and the worker is stopping.
                 log::error!(
-                    "Database storage failed during {step} of request {request_id}: {e}; retrying in {backoff:?} while the worker stops"
+                    "Database storage failed during {step} of request {request_id}: {e}; leaving the request as it is (its offset stays uncommitted) and stopping"
                 );
+                return Err(Stop::Fatal(e.to_string()));
             }
         }
         if self.wait(backoff) {
-            return Err(None);
+            return Err(Stop::Aborted);
         }
         Ok(())
     }
@@ -623,6 +646,47 @@ mod tests {
             row.error_message.unwrap().contains("without an error"),
             "says what happened"
         );
+    }
+
+    #[test]
+    fn a_fatal_storage_fault_is_not_retried_and_ends_the_job_as_storage_failed() {
+        let f = fixture();
+        let req = request("r1", "alice");
+        let Started::Rendered(kubeconfig) = f.provisioner.start(&req, None) else {
+            panic!("not claimed");
+        };
+        // What a completion reports when the writer's own checkpoint failed its fsync.
+        let fsync_failed = StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+            Some("disk I/O error".to_owned()),
+        ));
+        assert_eq!(fsync_failed.fault(), Fault::Fatal);
+        let outcome = f
+            .provisioner
+            .finish(&req, &kubeconfig, Some(Err(fsync_failed)));
+        let Outcome::StorageFailed(reason) = &outcome else {
+            panic!("expected a storage failure, got {outcome:?}");
+        };
+        assert!(reason.contains("disk I/O error"), "{reason}");
+        // Not tried again: a try that succeeds after a failed fsync proves nothing.
+        assert_eq!(f.row("r1").status, "provisioning");
+        assert!(f.metric("provision_db_retries_other_total 0"));
+        assert!(f.metric("provision_db_refusals_total 0"));
+        // The same for a claim and for the row of an invalid message.
+        let lost = || {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                None,
+            ))
+        };
+        let started = f
+            .provisioner
+            .start(&request("r2", "alice"), Some(Err(lost())));
+        assert!(
+            matches!(started, Started::Finished(Outcome::StorageFailed(_))),
+            "{started:?}"
+        );
+        assert!(f.provisioner.store.get("r2").unwrap().is_none());
     }
 
     #[test]

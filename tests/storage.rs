@@ -121,6 +121,83 @@ fn a_failed_fsync_of_the_wal_commits_nothing_it_covered_exits_1_and_a_restart_co
     }
 }
 
+#[test]
+fn a_failed_fsync_in_a_workers_own_write_stops_the_worker_at_once_with_exit_1() {
+    let topic = "fsync-fails-in-a-write";
+    let broker = Broker::start();
+    broker.create_topic(topic, 1);
+    broker.create_topic(&dlq(topic), 1);
+    let db = TempDb::new();
+    let first = vec!["before".to_owned()];
+    let second: Vec<String> = (0..4).map(|i| format!("after-{i}")).collect();
+    seed_pending(&db, first.iter().chain(&second));
+    install_audit(&db);
+    let shim = Shim::new(&db, "eio");
+    let metrics_addr = free_addr();
+
+    let mut published = BTreeMap::new();
+    publish(&broker, topic, &first, &mut published);
+    let mut w = shim.worker(&broker, topic, &db, &[("METRICS_ADDR", &metrics_addr)]);
+    w.wait_for_line("Partitions assigned", JOIN);
+    let mut offsets = OffsetReader::new(&broker.addr(), topic);
+    let before = ends(&published);
+    offsets.wait_for(&before, Duration::from_secs(30));
+
+    // The backend checkpoints the whole WAL (its own fsyncs, in this process: the shim is
+    // not loaded here). The next write the worker makes starts the WAL over, and SQLite
+    // fsyncs the new WAL header in that write, on the worker's own thread: the shim fails
+    // that fsync, so the worker's claim gets SQLITE_IOERR_FSYNC, not a sync of the poller's.
+    let (busy, _, _): (i64, i64, i64) = db
+        .conn()
+        .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(busy, 0, "the checkpoint ran to the end");
+    shim.arm();
+    publish(&broker, topic, &second, &mut published);
+    let status = w.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{:#?}", w.lines());
+    let worker_line = w.wait_for_line("Database storage failed during", Duration::ZERO);
+    assert!(
+        worker_line.contains("leaving the request as it is (its offset stays uncommitted)"),
+        "the worker gives up at once: {worker_line}"
+    );
+    let line = w.wait_for_line(
+        "no more offsets are committed; stopping (exit code 1)",
+        Duration::ZERO,
+    );
+    assert!(line.contains("ERROR"), "{line}");
+    assert_eq!(
+        w.count_lines("Database unavailable during"),
+        0,
+        "a fatal fault is not retried as a transient one"
+    );
+    assert!(
+        shim.syncs()
+            .iter()
+            .any(|s| s.kind == "wal" && s.what == "eio"),
+        "the shim failed a sync of the -wal file: {:?}",
+        shim.syncs()
+    );
+    let committed = offsets.committed_within(Duration::from_secs(20));
+    assert_eq!(committed, before, "nothing committed after the failure");
+
+    // A restart recovers from what is on disk; Kafka redelivers the rest.
+    let mut w = worker(&broker, topic, &db, &[]);
+    offsets.wait_for(&ends(&published), Duration::from_secs(60));
+    w.signal("TERM");
+    assert!(w.wait_exit(Duration::from_secs(30)).success());
+    let completions = completions(&db);
+    for id in first.iter().chain(&second) {
+        assert_eq!(
+            completions.get(id).copied().unwrap_or(0),
+            1,
+            "request {id} must be completed exactly once"
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------
 // A storage stall
 
@@ -197,7 +274,8 @@ fn after_a_checkpoint_under_synchronous_off_the_database_file_is_synced_before_t
 
     let mut published = BTreeMap::new();
     publish(&broker, topic, &first, &mut published);
-    let mut w = shim.worker(&broker, topic, &db, &[]);
+    // DEBUG: the worker logs each offset commit, for counting them.
+    let mut w = shim.worker(&broker, topic, &db, &[("LOG_LEVEL", "DEBUG")]);
     w.wait_for_line("Partitions assigned", JOIN);
     let mut offsets = OffsetReader::new(&broker.addr(), topic);
     offsets.wait_for(&ends(&published), Duration::from_secs(30));
@@ -236,6 +314,21 @@ fn after_a_checkpoint_under_synchronous_off_the_database_file_is_synced_before_t
          that followed it: {syncs:?}"
     );
     assert!(between("wal"), "and the -wal file: {syncs:?}");
+    // Before each commit, not only this one: every sync the worker asks for fsyncs the -wal
+    // and then the database file, so the database file is synced at least once at start and
+    // once per commit (SQLite's own syncs, when it creates the file or checkpoints, would
+    // only add to it).
+    let commits = w.count_lines("Committed offsets [");
+    assert!(commits >= 2, "{commits} commits");
+    let db_syncs = syncs.iter().filter(|s| s.kind == "db").count();
+    assert!(
+        syncs.iter().all(|s| s.what == "ok"),
+        "no sync failed: {syncs:?}"
+    );
+    assert!(
+        db_syncs > commits,
+        "{db_syncs} syncs of the database file for {commits} commits: {syncs:?}"
+    );
     for id in first.iter().chain(&second) {
         assert_eq!(db.status_of(id).as_deref(), Some("completed"), "{id}");
     }

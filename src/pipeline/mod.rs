@@ -38,6 +38,9 @@ pub enum RunError {
     /// committing the offsets the sync was to cover (exit code 1; `Restart=on-failure`
     /// restarts it, and it recovers from what is on disk).
     Durability(StoreError),
+    /// A worker's database step failed with a fatal storage fault (a failed fsync of
+    /// SQLite's own, say; the error in words): stopped as after a failed sync.
+    Storage(String),
     Kafka(KafkaError),
     Thread(std::io::Error),
     /// The poller thread panicked: a bug. The worker stops (exit code 1) with nothing more
@@ -55,6 +58,7 @@ impl fmt::Display for RunError {
         match self {
             RunError::Database(e) => write!(f, "database: {e}"),
             RunError::Durability(e) => write!(f, "database sync failed: {e}"),
+            RunError::Storage(e) => write!(f, "database storage failed: {e}"),
             // A TLS or SASL failure is its own sentence, e.g. "authentication failed for user
             // alice with SCRAM-SHA-512: ...", which operators and scripts look for as it is.
             RunError::Kafka(e) if e.is_security() => write!(f, "{e}"),

@@ -117,8 +117,9 @@ struct Run {
     /// Offsets waiting for the sync that makes their work durable; at most one at a time.
     /// Taken when the sync answers: committed if it succeeded, never if it failed.
     syncing: Option<Pending>,
-    /// Set when a sync failed: nothing is committed any more and the loop stops.
-    durability_lost: Option<StoreError>,
+    /// Set when a sync failed, or a worker met a fatal storage fault: nothing is committed
+    /// any more and the loop stops with this error.
+    durability_lost: Option<RunError>,
 }
 
 /// Offsets to commit once `sync` succeeds. The sync began after they were read from the
@@ -611,6 +612,11 @@ impl Run {
     }
 
     fn on_done(&mut self, d: Done) {
+        if let JobResult::StorageFailed(reason) = d.result {
+            // Whatever its epoch: the storage is the store's, not a partition's.
+            self.storage_failed(reason);
+            return;
+        }
         if d.epoch != self.epoch {
             // A report from before a revocation: that partition's offsets were settled then.
             return;
@@ -625,6 +631,8 @@ impl Run {
                 self.tracker.finished(d.partition, d.offset);
             }
             JobResult::Dropped => self.tracker.dropped(d.partition, d.offset),
+            // Handled above.
+            JobResult::StorageFailed(_) => {}
             JobResult::Rejected {
                 reason,
                 key,
@@ -853,7 +861,7 @@ impl Run {
             self.p
                 .metrics
                 .durability_lost(format!("database sync failed, stopping: {e}"));
-            self.durability_lost = Some(e);
+            self.durability_lost = Some(RunError::Durability(e));
             return;
         }
         let offsets = pending.offsets;
@@ -923,10 +931,28 @@ impl Run {
         }
     }
 
-    /// A sync failed: workers start nothing more and their waits end, the group is left
-    /// (when `leave`) so that the partitions move on from their last commit, and `/healthz`
-    /// says why until the process exits. Nothing is committed.
-    fn stop_for_durability(&mut self, e: StoreError, leave: bool) -> RunError {
+    /// A worker met a fatal storage fault (its step failed with it; the worker logged it):
+    /// the loop stops as after a failed sync, without waiting for the next one, which could
+    /// be long in coming when nothing finishes any more. The first failure is the one kept.
+    fn storage_failed(&mut self, reason: String) {
+        if self.durability_lost.is_some() {
+            return;
+        }
+        log::error!(
+            "Database storage failed: {reason}; no more offsets are committed; stopping (exit code 1)"
+        );
+        self.p
+            .metrics
+            .durability_lost(format!("database storage failed, stopping: {reason}"));
+        // A sync in flight began before the failure was seen; its offsets stay uncommitted.
+        self.syncing = None;
+        self.durability_lost = Some(RunError::Storage(reason));
+    }
+
+    /// A sync failed or the storage did: workers start nothing more and their waits end, the
+    /// group is left (when `leave`) so that the partitions move on from their last commit,
+    /// and `/healthz` says why until the process exits. Nothing is committed.
+    fn stop_for_durability(&mut self, e: RunError, leave: bool) -> RunError {
         self.p.accepting.store(0, Ordering::Release);
         self.p.abort = None;
         self.buffer.clear();
@@ -937,7 +963,7 @@ impl Run {
                 self.p.settings.group_id
             );
         }
-        RunError::Durability(e)
+        e
     }
 
     fn say_topic_missing(&mut self, force: bool) {

@@ -67,6 +67,9 @@ pub enum JobResult {
     Refused { refusal: Refusal, value: Bytes },
     /// Not done by us (revoked before it started, or aborted by shutdown).
     Dropped,
+    /// The database's storage failed (the error, in words): the job is left undone, its
+    /// offset uncommitted, and the poller stops the worker.
+    StorageFailed(String),
 }
 
 /// The stack of each worker thread: 256 KiB instead of Rust's default of 2 MiB.
@@ -161,6 +164,7 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
                     };
                     match outcome {
                         Outcome::Aborted => JobResult::Dropped,
+                        Outcome::StorageFailed(e) => JobResult::StorageFailed(e),
                         Outcome::Refused(refusal) => refused(refusal, &req),
                         outcome => JobResult::Finished(outcome),
                     }
@@ -173,6 +177,7 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
                     original_len,
                 } => match provisioner.reject(request_id.as_deref(), &reason) {
                     Outcome::Aborted => JobResult::Dropped,
+                    Outcome::StorageFailed(e) => JobResult::StorageFailed(e),
                     _ => JobResult::Rejected {
                         reason,
                         key,
@@ -268,8 +273,10 @@ fn final_of(result: &JobResult) -> Option<Final> {
             RefusalKind::Refused => Final::Refused,
             RefusalKind::ForeignStatus => Final::ForeignStatus,
         }),
-        // `work` turns these into `Dropped` and `Refused`.
-        JobResult::Finished(Outcome::Aborted | Outcome::Refused(_)) | JobResult::Dropped => None,
+        // `work` turns these into `Dropped`, `Refused` and `StorageFailed`.
+        JobResult::Finished(Outcome::Aborted | Outcome::Refused(_) | Outcome::StorageFailed(_))
+        | JobResult::Dropped
+        | JobResult::StorageFailed(_) => None,
     }
 }
 
