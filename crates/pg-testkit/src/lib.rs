@@ -363,6 +363,18 @@ impl PgCluster {
         );
     }
 
+    /// The server's main process (from `postmaster.pid`), whose children are the backends:
+    /// for measuring the server's CPU from /proc.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read(self.dir.path().join("server.log"))
