@@ -8,7 +8,8 @@
 //! - `logging`: log lines in the Python worker's format.
 //! - `request`: one provisioning request, validated once from the raw message bytes.
 //! - `kubeconfig`: rendering the mock kubeconfig (pure).
-//! - `store`: SQLite: schema from `sql/`, the pool, the state transitions as named functions.
+//! - `store`: the state transitions as named functions behind one interface, database errors
+//!   sorted in one place, durability before commits; the SQLite backend (schema from `sql/`).
 //! - `provision`: what a worker does with one request.
 //! - `pipeline`: the poller thread, the worker pool, the offset tracker; `run`.
 //! - `signals`: SIGTERM/SIGINT/SIGHUP: one graceful shutdown per request, signals arriving

@@ -63,6 +63,12 @@ pub enum Final {
     Invalid,
     /// The row was already `completed` or `failed`: a redelivered or duplicate message.
     AlreadyFinal,
+    /// The database refused a step for good: the row is `failed` with its reason (or as it
+    /// was), the message dead-lettered.
+    Refused,
+    /// The row's status is not the worker's (the backend's `cancelled`, say): left as it is,
+    /// the message dead-lettered.
+    ForeignStatus,
 }
 
 /// Why the worker is (no longer) a member of its group, for `/healthz`.
@@ -89,6 +95,8 @@ pub struct Metrics {
     failed: AtomicU64,
     invalid: AtomicU64,
     already_final: AtomicU64,
+    refused: AtomicU64,
+    foreign_status: AtomicU64,
     dead_lettered: AtomicU64,
     /// Dead letters Kafka refused even in their cut-down form: logged and skipped.
     dead_letters_dropped: AtomicU64,
@@ -102,6 +110,8 @@ pub struct Metrics {
     reconnects: AtomicU64,
     db_busy_retries: AtomicU64,
     db_other_retries: AtomicU64,
+    /// Database steps given up after [`crate::provision::PERMANENT_TRIES`] refusals.
+    db_gave_up: AtomicU64,
 
     /// A [`GroupState`] as u8.
     group: AtomicU8,
@@ -118,6 +128,9 @@ pub struct Metrics {
     /// `dead_letter_error` then says which and why. The flag spares the fine path the lock.
     dead_letter_waiting: AtomicBool,
     dead_letter_error: Mutex<String>,
+    /// Set when a sync of the database failed: the worker is stopping, and `/healthz`
+    /// answers 503 with this reason until the process exits.
+    durability_lost: Mutex<Option<String>>,
     /// When the poller next asks for log-end offsets (ms since `epoch`).
     next_log_end_ms: AtomicU64,
     /// The assigned partitions' offsets; replaced at every join.
@@ -196,6 +209,8 @@ impl Metrics {
             failed: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             already_final: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            foreign_status: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             dead_letters_dropped: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
@@ -206,6 +221,7 @@ impl Metrics {
             reconnects: AtomicU64::new(0),
             db_busy_retries: AtomicU64::new(0),
             db_other_retries: AtomicU64::new(0),
+            db_gave_up: AtomicU64::new(0),
             group: AtomicU8::new(GroupState::Joining as u8),
             confirmed_at_ms: AtomicU64::new(0),
             heartbeat_failing: AtomicBool::new(false),
@@ -213,6 +229,7 @@ impl Metrics {
             kafka_error: Mutex::new(String::new()),
             dead_letter_waiting: AtomicBool::new(false),
             dead_letter_error: Mutex::new(String::new()),
+            durability_lost: Mutex::new(None),
             next_log_end_ms: AtomicU64::new(0),
             partitions: Mutex::new(BTreeMap::new()),
         }
@@ -237,6 +254,11 @@ impl Metrics {
             &self.db_other_retries
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A database step was refused for good and given up on.
+    pub fn db_gave_up(&self) {
+        self.db_gave_up.fetch_add(1, Ordering::Relaxed);
     }
 
     // ---- the poller
@@ -346,6 +368,12 @@ impl Metrics {
         }
     }
 
+    /// A sync of the database failed (`reason` says which file and why): `/healthz` fails
+    /// with it from now on; the worker is stopping.
+    pub fn durability_lost(&self, reason: String) {
+        *lock(&self.durability_lost) = Some(reason);
+    }
+
     /// The connection to Kafka came back after an outage.
     pub fn reconnected(&self) {
         lock(&self.kafka_error).clear();
@@ -359,6 +387,9 @@ impl Metrics {
     /// else `Err` with every reason.
     pub fn health(&self, db: &dyn Fn() -> Result<(), String>) -> Result<String, String> {
         let mut problems = Vec::new();
+        if let Some(reason) = lock(&self.durability_lost).as_ref() {
+            problems.push(reason.clone());
+        }
         match self.group_state() {
             GroupState::Member => {
                 if self.heartbeat_failing.load(Ordering::Relaxed) {
@@ -427,13 +458,15 @@ impl Metrics {
             &mut out,
             "provision_requests_total",
             "counter",
-            "Requests whose job ended, by how: completed, failed, invalid (not a valid request), already_final (a duplicate of a finished request).",
+            "Requests whose job ended, by how: completed, failed, invalid (not a valid request), already_final (a duplicate of a finished request), refused (the database refused a step for good: the row is failed with its reason, the message dead-lettered), foreign_status (the row's status is not this worker's, e.g. cancelled: left unchanged, the message dead-lettered).",
         );
         for (status, counter) in [
             ("completed", &self.completed),
             ("failed", &self.failed),
             ("invalid", &self.invalid),
             ("already_final", &self.already_final),
+            ("refused", &self.refused),
+            ("foreign_status", &self.foreign_status),
         ] {
             let _ = writeln!(
                 out,
@@ -512,17 +545,22 @@ impl Metrics {
             ),
             (
                 "provision_db_retries_other_total",
-                "Database steps retried after another fault (I/O, full disk, no pooled connection).",
+                "Database steps retried after another fault (I/O, full disk, no pooled connection, a refusal tried again).",
                 get(&self.db_other_retries),
             ),
             (
+                "provision_db_refusals_total",
+                "Database steps given up after the database refused them three times (a constraint, a trigger, a status this worker does not own): each logged once with the request id and the reason.",
+                get(&self.db_gave_up),
+            ),
+            (
                 "provision_dead_lettered_total",
-                "Invalid messages produced to the dead-letter topic.",
+                "Messages produced to the dead-letter topic: invalid ones, and requests the database refused for good.",
                 get(&self.dead_lettered),
             ),
             (
                 "provision_dead_letters_dropped_total",
-                "Invalid messages whose dead letter Kafka refused for good, even cut down: logged (partition, offset, reason, first bytes) and skipped.",
+                "Messages whose dead letter Kafka refused for good, even cut down: logged (partition, offset, reason, first bytes) and skipped.",
                 get(&self.dead_letters_dropped),
             ),
         ] {
@@ -562,6 +600,8 @@ impl JobTimer<'_> {
             Final::Failed => &m.failed,
             Final::Invalid => &m.invalid,
             Final::AlreadyFinal => &m.already_final,
+            Final::Refused => &m.refused,
+            Final::ForeignStatus => &m.foreign_status,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         m.processing.observe(self.started.elapsed());
@@ -1071,6 +1111,15 @@ mod tests {
             "{why}"
         );
         m.dead_letters_flowing();
+        assert!(m.health(&db_ok).is_ok());
+
+        m.durability_lost("database sync failed, stopping: cannot flush poc.db-wal".into());
+        let why = m.health(&db_ok).unwrap_err();
+        assert!(
+            why.starts_with("database sync failed, stopping: cannot flush poc.db-wal"),
+            "{why}"
+        );
+        *lock(&m.durability_lost) = None;
         assert!(m.health(&db_ok).is_ok());
 
         m.leaving(Leaving::Rebalance);

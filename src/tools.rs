@@ -18,10 +18,10 @@ use blocking_kafka::{
 };
 
 use crate::cli::{Command, ResetTo};
-use crate::config::{Config, OffsetReset, PasswordSource};
+use crate::config::{Config, Database, OffsetReset, PasswordSource, PostgresConfig};
 use crate::pipeline::consumer_settings;
 use crate::request::ProvisionRequest;
-use crate::store::{Store, StoreError};
+use crate::store::{PostgresOptions, Store, StoreError};
 
 /// Runs one operator command and returns its exit code. `security` applies to every Kafka
 /// connection the command opens.
@@ -82,7 +82,8 @@ pub enum ToolError {
     },
     NotFound {
         request_id: String,
-        path: PathBuf,
+        /// The SQLite file, or the PostgreSQL URL with its password masked.
+        database: String,
     },
     NoKubeconfig {
         request_id: String,
@@ -134,7 +135,7 @@ fn send(
     // Serializing a struct of strings and integers cannot fail.
     let payload = serde_json::to_vec(&req).unwrap_or_default();
     // As the backend does: the row first, so the worker always finds it.
-    let store = Store::open(&config.database_path, 1).map_err(ToolError::Database)?;
+    let store = open(config, true)?;
     store.insert_pending(&req).map_err(ToolError::Database)?;
     let mut producer = Producer::new(ProducerSettings::for_topic(
         &tool_settings(config, security),
@@ -169,13 +170,16 @@ fn send(
 }
 
 fn status(config: &Config, request_id: &str, kubeconfig: bool) -> Result<(), ToolError> {
-    let store = open_existing(&config.database_path)?;
+    let store = open(config, false)?;
     let row = store
         .get(request_id)
         .map_err(ToolError::Database)?
         .ok_or_else(|| ToolError::NotFound {
             request_id: request_id.to_owned(),
-            path: config.database_path.clone(),
+            database: match &config.database {
+                Database::Sqlite(path) => path.display().to_string(),
+                Database::Postgres(_) => config.database_url.clone(),
+            },
         })?;
     if kubeconfig {
         let Some(yaml) = row.kubeconfig else {
@@ -224,7 +228,13 @@ fn check(config: &Config, security: &Arc<Security>) -> ExitCode {
             describe_security(config, security)
         )),
     ));
-    lines.push((CHECKS[1], check_database(&config.database_path)));
+    lines.push((
+        CHECKS[1],
+        match &config.database {
+            Database::Sqlite(path) => check_database(path),
+            Database::Postgres(pg) => check_postgres(pg),
+        },
+    ));
 
     let settings = tool_settings(config, security);
     let mut consumer = Consumer::new(settings.clone());
@@ -312,6 +322,50 @@ fn check_database(path: &Path) -> Result<String, String> {
             path.display(),
             dir.display()
         )),
+    }
+}
+
+/// Connects as the worker does and reports the server, the TLS session, who we are, whether
+/// commits are durable, and the table (checked as at the worker's start, never created). A
+/// server with `fsync` off fails the check: a crash of its host may lose commits the worker
+/// has acknowledged to Kafka.
+fn check_postgres(config: &PostgresConfig) -> Result<String, String> {
+    let report = Store::postgres_report(config).map_err(|e| e.to_string())?;
+    let tls = match &report.tls {
+        Some(tls) => format!(
+            "{}, {}, certificate checked: {}",
+            tls.version, tls.cipher_suite, tls.verified
+        ),
+        None => "no TLS".to_owned(),
+    };
+    let server_default = if report.server_synchronous_commit == report.synchronous_commit {
+        String::new()
+    } else {
+        format!(
+            "; the server's own default is synchronous_commit={}, so the backend's commits may \
+             be lost in a crash, not the worker's",
+            report.server_synchronous_commit
+        )
+    };
+    let summary = format!(
+        "PostgreSQL {} at {} ({tls}; authenticated as {} with {}); synchronous_commit={} for \
+         the worker's sessions{server_default}; fsync={}",
+        report.server_version,
+        config.addr(),
+        report.user,
+        report.auth,
+        report.synchronous_commit,
+        report.fsync
+    );
+    if report.fsync != "on" {
+        return Err(format!(
+            "{summary}: with fsync off a crash of the server's host can lose commits the worker \
+             has acknowledged to Kafka; turn fsync on"
+        ));
+    }
+    match report.table {
+        Ok(table) => Ok(format!("{summary}; {table}")),
+        Err(e) => Err(format!("{summary}; {e}")),
     }
 }
 
@@ -488,10 +542,12 @@ impl fmt::Display for ToolError {
                 "database {} does not exist; check DATABASE_URL (the worker creates the file when it starts)",
                 path.display()
             ),
-            ToolError::NotFound { request_id, path } => write!(
+            ToolError::NotFound {
+                request_id,
+                database,
+            } => write!(
                 f,
-                "no request {request_id:?} in {}; check the id, or DATABASE_URL if the backend writes elsewhere",
-                path.display()
+                "no request {request_id:?} in {database}; check the id, or DATABASE_URL if the backend writes elsewhere"
             ),
             ToolError::NoKubeconfig { request_id, status } => write!(
                 f,
@@ -589,14 +645,27 @@ fn describe_security(config: &Config, security: &Security) -> String {
     }
 }
 
-/// Opens the database only if the file is there: reading a status must not create one.
-fn open_existing(path: &Path) -> Result<Store, ToolError> {
-    if !path.exists() {
-        return Err(ToolError::NoDatabase {
-            path: path.to_owned(),
-        });
+/// Opens the database for one command. Unless `create`, a SQLite file must be there and a
+/// PostgreSQL table too: reading a status must not create either.
+fn open(config: &Config, create: bool) -> Result<Store, ToolError> {
+    match &config.database {
+        Database::Sqlite(path) => {
+            if !create && !path.exists() {
+                return Err(ToolError::NoDatabase {
+                    path: path.to_owned(),
+                });
+            }
+            Store::open(path, 1)
+        }
+        Database::Postgres(pg) => Store::open_postgres(
+            pg,
+            PostgresOptions {
+                pool_size: 1,
+                create_table: create,
+            },
+        ),
     }
-    Store::open(path, 1).map_err(ToolError::Database)
+    .map_err(ToolError::Database)
 }
 
 /// "Stable, 2 members: worker on /10.0.0.5, ..." or "Empty, no members".

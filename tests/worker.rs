@@ -2,6 +2,12 @@
 //! tansu broker and a SQLite file, observed only from outside (rows, log lines, exit codes,
 //! the dead-letter topic and the group's committed offsets as librdkafka reads them).
 //!
+//! The tests of a request's life, shutdown and bad input run twice (`on_both_databases!`):
+//! on a SQLite file, under their own names, and on PostgreSQL, as `<name>::on_postgresql`
+//! (a database of their own on a private PostgreSQL 15 cluster, reached with TLS checked by
+//! name and SCRAM, through a `postgresql+asyncpg://` URL as the backend writes it).
+//! PostgreSQL's own faults are in tests/postgres.rs.
+//!
 //! Every test starts its own broker and database, so tests never see each other's topics,
 //! groups or rows. Every wait is a condition with a deadline.
 
@@ -11,9 +17,34 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::{
-    Broker, TempDb, WorkerProcess, librdkafka_committed, librdkafka_consume, produce, wait_until,
+    Broker, Db, PgDb, TempDb, WorkerProcess, librdkafka_committed, librdkafka_consume, produce,
+    wait_until,
 };
 use rusqlite::{Connection, OptionalExtension};
+
+/// A test that runs twice: on a SQLite file under its own name, and on PostgreSQL as
+/// `<name>::on_postgresql`, with `$db` a `&dyn Db` of each.
+macro_rules! on_both_databases {
+    ($(#[doc = $doc:literal])* fn $name:ident($db:ident) $body:block) => {
+        $(#[doc = $doc])*
+        #[test]
+        fn $name() {
+            let $db: &dyn Db = &TempDb::new();
+            $body
+        }
+
+        mod $name {
+            use super::*;
+
+            $(#[doc = $doc])*
+            #[test]
+            fn on_postgresql() {
+                let $db: &dyn Db = &PgDb::new();
+                $body
+            }
+        }
+    };
+}
 
 /// The topic most tests use (the worker's default name).
 const TOPIC: &str = "provision-requests";
@@ -28,118 +59,118 @@ const EXIT: Duration = Duration::from_secs(20);
 // ------------------------------------------------------------------------------------
 // The normal life of requests
 
-#[test]
-fn happy_path_over_three_partitions_completes_rows_logs_seed_lines_and_commits_log_end() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 3);
-    let db = TempDb::new();
-    // The user ids the kubeconfig must carry through YAML unchanged.
-    let users = [
-        "alice",
-        "o'brien: \"#1\" & !!str *x",
-        "ünïcødé 🚀 [a, b] {c: d}",
-        "multi\nline: user # not a comment",
-        "- dash",
-        "bob",
-    ];
-    let ids: Vec<String> = (0..users.len()).map(|i| format!("req-happy-{i}")).collect();
-    for (i, (id, user)) in ids.iter().zip(users).enumerate() {
-        db.insert_pending(id, user, i as i64 + 1, 2);
-    }
+on_both_databases! {
+    fn happy_path_over_three_partitions_completes_rows_logs_seed_lines_and_commits_log_end(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 3);
+        // The user ids the kubeconfig must carry through YAML unchanged.
+        let users = [
+            "alice",
+            "o'brien: \"#1\" & !!str *x",
+            "ünïcødé 🚀 [a, b] {c: d}",
+            "multi\nline: user # not a comment",
+            "- dash",
+            "bob",
+        ];
+        let ids: Vec<String> = (0..users.len()).map(|i| format!("req-happy-{i}")).collect();
+        for (i, (id, user)) in ids.iter().zip(users).enumerate() {
+            db.insert_pending(id, user, i as i64 + 1, 2);
+        }
 
-    let mut worker = spawn(
-        &broker,
-        &db,
-        TOPIC,
-        &[("MOCK_PROVISION_DELAY_SECONDS", "0.2")],
-    );
-    worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
-    let mut log_end: BTreeMap<i32, Option<i64>> = BTreeMap::new();
-    for (i, (id, user)) in ids.iter().zip(users).enumerate() {
-        let partition = (i % 3) as i32;
-        let (p, offset) = produce(
+        let mut worker = spawn(
             &broker,
+            db,
             TOPIC,
-            Some(partition),
-            None,
-            request_json(id, user, i as i64 + 1, 2).as_bytes(),
-            &[],
+            &[("MOCK_PROVISION_DELAY_SECONDS", "0.2")],
         );
-        log_end.insert(p, Some(offset + 1));
-    }
-    assert_eq!(log_end.len(), 3, "messages went to all three partitions");
+        worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
+        let mut log_end: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+        for (i, (id, user)) in ids.iter().zip(users).enumerate() {
+            let partition = (i % 3) as i32;
+            let (p, offset) = produce(
+                &broker,
+                TOPIC,
+                Some(partition),
+                None,
+                request_json(id, user, i as i64 + 1, 2).as_bytes(),
+                &[],
+            );
+            log_end.insert(p, Some(offset + 1));
+        }
+        assert_eq!(log_end.len(), 3, "messages went to all three partitions");
 
-    wait_all_status(&db, &ids, "completed", JOIN_AND_WORK);
-    for (i, (id, user)) in ids.iter().zip(users).enumerate() {
-        let row = db.row(id).expect("the row exists");
-        assert_eq!(row.gpu_count, i as i64 + 1);
-        assert_eq!(row.error_message, None, "{id}");
-        let yaml = row
-            .kubeconfig
-            .as_deref()
-            .expect("a completed row has a kubeconfig");
-        let token = check_kubeconfig(yaml, user);
-        let leaked: Vec<String> = worker
-            .lines()
-            .into_iter()
-            .filter(|l| l.contains(&token))
+        wait_all_status(db, &ids, "completed", JOIN_AND_WORK);
+        for (i, (id, user)) in ids.iter().zip(users).enumerate() {
+            let row = db.row(id).expect("the row exists");
+            assert_eq!(row.gpu_count, i as i64 + 1);
+            assert_eq!(row.error_message, None, "{id}");
+            let yaml = row
+                .kubeconfig
+                .as_deref()
+                .expect("a completed row has a kubeconfig");
+            let token = check_kubeconfig(yaml, user);
+            let leaked: Vec<String> = worker
+                .lines()
+                .into_iter()
+                .filter(|l| l.contains(&token))
+                .collect();
+            assert!(leaked.is_empty(), "the bearer token is logged: {leaked:?}");
+        }
+
+        // The seed's lines, in the seed's order, for one request whose user has no newline.
+        let (id, user) = (&ids[0], users[0]);
+        let lines = worker.lines();
+        assert_in_order(
+            &lines,
+            &[
+                &format!("Connecting to database: {}", db.shown_url()),
+                "Database connection established",
+                &format!("Connecting to Kafka: {}, topic: {TOPIC}", broker.addr()),
+                "Kafka consumer started successfully",
+                "🚀 Worker started - waiting for provision requests...",
+                "Partitions assigned: [",
+                &format!("Processing provision request: {id} (user={user}, gpus=1, duration=2h)"),
+                &format!("Updated request {id} to status: provisioning"),
+                "Simulating provisioning work for 0.2 seconds...",
+                &format!("Updated request {id} to status: completed"),
+                &format!("✅ Successfully provisioned request {id} for user {user}"),
+            ],
+        );
+        let seed_line = lines
+            .iter()
+            .find(|l| l.contains(&format!("Updated request {id} to status: completed")))
+            .expect("found above");
+        assert!(
+            is_log_line(seed_line, "INFO"),
+            "not in the format `YYYY-MM-DD HH:MM:SS - <module> - INFO - <message>`: {seed_line:?}"
+        );
+        let malformed: Vec<&String> = lines
+            .iter()
+            .filter(|l| {
+                !["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+                    .iter()
+                    .any(|lvl| is_log_line(l, lvl))
+            })
+            // The newline user's log lines break in two; user_id_with_a_newline_cannot_forge_a_log_line
+            // is the test for that, so this one stays about the rest.
+            .filter(|l| !l.starts_with("line: user"))
             .collect();
-        assert!(leaked.is_empty(), "the bearer token is logged: {leaked:?}");
+        assert!(
+            malformed.is_empty(),
+            "lines not in the log format: {malformed:?}"
+        );
+
+        // Periodic commits reach the log end while the worker keeps running.
+        wait_committed(&broker, GROUP, TOPIC, &log_end, JOIN_AND_WORK);
+
+        worker.signal("INT");
+        let status = worker.wait_exit(EXIT);
+        assert_eq!(status.code(), Some(0), "SIGINT exits 0");
+        assert_in_order(
+            &worker.lines(),
+            &["Shutting down:", "Left consumer group", "Worker stopped"],
+        );
     }
-
-    // The seed's lines, in the seed's order, for one request whose user has no newline.
-    let (id, user) = (&ids[0], users[0]);
-    let lines = worker.lines();
-    assert_in_order(
-        &lines,
-        &[
-            &format!("Connecting to database: {}", db.url()),
-            "Database connection established",
-            &format!("Connecting to Kafka: {}, topic: {TOPIC}", broker.addr()),
-            "Kafka consumer started successfully",
-            "🚀 Worker started - waiting for provision requests...",
-            "Partitions assigned: [",
-            &format!("Processing provision request: {id} (user={user}, gpus=1, duration=2h)"),
-            &format!("Updated request {id} to status: provisioning"),
-            "Simulating provisioning work for 0.2 seconds...",
-            &format!("Updated request {id} to status: completed"),
-            &format!("✅ Successfully provisioned request {id} for user {user}"),
-        ],
-    );
-    let seed_line = lines
-        .iter()
-        .find(|l| l.contains(&format!("Updated request {id} to status: completed")))
-        .expect("found above");
-    assert!(
-        is_log_line(seed_line, "INFO"),
-        "not in the format `YYYY-MM-DD HH:MM:SS - <module> - INFO - <message>`: {seed_line:?}"
-    );
-    let malformed: Vec<&String> = lines
-        .iter()
-        .filter(|l| {
-            !["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
-                .iter()
-                .any(|lvl| is_log_line(l, lvl))
-        })
-        // The newline user's log lines break in two; user_id_with_a_newline_cannot_forge_a_log_line
-        // is the test for that, so this one stays about the rest.
-        .filter(|l| !l.starts_with("line: user"))
-        .collect();
-    assert!(
-        malformed.is_empty(),
-        "lines not in the log format: {malformed:?}"
-    );
-
-    // Periodic commits reach the log end while the worker keeps running.
-    wait_committed(&broker, GROUP, TOPIC, &log_end, JOIN_AND_WORK);
-
-    worker.signal("INT");
-    let status = worker.wait_exit(EXIT);
-    assert_eq!(status.code(), Some(0), "SIGINT exits 0");
-    assert_in_order(
-        &worker.lines(),
-        &["Shutting down:", "Left consumer group", "Worker stopped"],
-    );
 }
 
 #[test]
@@ -520,522 +551,520 @@ fn missing_topic_at_start_warns_keeps_running_and_processes_once_created() {
 // ------------------------------------------------------------------------------------
 // Shutdown and crashes
 
-#[test]
-fn sigterm_with_requests_in_flight_finishes_them_exits_0_and_restart_completes_all() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 3);
-    let db = TempDb::new();
-    let ids = insert_requests(&db, "req-term", 9);
-    let log_end = produce_requests(&broker, TOPIC, &ids, 3);
-    let shutdown_timeout = Duration::from_secs(10);
-    let mut worker = spawn(
-        &broker,
-        &db,
-        TOPIC,
-        &[
-            ("MOCK_PROVISION_DELAY_SECONDS", "2"),
-            ("WORKER_THREADS", "3"),
-            ("SHUTDOWN_TIMEOUT_SECONDS", "10"),
-        ],
-    );
-    let in_flight = wait_until("three requests in flight", JOIN_AND_WORK, || {
-        let rows = ids_with_status(&db, "provisioning");
-        (rows.len() == 3).then_some(rows)
-    });
-
-    let signalled = Instant::now();
-    worker.signal("TERM");
-    let status = worker.wait_exit(shutdown_timeout + Duration::from_secs(5));
-    let took = signalled.elapsed();
-    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
-    assert!(
-        took < shutdown_timeout,
-        "shutdown took {took:?}, longer than SHUTDOWN_TIMEOUT_SECONDS"
-    );
-    assert_in_order(
-        &worker.lines(),
-        &[
-            "Shutdown signal received",
-            "Shutting down: stopped fetching; waiting up to 10 s",
-            &format!("Left consumer group {GROUP}"),
-            "Worker stopped",
-        ],
-    );
-    for id in &in_flight {
-        assert_eq!(
-            db.status_of(id).as_deref(),
-            Some("completed"),
-            "{id} was in flight at SIGTERM and must be finished before exit"
+on_both_databases! {
+    fn sigterm_with_requests_in_flight_finishes_them_exits_0_and_restart_completes_all(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 3);
+        let ids = insert_requests(db, "req-term", 9);
+        let log_end = produce_requests(&broker, TOPIC, &ids, 3);
+        let shutdown_timeout = Duration::from_secs(10);
+        let mut worker = spawn(
+            &broker,
+            db,
+            TOPIC,
+            &[
+                ("MOCK_PROVISION_DELAY_SECONDS", "2"),
+                ("WORKER_THREADS", "3"),
+                ("SHUTDOWN_TIMEOUT_SECONDS", "10"),
+            ],
         );
-    }
-    let counts = db.count_by_status();
-    assert_eq!(counts.get("provisioning"), None, "none stuck: {counts:?}");
-    assert!(
-        counts.get("pending").copied().unwrap_or(0) > 0,
-        "the scenario needs queued, unstarted requests at SIGTERM: {counts:?}"
-    );
+        let in_flight = wait_until("three requests in flight", JOIN_AND_WORK, || {
+            let rows = ids_with_status(db, "provisioning");
+            (rows.len() == 3).then_some(rows)
+        });
 
-    let mut restarted = spawn(&broker, &db, TOPIC, &[]);
-    wait_all_status(&db, &ids, "completed", JOIN_AND_WORK);
-    wait_committed(&broker, GROUP, TOPIC, &log_end, JOIN_AND_WORK);
-    // What the first run finished was committed at shutdown, so nothing comes back.
-    let redone: Vec<String> = restarted
-        .lines()
-        .into_iter()
-        .filter(|l| l.contains("is already completed"))
-        .collect();
-    assert!(
-        redone.is_empty(),
-        "the restart saw requests the first run finished: {redone:#?}"
-    );
-    restarted.signal("TERM");
-    assert_eq!(restarted.wait_exit(EXIT).code(), Some(0));
+        let signalled = Instant::now();
+        worker.signal("TERM");
+        let status = worker.wait_exit(shutdown_timeout + Duration::from_secs(5));
+        let took = signalled.elapsed();
+        assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+        assert!(
+            took < shutdown_timeout,
+            "shutdown took {took:?}, longer than SHUTDOWN_TIMEOUT_SECONDS"
+        );
+        assert_in_order(
+            &worker.lines(),
+            &[
+                "Shutdown signal received",
+                "Shutting down: stopped fetching; waiting up to 10 s",
+                &format!("Left consumer group {GROUP}"),
+                "Worker stopped",
+            ],
+        );
+        for id in &in_flight {
+            assert_eq!(
+                db.status_of(id).as_deref(),
+                Some("completed"),
+                "{id} was in flight at SIGTERM and must be finished before exit"
+            );
+        }
+        let counts = db.count_by_status();
+        assert_eq!(counts.get("provisioning"), None, "none stuck: {counts:?}");
+        assert!(
+            counts.get("pending").copied().unwrap_or(0) > 0,
+            "the scenario needs queued, unstarted requests at SIGTERM: {counts:?}"
+        );
+
+        let mut restarted = spawn(&broker, db, TOPIC, &[]);
+        wait_all_status(db, &ids, "completed", JOIN_AND_WORK);
+        wait_committed(&broker, GROUP, TOPIC, &log_end, JOIN_AND_WORK);
+        // What the first run finished was committed at shutdown, so nothing comes back.
+        let redone: Vec<String> = restarted
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("is already completed"))
+            .collect();
+        assert!(
+            redone.is_empty(),
+            "the restart saw requests the first run finished: {redone:#?}"
+        );
+        restarted.signal("TERM");
+        assert_eq!(restarted.wait_exit(EXIT).code(), Some(0));
+    }
 }
 
-#[test]
-fn shutdown_timeout_shorter_than_the_delay_exits_0_promptly_and_restart_completes_them() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 3);
-    let db = TempDb::new();
-    let ids = insert_requests(&db, "req-slow", 3);
-    produce_requests(&broker, TOPIC, &ids, 3);
-    let mut worker = spawn(
-        &broker,
-        &db,
-        TOPIC,
-        &[
-            ("MOCK_PROVISION_DELAY_SECONDS", "30"),
-            ("WORKER_THREADS", "3"),
-            ("SHUTDOWN_TIMEOUT_SECONDS", "1"),
-        ],
-    );
-    wait_all_status(&db, &ids, "provisioning", JOIN_AND_WORK);
+on_both_databases! {
+    fn shutdown_timeout_shorter_than_the_delay_exits_0_promptly_and_restart_completes_them(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 3);
+        let ids = insert_requests(db, "req-slow", 3);
+        produce_requests(&broker, TOPIC, &ids, 3);
+        let mut worker = spawn(
+            &broker,
+            db,
+            TOPIC,
+            &[
+                ("MOCK_PROVISION_DELAY_SECONDS", "30"),
+                ("WORKER_THREADS", "3"),
+                ("SHUTDOWN_TIMEOUT_SECONDS", "1"),
+            ],
+        );
+        wait_all_status(db, &ids, "provisioning", JOIN_AND_WORK);
 
-    let signalled = Instant::now();
-    worker.signal("TERM");
-    let status = worker.wait_exit(EXIT);
-    let took = signalled.elapsed();
-    assert_eq!(status.code(), Some(0));
-    assert!(
-        took < Duration::from_secs(5),
-        "a 1 s shutdown timeout took {took:?}"
-    );
-    worker.wait_for_line("Shutdown timeout reached", EXIT);
-    for id in &ids {
+        let signalled = Instant::now();
+        worker.signal("TERM");
+        let status = worker.wait_exit(EXIT);
+        let took = signalled.elapsed();
+        assert_eq!(status.code(), Some(0));
+        assert!(
+            took < Duration::from_secs(5),
+            "a 1 s shutdown timeout took {took:?}"
+        );
+        worker.wait_for_line("Shutdown timeout reached", EXIT);
+        for id in &ids {
+            assert_eq!(
+                db.status_of(id).as_deref(),
+                Some("provisioning"),
+                "{id}: unfinished work stays provisioning"
+            );
+        }
+
+        let _restarted = spawn(&broker, db, TOPIC, &[]);
+        wait_all_status(db, &ids, "completed", JOIN_AND_WORK);
+    }
+}
+
+on_both_databases! {
+    fn sigkill_mid_run_then_restart_completes_all(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 3);
+        let ids = insert_requests(db, "req-kill", 6);
+        let log_end = produce_requests(&broker, TOPIC, &ids, 3);
+        let mut worker = spawn(
+            &broker,
+            db,
+            TOPIC,
+            &[
+                ("MOCK_PROVISION_DELAY_SECONDS", "1"),
+                ("WORKER_THREADS", "2"),
+            ],
+        );
+        wait_until(
+            "one request done and others in flight",
+            JOIN_AND_WORK,
+            || {
+                let counts = db.count_by_status();
+                (counts.get("completed").copied().unwrap_or(0) >= 1
+                    && counts.get("provisioning").copied().unwrap_or(0) >= 1)
+                    .then_some(())
+            },
+        );
+        worker.kill9();
+
+        let _restarted = spawn(&broker, db, TOPIC, &[]);
+        // The dead member holds its partitions until its 6 s session expires.
+        wait_all_status(db, &ids, "completed", Duration::from_secs(60));
+        wait_committed(&broker, GROUP, TOPIC, &log_end, JOIN_AND_WORK);
+    }
+}
+
+on_both_databases! {
+    fn second_sigterm_exits_at_once_with_130(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 1);
+        let ids = insert_requests(db, "req-twice", 1);
+        produce_requests(&broker, TOPIC, &ids, 1);
+        let mut worker = spawn(
+            &broker,
+            db,
+            TOPIC,
+            &[
+                ("MOCK_PROVISION_DELAY_SECONDS", "60"),
+                ("SHUTDOWN_TIMEOUT_SECONDS", "60"),
+            ],
+        );
+        worker.wait_for_line("Simulating provisioning work for 60 seconds", JOIN_AND_WORK);
+        let first = Instant::now();
+        worker.signal("TERM");
+        worker.wait_for_line("Shutting down:", EXIT);
+        // A person insisting: the second signal comes more than a second after the first
+        // (signals within a second are one request; see the test below).
+        wait_until("a second and a bit after the first signal", EXIT, || {
+            (first.elapsed() > Duration::from_millis(1200)).then_some(())
+        });
+        assert!(
+            is_running(&worker),
+            "the first SIGTERM waits for the request"
+        );
+
+        let second = Instant::now();
+        worker.signal("TERM");
+        let status = worker.wait_exit(Duration::from_secs(5));
+        let took = second.elapsed();
+        assert_eq!(status.code(), Some(130));
+        assert!(took < Duration::from_secs(2), "took {took:?}");
         assert_eq!(
-            db.status_of(id).as_deref(),
+            db.status_of(&ids[0]).as_deref(),
             Some("provisioning"),
-            "{id}: unfinished work stays provisioning"
+            "the interrupted request stays provisioning, to be redelivered"
         );
     }
-
-    let _restarted = spawn(&broker, &db, TOPIC, &[]);
-    wait_all_status(&db, &ids, "completed", JOIN_AND_WORK);
 }
 
-#[test]
-fn sigkill_mid_run_then_restart_completes_all() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 3);
-    let db = TempDb::new();
-    let ids = insert_requests(&db, "req-kill", 6);
-    let log_end = produce_requests(&broker, TOPIC, &ids, 3);
-    let mut worker = spawn(
-        &broker,
-        &db,
-        TOPIC,
-        &[
-            ("MOCK_PROVISION_DELAY_SECONDS", "1"),
-            ("WORKER_THREADS", "2"),
-        ],
-    );
-    wait_until(
-        "one request done and others in flight",
-        JOIN_AND_WORK,
-        || {
-            let counts = db.count_by_status();
-            (counts.get("completed").copied().unwrap_or(0) >= 1
-                && counts.get("provisioning").copied().unwrap_or(0) >= 1)
-                .then_some(())
-        },
-    );
-    worker.kill9();
+on_both_databases! {
+    /// `timeout(1)` and some supervisors send SIGTERM to the worker and then to its process
+    /// group, milliseconds apart: one request to stop, which must still be graceful.
+    fn two_sigterms_milliseconds_apart_are_one_graceful_shutdown(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 1);
+        let ids = insert_requests(db, "req-echo", 1);
+        produce_requests(&broker, TOPIC, &ids, 1);
+        let mut worker = spawn(
+            &broker,
+            db,
+            TOPIC,
+            &[
+                ("MOCK_PROVISION_DELAY_SECONDS", "3"),
+                ("SHUTDOWN_TIMEOUT_SECONDS", "30"),
+            ],
+        );
+        worker.wait_for_line("Simulating provisioning work for 3 seconds", JOIN_AND_WORK);
+        // One `kill` with the pid twice: two signals back to back, as timeout(1) sends them.
+        let pid = worker.pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-s", "TERM", &pid, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill failed: {status}");
 
-    let _restarted = spawn(&broker, &db, TOPIC, &[]);
-    // The dead member holds its partitions until its 6 s session expires.
-    wait_all_status(&db, &ids, "completed", Duration::from_secs(60));
-    wait_committed(&broker, GROUP, TOPIC, &log_end, JOIN_AND_WORK);
-}
-
-#[test]
-fn second_sigterm_exits_at_once_with_130() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let db = TempDb::new();
-    let ids = insert_requests(&db, "req-twice", 1);
-    produce_requests(&broker, TOPIC, &ids, 1);
-    let mut worker = spawn(
-        &broker,
-        &db,
-        TOPIC,
-        &[
-            ("MOCK_PROVISION_DELAY_SECONDS", "60"),
-            ("SHUTDOWN_TIMEOUT_SECONDS", "60"),
-        ],
-    );
-    worker.wait_for_line("Simulating provisioning work for 60 seconds", JOIN_AND_WORK);
-    let first = Instant::now();
-    worker.signal("TERM");
-    worker.wait_for_line("Shutting down:", EXIT);
-    // A person insisting: the second signal comes more than a second after the first
-    // (signals within a second are one request; see the test below).
-    wait_until("a second and a bit after the first signal", EXIT, || {
-        (first.elapsed() > Duration::from_millis(1200)).then_some(())
-    });
-    assert!(
-        is_running(&worker),
-        "the first SIGTERM waits for the request"
-    );
-
-    let second = Instant::now();
-    worker.signal("TERM");
-    let status = worker.wait_exit(Duration::from_secs(5));
-    let took = second.elapsed();
-    assert_eq!(status.code(), Some(130));
-    assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert_eq!(
-        db.status_of(&ids[0]).as_deref(),
-        Some("provisioning"),
-        "the interrupted request stays provisioning, to be redelivered"
-    );
-}
-
-/// `timeout(1)` and some supervisors send SIGTERM to the worker and then to its process
-/// group, milliseconds apart: one request to stop, which must still be graceful.
-#[test]
-fn two_sigterms_milliseconds_apart_are_one_graceful_shutdown() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let db = TempDb::new();
-    let ids = insert_requests(&db, "req-echo", 1);
-    produce_requests(&broker, TOPIC, &ids, 1);
-    let mut worker = spawn(
-        &broker,
-        &db,
-        TOPIC,
-        &[
-            ("MOCK_PROVISION_DELAY_SECONDS", "3"),
-            ("SHUTDOWN_TIMEOUT_SECONDS", "30"),
-        ],
-    );
-    worker.wait_for_line("Simulating provisioning work for 3 seconds", JOIN_AND_WORK);
-    // One `kill` with the pid twice: two signals back to back, as timeout(1) sends them.
-    let pid = worker.pid().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-s", "TERM", &pid, &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill failed: {status}");
-
-    let status = worker.wait_exit(Duration::from_secs(30));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "two signals together are one graceful shutdown, not exit 130; output:\n{}",
-        worker.lines().join("\n")
-    );
-    assert_eq!(worker.count_lines("Second signal received"), 0);
-    assert_in_order(
-        &worker.lines(),
-        &[
-            "Shutdown signal received",
-            "Shutting down:",
-            "Updated request req-echo-0 to status: completed",
-            "Worker stopped",
-        ],
-    );
-    assert_eq!(db.status_of(&ids[0]).as_deref(), Some("completed"));
+        let status = worker.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "two signals together are one graceful shutdown, not exit 130; output:\n{}",
+            worker.lines().join("\n")
+        );
+        assert_eq!(worker.count_lines("Second signal received"), 0);
+        assert_in_order(
+            &worker.lines(),
+            &[
+                "Shutdown signal received",
+                "Shutting down:",
+                "Updated request req-echo-0 to status: completed",
+                "Worker stopped",
+            ],
+        );
+        assert_eq!(db.status_of(&ids[0]).as_deref(), Some("completed"));
+    }
 }
 
 // ------------------------------------------------------------------------------------
 // Bad input, redelivery, a busy database
 
-#[test]
-fn bad_messages_are_dead_lettered_with_reasons_while_good_ones_complete_and_offsets_pass_them() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    broker.create_topic(DLQ, 1);
-    let db = TempDb::new();
-    // Rows exist for two of the bad messages: they must end `failed` with the reason.
-    db.insert_pending("bad-zero-gpus", "u", 1, 1);
-    db.insert_pending("bad-empty-user", "u", 1, 1);
-    let goods = ["good-1", "good-2", "good-3", "good-4"];
-    for id in goods {
-        db.insert_pending(id, "gina", 1, 1);
-    }
-    // (key, value, what the reason must say); `None` reason: a good message.
-    let messages: Vec<Input> = [
-        (None, request_json("good-1", "gina", 1, 1).into_bytes(), None),
-        (
-            Some(b"key-of-bad".as_slice()),
-            b"this is not json {".to_vec(),
-            Some("not valid JSON"),
-        ),
-        (
-            None,
-            br#"{"request_id":"bad-missing","user_id":"u","gpu_count":1}"#.to_vec(),
-            Some(r#"missing field "duration_hours""#),
-        ),
-        (None, request_json("good-2", "gina", 1, 1).into_bytes(), None),
-        (
-            None,
-            br#"{"request_id":"bad-type","user_id":"u","gpu_count":"four","duration_hours":1}"#
-                .to_vec(),
-            Some(r#"field "gpu_count" must be"#),
-        ),
-        (
-            None,
-            br#"{"request_id":"bad-zero-gpus","user_id":"u","gpu_count":0,"duration_hours":1}"#
-                .to_vec(),
-            Some(r#""gpu_count" must be from 1 to"#),
-        ),
-        (
-            None,
-            br#"{"request_id":"bad-huge","user_id":"u","gpu_count":1000000000,"duration_hours":1}"#
-                .to_vec(),
-            Some("found 1000000000"),
-        ),
-        (None, request_json("good-3", "gina", 1, 1).into_bytes(), None),
-        (
-            None,
-            br#"{"request_id":"bad-empty-user","user_id":"","gpu_count":1,"duration_hours":1}"#
-                .to_vec(),
-            Some(r#""user_id" must not be empty"#),
-        ),
-        (
-            None,
-            b"{\"request_id\":\"bad-utf8\",\"user_id\":\"\xff\xfe\",\"gpu_count\":1,\"duration_hours\":1}"
-                .to_vec(),
-            Some("not valid UTF-8"),
-        ),
-        (None, request_json("good-4", "gina", 1, 1).into_bytes(), None),
-    ]
-    .into_iter()
-    .map(|(key, value, reason)| Input { key, value, reason })
-    .collect();
-    let mut worker = spawn(
-        &broker,
-        &db,
-        TOPIC,
-        &[("KAFKA_DLQ_TOPIC", DLQ), ("WORKER_THREADS", "2")],
-    );
-    worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
-    let mut bad_by_offset: HashMap<i64, &Input> = HashMap::new();
-    let mut last = 0;
-    for input in &messages {
-        let (_, offset) = produce(&broker, TOPIC, Some(0), input.key, &input.value, &[]);
-        if input.reason.is_some() {
-            bad_by_offset.insert(offset, input);
+on_both_databases! {
+    fn bad_messages_are_dead_lettered_with_reasons_while_good_ones_complete_and_offsets_pass_them(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 1);
+        broker.create_topic(DLQ, 1);
+        // Rows exist for two of the bad messages: they must end `failed` with the reason.
+        db.insert_pending("bad-zero-gpus", "u", 1, 1);
+        db.insert_pending("bad-empty-user", "u", 1, 1);
+        let goods = ["good-1", "good-2", "good-3", "good-4"];
+        for id in goods {
+            db.insert_pending(id, "gina", 1, 1);
         }
-        last = offset;
-    }
-
-    let good_ids: Vec<String> = goods.iter().map(|s| (*s).to_owned()).collect();
-    wait_all_status(&db, &good_ids, "completed", JOIN_AND_WORK);
-    for id in ["bad-zero-gpus", "bad-empty-user"] {
-        let row = wait_until("the bad message's row to fail", JOIN_AND_WORK, || {
-            db.row(id).filter(|r| r.status == "failed")
-        });
-        let error = row.error_message.unwrap_or_default();
-        assert!(
-            !error.is_empty()
-                && error.contains(if id == "bad-zero-gpus" {
-                    "gpu_count"
-                } else {
-                    "user_id"
-                }),
-            "{id}: error_message {error:?} does not give the reason"
+        // (key, value, what the reason must say); `None` reason: a good message.
+        let messages: Vec<Input> = [
+            (None, request_json("good-1", "gina", 1, 1).into_bytes(), None),
+            (
+                Some(b"key-of-bad".as_slice()),
+                b"this is not json {".to_vec(),
+                Some("not valid JSON"),
+            ),
+            (
+                None,
+                br#"{"request_id":"bad-missing","user_id":"u","gpu_count":1}"#.to_vec(),
+                Some(r#"missing field "duration_hours""#),
+            ),
+            (None, request_json("good-2", "gina", 1, 1).into_bytes(), None),
+            (
+                None,
+                br#"{"request_id":"bad-type","user_id":"u","gpu_count":"four","duration_hours":1}"#
+                    .to_vec(),
+                Some(r#"field "gpu_count" must be"#),
+            ),
+            (
+                None,
+                br#"{"request_id":"bad-zero-gpus","user_id":"u","gpu_count":0,"duration_hours":1}"#
+                    .to_vec(),
+                Some(r#""gpu_count" must be from 1 to"#),
+            ),
+            (
+                None,
+                br#"{"request_id":"bad-huge","user_id":"u","gpu_count":1000000000,"duration_hours":1}"#
+                    .to_vec(),
+                Some("found 1000000000"),
+            ),
+            (None, request_json("good-3", "gina", 1, 1).into_bytes(), None),
+            (
+                None,
+                br#"{"request_id":"bad-empty-user","user_id":"","gpu_count":1,"duration_hours":1}"#
+                    .to_vec(),
+                Some(r#""user_id" must not be empty"#),
+            ),
+            (
+                None,
+                b"{\"request_id\":\"bad-utf8\",\"user_id\":\"\xff\xfe\",\"gpu_count\":1,\"duration_hours\":1}"
+                    .to_vec(),
+                Some("not valid UTF-8"),
+            ),
+            (None, request_json("good-4", "gina", 1, 1).into_bytes(), None),
+        ]
+        .into_iter()
+        .map(|(key, value, reason)| Input { key, value, reason })
+        .collect();
+        let mut worker = spawn(
+            &broker,
+            db,
+            TOPIC,
+            &[("KAFKA_DLQ_TOPIC", DLQ), ("WORKER_THREADS", "2")],
         );
-        assert_eq!(row.kubeconfig, None);
-    }
-    for id in ["bad-missing", "bad-type", "bad-huge"] {
+        worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
+        let mut bad_by_offset: HashMap<i64, &Input> = HashMap::new();
+        let mut last = 0;
+        for input in &messages {
+            let (_, offset) = produce(&broker, TOPIC, Some(0), input.key, &input.value, &[]);
+            if input.reason.is_some() {
+                bad_by_offset.insert(offset, input);
+            }
+            last = offset;
+        }
+
+        let good_ids: Vec<String> = goods.iter().map(|s| (*s).to_owned()).collect();
+        wait_all_status(db, &good_ids, "completed", JOIN_AND_WORK);
+        for id in ["bad-zero-gpus", "bad-empty-user"] {
+            let row = wait_until("the bad message's row to fail", JOIN_AND_WORK, || {
+                db.row(id).filter(|r| r.status == "failed")
+            });
+            let error = row.error_message.unwrap_or_default();
+            assert!(
+                !error.is_empty()
+                    && error.contains(if id == "bad-zero-gpus" {
+                        "gpu_count"
+                    } else {
+                        "user_id"
+                    }),
+                "{id}: error_message {error:?} does not give the reason"
+            );
+            assert_eq!(row.kubeconfig, None);
+        }
+        for id in ["bad-missing", "bad-type", "bad-huge"] {
+            assert_eq!(
+                db.status_of(id),
+                None,
+                "a bad message without a row must not create one"
+            );
+        }
+
+        // Offsets pass the bad messages: the partition did not stall on any of them.
+        wait_committed(
+            &broker,
+            GROUP,
+            TOPIC,
+            &BTreeMap::from([(0, Some(last + 1))]),
+            JOIN_AND_WORK,
+        );
         assert_eq!(
-            db.status_of(id),
+            worker.count_lines(&format!("to {DLQ}: ")),
+            bad_by_offset.len(),
+            "one dead-letter log line per bad message"
+        );
+
+        let dead = librdkafka_consume(
+            &broker,
+            "dlq-reader",
+            DLQ,
+            bad_by_offset.len(),
+            Duration::from_secs(30),
+        );
+        let mut seen = Vec::new();
+        for record in &dead {
+            let header = |name: &str| -> String {
+                let values: Vec<&Option<Vec<u8>>> = record
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v)
+                    .collect();
+                assert_eq!(values.len(), 1, "header {name} once in {record:?}");
+                String::from_utf8(values[0].clone().unwrap_or_default()).expect("a UTF-8 header")
+            };
+            let offset: i64 = header("x-original-offset")
+                .parse()
+                .expect("x-original-offset is a number");
+            let input = bad_by_offset
+                .get(&offset)
+                .unwrap_or_else(|| panic!("dead letter for offset {offset}, not a bad message"));
+            let reason = input.reason.expect("only bad messages are in the map");
+            assert_eq!(
+                record.value.as_deref(),
+                Some(input.value.as_slice()),
+                "the original bytes, unchanged"
+            );
+            assert_eq!(record.key.as_deref(), input.key, "the original key");
+            assert_eq!(header("x-original-topic"), TOPIC);
+            assert_eq!(header("x-original-partition"), "0");
+            let got = header("x-dlq-reason");
+            assert!(
+                got.contains(reason),
+                "offset {offset}: x-dlq-reason {got:?} does not say {reason:?}"
+            );
+            worker.wait_for_line(
+                &format!("Dead-lettered invalid message at partition 0 offset {offset} to {DLQ}: "),
+                EXIT,
+            );
+            seen.push(offset);
+        }
+        seen.sort_unstable();
+        let mut want: Vec<i64> = bad_by_offset.keys().copied().collect();
+        want.sort_unstable();
+        assert_eq!(seen, want, "every bad message dead-lettered exactly once");
+    }
+}
+
+on_both_databases! {
+    fn redelivered_request_of_a_final_row_changes_nothing(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 1);
+        let done = "req-done-once";
+        let cancelled = "req-failed-by-backend";
+        db.insert_pending(done, "hank", 2, 3);
+        db.insert_pending(cancelled, "hank", 2, 3);
+        // As the backend would fail it.
+        db.execute(&format!(
+            "UPDATE provision_requests SET status = 'failed', \
+             error_message = 'cancelled by backend' WHERE request_id = '{cancelled}'"
+        ));
+        let cancelled_before = db.row(cancelled).expect("the row");
+
+        let mut worker = spawn(&broker, db, TOPIC, &[]);
+        worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
+        let message = request_json(done, "hank", 2, 3);
+        produce(&broker, TOPIC, Some(0), None, message.as_bytes(), &[]);
+        wait_all_status(db, &[done.to_owned()], "completed", JOIN_AND_WORK);
+        let first = db.row(done).expect("the row");
+
+        // The same message again (a producer retry, a replay), then one for the failed row.
+        produce(&broker, TOPIC, Some(0), None, message.as_bytes(), &[]);
+        let (_, last) = produce(
+            &broker,
+            TOPIC,
+            Some(0),
             None,
-            "a bad message without a row must not create one"
-        );
-    }
-
-    // Offsets pass the bad messages: the partition did not stall on any of them.
-    wait_committed(
-        &broker,
-        GROUP,
-        TOPIC,
-        &BTreeMap::from([(0, Some(last + 1))]),
-        JOIN_AND_WORK,
-    );
-    assert_eq!(
-        worker.count_lines(&format!("to {DLQ}: ")),
-        bad_by_offset.len(),
-        "one dead-letter log line per bad message"
-    );
-
-    let dead = librdkafka_consume(
-        &broker,
-        "dlq-reader",
-        DLQ,
-        bad_by_offset.len(),
-        Duration::from_secs(30),
-    );
-    let mut seen = Vec::new();
-    for record in &dead {
-        let header = |name: &str| -> String {
-            let values: Vec<&Option<Vec<u8>>> = record
-                .headers
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, v)| v)
-                .collect();
-            assert_eq!(values.len(), 1, "header {name} once in {record:?}");
-            String::from_utf8(values[0].clone().unwrap_or_default()).expect("a UTF-8 header")
-        };
-        let offset: i64 = header("x-original-offset")
-            .parse()
-            .expect("x-original-offset is a number");
-        let input = bad_by_offset
-            .get(&offset)
-            .unwrap_or_else(|| panic!("dead letter for offset {offset}, not a bad message"));
-        let reason = input.reason.expect("only bad messages are in the map");
-        assert_eq!(
-            record.value.as_deref(),
-            Some(input.value.as_slice()),
-            "the original bytes, unchanged"
-        );
-        assert_eq!(record.key.as_deref(), input.key, "the original key");
-        assert_eq!(header("x-original-topic"), TOPIC);
-        assert_eq!(header("x-original-partition"), "0");
-        let got = header("x-dlq-reason");
-        assert!(
-            got.contains(reason),
-            "offset {offset}: x-dlq-reason {got:?} does not say {reason:?}"
+            request_json(cancelled, "hank", 2, 3).as_bytes(),
+            &[],
         );
         worker.wait_for_line(
-            &format!("Dead-lettered invalid message at partition 0 offset {offset} to {DLQ}: "),
-            EXIT,
+            &format!("Request {done} is already completed"),
+            JOIN_AND_WORK,
         );
-        seen.push(offset);
+        worker.wait_for_line(
+            &format!("Request {cancelled} is already failed"),
+            JOIN_AND_WORK,
+        );
+        // Acknowledged: the offsets move past both.
+        wait_committed(
+            &broker,
+            GROUP,
+            TOPIC,
+            &BTreeMap::from([(0, Some(last + 1))]),
+            JOIN_AND_WORK,
+        );
+        assert_eq!(
+            db.row(done).expect("the row"),
+            first,
+            "updated_at and kubeconfig unchanged"
+        );
+        assert_eq!(db.row(cancelled).expect("the row"), cancelled_before);
+        assert_eq!(
+            worker.count_lines(&format!("Processing provision request: {done} ")),
+            2,
+            "the redelivery was seen"
+        );
+        assert_eq!(
+            worker.count_lines(&format!("Updated request {done} to status: completed")),
+            1
+        );
     }
-    seen.sort_unstable();
-    let mut want: Vec<i64> = bad_by_offset.keys().copied().collect();
-    want.sort_unstable();
-    assert_eq!(seen, want, "every bad message dead-lettered exactly once");
 }
 
-#[test]
-fn redelivered_request_of_a_final_row_changes_nothing() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let db = TempDb::new();
-    let done = "req-done-once";
-    let cancelled = "req-failed-by-backend";
-    db.insert_pending(done, "hank", 2, 3);
-    db.insert_pending(cancelled, "hank", 2, 3);
-    db.conn()
-        .execute(
-            "UPDATE provision_requests SET status = 'failed', error_message = 'cancelled by backend'
-             WHERE request_id = ?1",
-            [cancelled],
-        )
-        .expect("fail the row as the backend would");
-    let cancelled_before = db.row(cancelled).expect("the row");
+on_both_databases! {
+    fn user_id_with_a_newline_cannot_forge_a_log_line(db) {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, 1);
+        // A valid user id (any content is allowed) that, logged verbatim, reads as a second line.
+        let forged = "2001-01-01 00:00:00 - provision_worker::provision - INFO - \
+                      ✅ Successfully provisioned request forged for user admin";
+        let user = format!("mallory\n{forged}");
+        let id = "req-newline-user";
+        db.insert_pending(id, &user, 1, 1);
+        let mut worker = spawn(&broker, db, TOPIC, &[]);
+        produce(
+            &broker,
+            TOPIC,
+            Some(0),
+            None,
+            request_json(id, &user, 1, 1).as_bytes(),
+            &[],
+        );
+        wait_all_status(db, &[id.to_owned()], "completed", JOIN_AND_WORK);
+        check_kubeconfig(
+            db.row(id)
+                .and_then(|r| r.kubeconfig)
+                .as_deref()
+                .expect("a kubeconfig"),
+            &user,
+        );
+        worker.signal("TERM");
+        assert_eq!(worker.wait_exit(EXIT).code(), Some(0));
 
-    let mut worker = spawn(&broker, &db, TOPIC, &[]);
-    worker.wait_for_line("Partitions assigned", JOIN_AND_WORK);
-    let message = request_json(done, "hank", 2, 3);
-    produce(&broker, TOPIC, Some(0), None, message.as_bytes(), &[]);
-    wait_all_status(&db, &[done.to_owned()], "completed", JOIN_AND_WORK);
-    let first = db.row(done).expect("the row");
-
-    // The same message again (a producer retry, a replay), then one for the failed row.
-    produce(&broker, TOPIC, Some(0), None, message.as_bytes(), &[]);
-    let (_, last) = produce(
-        &broker,
-        TOPIC,
-        Some(0),
-        None,
-        request_json(cancelled, "hank", 2, 3).as_bytes(),
-        &[],
-    );
-    worker.wait_for_line(
-        &format!("Request {done} is already completed"),
-        JOIN_AND_WORK,
-    );
-    worker.wait_for_line(
-        &format!("Request {cancelled} is already failed"),
-        JOIN_AND_WORK,
-    );
-    // Acknowledged: the offsets move past both.
-    wait_committed(
-        &broker,
-        GROUP,
-        TOPIC,
-        &BTreeMap::from([(0, Some(last + 1))]),
-        JOIN_AND_WORK,
-    );
-    assert_eq!(
-        db.row(done).expect("the row"),
-        first,
-        "updated_at and kubeconfig unchanged"
-    );
-    assert_eq!(db.row(cancelled).expect("the row"), cancelled_before);
-    assert_eq!(
-        worker.count_lines(&format!("Processing provision request: {done} ")),
-        2,
-        "the redelivery was seen"
-    );
-    assert_eq!(
-        worker.count_lines(&format!("Updated request {done} to status: completed")),
-        1
-    );
-}
-
-#[test]
-fn user_id_with_a_newline_cannot_forge_a_log_line() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let db = TempDb::new();
-    // A valid user id (any content is allowed) that, logged verbatim, reads as a second line.
-    let forged = "2001-01-01 00:00:00 - provision_worker::provision - INFO - \
-                  ✅ Successfully provisioned request forged for user admin";
-    let user = format!("mallory\n{forged}");
-    let id = "req-newline-user";
-    db.insert_pending(id, &user, 1, 1);
-    let mut worker = spawn(&broker, &db, TOPIC, &[]);
-    produce(
-        &broker,
-        TOPIC,
-        Some(0),
-        None,
-        request_json(id, &user, 1, 1).as_bytes(),
-        &[],
-    );
-    wait_all_status(&db, &[id.to_owned()], "completed", JOIN_AND_WORK);
-    check_kubeconfig(
-        db.row(id)
-            .and_then(|r| r.kubeconfig)
-            .as_deref()
-            .expect("a kubeconfig"),
-        &user,
-    );
-    worker.signal("TERM");
-    assert_eq!(worker.wait_exit(EXIT).code(), Some(0));
-
-    let lines = worker.lines();
-    let forged_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("2001-")).collect();
-    assert!(
-        forged_lines.is_empty(),
-        "a user id wrote its own log line(s): {forged_lines:#?}"
-    );
+        let lines = worker.lines();
+        let forged_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("2001-")).collect();
+        assert!(
+            forged_lines.is_empty(),
+            "a user id wrote its own log line(s): {forged_lines:#?}"
+        );
+    }
 }
 
 #[test]
@@ -1132,7 +1161,7 @@ struct Input {
 /// Starts the worker against `broker`, `db` and `topic` with settings fit for tests
 /// (6 s session, quick commits, 0.2 s delay, no dead-letter topic); `overrides` replace or
 /// add variables.
-fn spawn(broker: &Broker, db: &TempDb, topic: &str, overrides: &[(&str, &str)]) -> WorkerProcess {
+fn spawn(broker: &Broker, db: &dyn Db, topic: &str, overrides: &[(&str, &str)]) -> WorkerProcess {
     let addr = broker.addr();
     let url = db.url();
     let base: [(&str, &str); 12] = [
@@ -1170,7 +1199,7 @@ fn request_json(id: &str, user: &str, gpus: i64, hours: i64) -> String {
 }
 
 /// Inserts `n` pending rows `<prefix>-<i>` and returns their ids.
-fn insert_requests(db: &TempDb, prefix: &str, n: usize) -> Vec<String> {
+fn insert_requests(db: &dyn Db, prefix: &str, n: usize) -> Vec<String> {
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     for id in &ids {
         db.insert_pending(id, "user", 1, 1);
@@ -1204,7 +1233,7 @@ fn produce_requests(
 }
 
 /// Waits until every row in `ids` has `status`.
-fn wait_all_status(db: &TempDb, ids: &[String], status: &str, deadline: Duration) {
+fn wait_all_status(db: &dyn Db, ids: &[String], status: &str, deadline: Duration) {
     let start = Instant::now();
     loop {
         let statuses: Vec<(String, Option<String>)> = ids
@@ -1223,17 +1252,12 @@ fn wait_all_status(db: &TempDb, ids: &[String], status: &str, deadline: Duration
 }
 
 /// The ids of the rows with `status`.
-fn ids_with_status(db: &TempDb, status: &str) -> Vec<String> {
-    if !table_exists(db) {
-        return Vec::new();
-    }
-    let conn = db.conn();
-    let mut stmt = conn
-        .prepare("SELECT request_id FROM provision_requests WHERE status = ?1")
-        .expect("prepare");
-    stmt.query_map([status], |r| r.get(0))
-        .and_then(|rows| rows.collect())
-        .expect("read the ids")
+fn ids_with_status(db: &dyn Db, status: &str) -> Vec<String> {
+    db.all_rows()
+        .into_values()
+        .filter(|r| r.status == status)
+        .map(|r| r.request_id)
+        .collect()
 }
 
 /// Polls the group's committed offsets (through librdkafka) until they equal `want`.

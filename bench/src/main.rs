@@ -9,6 +9,7 @@
 //! Run it through scripts/bench.sh (which builds the worker in release mode first);
 //! `--help` lists the options.
 mod db;
+mod pg;
 mod procs;
 mod tls;
 mod util;
@@ -32,7 +33,7 @@ provision-bench: benchmark of the release provision-worker (issue 5). Use script
 Options:
   --quick             CI smoke: scenario 1 with 2,000 requests, 1 run; exits 1 only if a
                       request is lost or processed twice, never because of speed
-  --scenario N        run scenario N (1-7); repeat or comma-separate; default 1-6
+  --scenario N        run scenario N (1-8); repeat or comma-separate; default 1-6
   --runs N            runs per scenario (default 3; --quick: 1)
   --requests N        requests in scenario 1 (default 20000; --quick: 2000)
   --worker PATH       worker binary (default ROOT/target/release/provision-worker)
@@ -66,6 +67,11 @@ Scenarios:
   7 TLS cost (only when asked for): scenario 1's run with the worker on PLAINTEXT and on
     SSL (stunnel4 in front of a second tansu; needs stunnel4 and openssl), order alternating;
     throughput and worker CPU per request of each, and TLS/plaintext ratios
+  8 PostgreSQL (only when asked for): scenario 1's requests with the worker on a private
+    PostgreSQL 15 (crates/pg-testkit; fsync and synchronous_commit on); throughput, worker
+    and server CPU per request, peak RSS; then PostgreSQL's own limit on the same table:
+    pgbench, single-row UPDATE commits/s with 8 clients (and 1), / 2 per request; bar:
+    throughput >= 0.6 x limit
 ";
 
 #[derive(Clone)]
@@ -117,9 +123,9 @@ fn parse_args() -> Res<Opts> {
                     let n: u32 = part
                         .trim()
                         .parse()
-                        .map_err(|_| format!("--scenario: '{part}' is not a number 1-7"))?;
-                    if !(1..=7).contains(&n) {
-                        return Err(format!("--scenario: {n} is not one of 1-7"));
+                        .map_err(|_| format!("--scenario: '{part}' is not a number 1-8"))?;
+                    if !(1..=8).contains(&n) {
+                        return Err(format!("--scenario: {n} is not one of 1-8"));
                     }
                     if !scenarios.contains(&n) {
                         scenarios.push(n);
@@ -1461,6 +1467,44 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
             0,
             "",
         ),
+        (8, "throughput (requests/s)", "requests_per_s", 0, ""),
+        (
+            8,
+            "worker CPU per request (µs)",
+            "worker_cpu_us_per_request",
+            0,
+            "",
+        ),
+        (
+            8,
+            "server CPU per request (µs)",
+            "server_cpu_us_per_request",
+            0,
+            "",
+        ),
+        (8, "peak RSS (MiB)", "peak_rss_mib", 1, ""),
+        (
+            8,
+            "pgbench single-row UPDATE, 8 clients (tx/s)",
+            "limit_tx_per_s",
+            0,
+            "",
+        ),
+        (
+            8,
+            "limit in requests/s (2 tx per request)",
+            "limit_requests_per_s",
+            0,
+            "",
+        ),
+        (8, "throughput / limit", "ratio", 3, "≥ 0.60"),
+        (
+            8,
+            "(pgbench with 1 client, tx/s)",
+            "limit_one_client_tx_per_s",
+            0,
+            "",
+        ),
     ];
     println!();
     println!(
@@ -1484,6 +1528,15 @@ fn print_table(results: &[ScenarioOut], extra: &Map<String, Value>, runs: usize)
                 5,
                 "binary size (MB, stripped)",
                 format!("{size:.2}"),
+                ""
+            );
+        }
+        if s.id == 8 {
+            println!(
+                "{:<3} {:<48} {:>10}  {:<21} 0",
+                s.id,
+                "lost (all runs)",
+                s.sum_verdict(|v| v.lost),
                 ""
             );
         }
@@ -1759,6 +1812,25 @@ fn run(o: Opts) -> Res<i32> {
         results.push(tls_cost(&ctx, &tansu, runs, n1, d1)?);
     }
 
+    if want(8) {
+        let pg = pg::Pg::start(&ctx.o.root)?;
+        ctx.say(&pg.describe());
+        let mut s8 = ScenarioOut {
+            id: 8,
+            name: "postgresql",
+            params: json!({"requests": n1, "partitions": 6, "delay_s": 0, "worker_threads": 8,
+                "database": "PostgreSQL 15, fsync on, synchronous_commit on, TCP without TLS",
+                "limit": "pgbench -M prepared -T 5: UPDATE provision_requests SET status, updated_at WHERE request_id (random row), 8 clients (and 1); / 2 per request"}),
+            runs: vec![],
+        };
+        for i in 0..runs {
+            ctx.say(&format!("scenario 8 (PostgreSQL), run {}/{runs}", i + 1));
+            s8.runs
+                .push(pg::run(&ctx, &pg, &format!("s8-run{}", i + 1), n1, 8, d1));
+        }
+        results.push(s8);
+    }
+
     // One JSON line per scenario, to stdout and to the results file.
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -1803,6 +1875,9 @@ fn run(o: Opts) -> Res<i32> {
                     .collect::<Vec<_>>()
             ),
         );
+        if s.id == 8 {
+            line.insert("lost".into(), json!(s.sum_verdict(|v| v.lost)));
+        }
         if s.id <= 4 || s.id == 6 {
             line.insert("lost".into(), json!(s.sum_verdict(|v| v.lost)));
             line.insert("duplicated".into(), json!(s.sum_verdict(|v| v.duplicated)));

@@ -1,8 +1,11 @@
 //! What a dead letter is: the record produced to the dead-letter topic for an invalid
-//! message, in its full form (cut to `KAFKA_DLQ_MAX_BYTES`) and its cut-down form (for a
-//! broker that refused the full one for good). Pure: the poller does the sending.
+//! message, or for a valid one the database refused for good (see [`Cause`]), in its full
+//! form (cut to `KAFKA_DLQ_MAX_BYTES`) and its cut-down form (for a broker that refused the
+//! full one for good). Pure: the poller does the sending.
 //!
-//! A dead letter carries the original key and value and these headers:
+//! A dead letter of an invalid message carries the original key and value; one of a refused
+//! request carries the request as the worker read it, re-encoded as JSON (replayable as it
+//! is), and no key. Both have these headers:
 //! `x-dlq-reason`, `x-original-topic`, `x-original-partition`, `x-original-offset`; and when
 //! the value (or, rarely, anything else) had to be cut: `x-dlq-truncated: true` and
 //! `x-original-size: N`, the value's length in the log.
@@ -16,9 +19,10 @@ use bytes::Bytes;
 
 use blocking_kafka::{Offset, OutRecord, Partition, uncompressed_batch_len};
 
-/// An invalid message waiting to be dead-lettered; its offset is unfinished until then.
+/// A message waiting to be dead-lettered; its offset is unfinished until then.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
+    pub cause: Cause,
     pub partition: Partition,
     pub offset: Offset,
     /// The assignment epoch it was fetched in; dropped if its partition was revoked since.
@@ -34,6 +38,17 @@ pub struct DeadLetter {
     pub cut_down: bool,
 }
 
+/// Why a message is dead-lettered. The record is the same either way (the reason header
+/// says the rest); the log says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Not a valid request.
+    Invalid,
+    /// A valid request the database refused for good, or whose row is in a status the
+    /// worker does not own: replayable once the backend allows it.
+    Refused,
+}
+
 /// The value of a cut-down dead letter is at most this long: enough to recognise the
 /// message (its first fields, its request id), small enough for any broker's limits.
 pub const CUT_DOWN_VALUE_BYTES: usize = 4096;
@@ -44,6 +59,24 @@ const MAX_REASON_BYTES: usize = 512;
 
 /// How many bytes of the value a "giving up" log line shows.
 const LOGGED_BYTES: usize = 64;
+
+impl Cause {
+    /// What the log calls such a message: "invalid message", "refused request".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Cause::Invalid => "invalid message",
+            Cause::Refused => "refused request",
+        }
+    }
+
+    /// The same, as a sentence for a log line: "the message was invalid".
+    pub fn what_it_was(self) -> &'static str {
+        match self {
+            Cause::Invalid => "the message was invalid",
+            Cause::Refused => "the database refused the request",
+        }
+    }
+}
 
 impl DeadLetter {
     /// The record to produce: the full form, or the cut-down form once `cut_down` is set.
@@ -159,6 +192,7 @@ mod tests {
 
     fn dead_letter(value: &[u8], original_len: usize) -> DeadLetter {
         DeadLetter {
+            cause: Cause::Invalid,
             partition: Partition(2),
             offset: Offset(41),
             epoch: 1,

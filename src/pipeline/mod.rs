@@ -23,10 +23,10 @@ use blocking_kafka::{
 };
 use crossbeam_channel::Receiver;
 
-use crate::config::{Config, OffsetReset, PasswordSource, SaslMechanism};
+use crate::config::{Config, Database, OffsetReset, PasswordSource, SaslMechanism};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
-use crate::store::{Store, StoreError};
+use crate::store::{PostgresOptions, Store, StoreError};
 use poller::{Poller, PollerSettings};
 use workers::WorkerPool;
 
@@ -34,8 +34,18 @@ use workers::WorkerPool;
 #[derive(Debug)]
 pub enum RunError {
     Database(StoreError),
+    /// A sync of the database failed: commits may be lost, so the worker stops without
+    /// committing the offsets the sync was to cover (exit code 1; `Restart=on-failure`
+    /// restarts it, and it recovers from what is on disk).
+    Durability(StoreError),
+    /// A worker's database step failed with a fatal storage fault (a failed fsync of
+    /// SQLite's own, say; the error in words): stopped as after a failed sync.
+    Storage(String),
     Kafka(KafkaError),
     Thread(std::io::Error),
+    /// The poller thread panicked: a bug. The worker stops (exit code 1) with nothing more
+    /// committed.
+    PollerPanicked,
     /// The metrics listener could not bind `METRICS_ADDR`.
     Metrics {
         addr: std::net::SocketAddr,
@@ -47,11 +57,19 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Database(e) => write!(f, "database: {e}"),
+            RunError::Durability(e) => write!(f, "database sync failed: {e}"),
+            RunError::Storage(e) => write!(f, "database storage failed: {e}"),
             // A TLS or SASL failure is its own sentence, e.g. "authentication failed for user
             // alice with SCRAM-SHA-512: ...", which operators and scripts look for as it is.
             RunError::Kafka(e) if e.is_security() => write!(f, "{e}"),
             RunError::Kafka(e) => write!(f, "kafka: {e}"),
             RunError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            RunError::PollerPanicked => write!(
+                f,
+                "the poller thread panicked (a bug: please report it with the log above); \
+                 stopped without committing anything more, so a restart redoes the unfinished \
+                 work"
+            ),
             RunError::Metrics { addr, source } => write!(
                 f,
                 "cannot serve metrics on METRICS_ADDR={addr}: {source} (pick a free port, or leave METRICS_ADDR empty to turn the listener off)"
@@ -74,11 +92,9 @@ pub fn run(
     security: Arc<Security>,
     shutdown: Receiver<()>,
 ) -> Result<(), RunError> {
+    // The URL with its password masked.
     log::info!("Connecting to database: {}", config.database_url);
-    // Writes all go through the store's one write connection; the pool only serves reads
-    // (start-up checks, the health check), so two connections are plenty.
-    let pool_size = 2;
-    let Some(store) = open_store(config, pool_size, &shutdown)? else {
+    let Some(store) = open_store(config, &shutdown)? else {
         log::info!("Shutdown requested during start-up; exiting");
         return Ok(());
     };
@@ -189,11 +205,10 @@ pub fn run(
         .spawn(move || poller.run())
         .map_err(RunError::Thread)?;
     let result = match handle.join() {
-        Ok(r) => r.map_err(RunError::Kafka),
-        Err(_) => {
-            log::error!("the poller thread panicked");
-            Ok(())
-        }
+        Ok(r) => r,
+        // The panic message is already on stderr; the offsets the poller held uncommitted
+        // stay so, and the exit code tells the supervisor to restart the worker.
+        Err(_) => Err(RunError::PollerPanicked),
     };
     // The poller dropped the only job sender when it returned: workers finish and exit.
     pool.join();
@@ -219,17 +234,34 @@ fn check_dead_letter_topic(producer: &mut Producer, servers: &str) {
 
 /// Opens the database, waiting out a lock held by another process (the backend in the middle
 /// of a long write) instead of failing: a busy database delays the worker, never stops it.
-/// `None` when shutdown was requested meanwhile.
-fn open_store(
-    config: &Config,
-    pool_size: u32,
-    shutdown: &Receiver<()>,
-) -> Result<Option<Store>, RunError> {
+/// A PostgreSQL server that is down, restarting or full is waited for as long as an
+/// unreachable broker, `KAFKA_STARTUP_TIMEOUT_SECONDS`; then the worker exits 1 saying why
+/// (a wrong host must not leave it waiting forever). `None` when shutdown was requested
+/// meanwhile.
+fn open_store(config: &Config, shutdown: &Receiver<()>) -> Result<Option<Store>, RunError> {
     let mut backoff = Duration::from_millis(200);
+    let deadline = Instant::now() + config.startup_timeout;
     loop {
-        match Store::open(&config.database_path, pool_size) {
+        let (opened, waits_forever) = match &config.database {
+            // Writes all go through the store's one write connection; the pool only serves
+            // reads (start-up checks, the health check), so two connections are plenty.
+            Database::Sqlite(path) => (Store::open(path, 2), true),
+            // Each worker thread writes on a connection of its own; one more for reads.
+            Database::Postgres(pg) => (
+                Store::open_postgres(
+                    pg,
+                    PostgresOptions {
+                        // Invariant: at most 1024 threads (config), so this fits.
+                        pool_size: config.worker_threads as u32 + 1,
+                        create_table: true,
+                    },
+                ),
+                false,
+            ),
+        };
+        match opened {
             Ok(store) => return Ok(Some(store)),
-            Err(e) if e.is_transient() => {
+            Err(e) if e.is_transient() && (waits_forever || Instant::now() < deadline) => {
                 log::warn!("{e}");
                 if shutdown.recv_timeout(backoff).is_ok() {
                     return Ok(None);

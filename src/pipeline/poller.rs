@@ -2,7 +2,9 @@
 //!
 //! Architecture Invariant: only this thread touches Kafka, and all offset bookkeeping
 //! happens here, so it needs no locks. Offsets are committed only from the tracker's
-//! committable position, and only after `Store::make_durable`.
+//! committable position, and only after a sync of the store (`Store::start_sync`) that began
+//! after their work was done has succeeded. The sync runs on the store's thread while this
+//! one goes on heartbeating; a failed sync stops the worker (DESIGN invariant 12).
 //!
 //! The loop never blocks for longer than the next heartbeat: when the job channel is full
 //! it stops fetching but keeps heartbeating and committing (a full channel pauses the
@@ -13,17 +15,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    BatchCompression, Consumer, GroupSignal, KafkaError, Message, Producer, Undecoded,
+    BatchCompression, Consumer, GroupSignal, KafkaError, Message, Offset, Partition, Producer,
+    Undecoded,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
-use super::dead_letter::DeadLetter;
+use super::RunError;
+use super::dead_letter::{Cause, DeadLetter};
 use super::tracker::OffsetTracker;
 use super::workers::{Done, Job, JobResult, Work};
 use crate::metrics::{Leaving, Metrics};
 use crate::request::{MAX_MESSAGE_BYTES, ProvisionRequest, Rejected, RequestError};
-use crate::store::Store;
+use crate::store::{Store, StoreError, Syncing};
 
 #[derive(Debug, Clone)]
 pub struct PollerSettings {
@@ -65,6 +69,10 @@ const TOPIC_CHECK_WHILE_EMPTY: Duration = Duration::from_secs(5);
 const REMINDER: Duration = Duration::from_secs(30);
 /// After the shutdown deadline aborts the workers, how long to wait for their reports.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
+/// How long the last commit before a revocation or an exit waits for its sync. A sync takes
+/// milliseconds on working storage; one that takes longer is a stalled disk, and then the
+/// partitions are let go uncommitted (their next owner redoes the work; nothing is lost).
+const LAST_SYNC_WAIT: Duration = Duration::from_secs(5);
 
 enum State {
     Joining {
@@ -106,11 +114,25 @@ struct Run {
     /// A coordinator may answer a member that rejoins with unchanged metadata with the old
     /// generation and assignment (tansu does); a fresh member forces a real rebalance.
     leave_before_join: bool,
+    /// Offsets waiting for the sync that makes their work durable; at most one at a time.
+    /// Taken when the sync answers: committed if it succeeded, never if it failed.
+    syncing: Option<Pending>,
+    /// Set when a sync failed, or a worker met a fatal storage fault: nothing is committed
+    /// any more and the loop stops with this error.
+    durability_lost: Option<RunError>,
+}
+
+/// Offsets to commit once `sync` succeeds. The sync began after they were read from the
+/// tracker, so it covers every completion they stand for.
+struct Pending {
+    offsets: Vec<(Partition, Offset)>,
+    sync: Syncing,
 }
 
 impl Poller {
-    /// Runs until shutdown has drained, committed and left the group.
-    pub fn run(self) -> Result<(), KafkaError> {
+    /// Runs until shutdown has drained, committed and left the group; stops with an error
+    /// when Kafka fails for good or a sync of the database failed.
+    pub fn run(self) -> Result<(), RunError> {
         let now = Instant::now();
         let mut run = Run {
             p: self,
@@ -131,14 +153,19 @@ impl Poller {
             shutdown_seen: false,
             fetch_retry_at: now,
             leave_before_join: false,
+            syncing: None,
+            durability_lost: None,
         };
         run.run()
     }
 }
 
 impl Run {
-    fn run(&mut self) -> Result<(), KafkaError> {
+    fn run(&mut self) -> Result<(), RunError> {
         loop {
+            if let Some(e) = self.durability_lost.take() {
+                return Err(self.stop_for_durability(e, true));
+            }
             self.collect_done();
             self.send_dead_letters();
             // Every pass, and a pass is at most a tick apart: a cheap store keeps it current.
@@ -154,15 +181,19 @@ impl Run {
             match self.state {
                 State::Joining { retry_at, backoff } => {
                     if Instant::now() >= retry_at {
-                        self.join(backoff)?;
+                        self.join(backoff).map_err(RunError::Kafka)?;
                     } else {
                         self.wait_until(retry_at);
                     }
                 }
-                State::Running => self.run_once()?,
+                State::Running => self.run_once().map_err(RunError::Kafka)?,
                 State::Draining { .. } => {
                     if self.drain_once() {
-                        return Ok(());
+                        // The drain has left the group already.
+                        return match self.durability_lost.take() {
+                            Some(e) => Err(self.stop_for_durability(e, false)),
+                            None => Ok(()),
+                        };
                     }
                 }
             }
@@ -302,6 +333,13 @@ impl Run {
 
     /// Turns fetched messages into jobs; validation happens here, once.
     fn accept(&mut self, messages: Vec<Message>) {
+        // A seam for the test that a panicking poller exits non-zero (there is no natural way
+        // to make it panic): debug builds only, so the release binary never reads it.
+        #[cfg(debug_assertions)]
+        if !messages.is_empty() && std::env::var_os("PROVISION_WORKER_TEST_PANIC_POLLER").is_some()
+        {
+            panic!("PROVISION_WORKER_TEST_PANIC_POLLER is set: the poller panics, as a test asks");
+        }
         for m in messages {
             self.tracker.fetched(m.partition, m.offset);
             let work = work_for(m.undecoded, m.key, m.value, m.value_len);
@@ -348,10 +386,12 @@ impl Run {
             return;
         }
         let deadline = self.next_tick();
+        let sync = self.sync_receiver();
         let mut sel = Select::new();
         let send = sel.send(&self.p.jobs);
         let done = sel.recv(&self.p.done);
         let shutdown = sel.recv(&self.p.shutdown);
+        let synced = sync.as_ref().map(|r| sel.recv(r));
         let Ok(op) = sel.select_deadline(deadline) else {
             return;
         };
@@ -372,17 +412,25 @@ impl Run {
                 let _ = op.recv(&self.p.shutdown);
                 self.shutdown_seen = true;
             }
-            _ => {}
+            i => {
+                if let Some(r) = &sync {
+                    debug_assert_eq!(Some(i), synced);
+                    let received = op.recv(r);
+                    self.sync_received(received);
+                }
+            }
         }
     }
 
     /// Waits until the job channel has room, a report or a shutdown request arrives, or the
     /// next tick is due, whichever comes first.
     fn wait_for_room(&mut self) {
+        let sync = self.sync_receiver();
         let mut sel = Select::new();
         let send = sel.send(&self.p.jobs);
         let done = sel.recv(&self.p.done);
         let shutdown = sel.recv(&self.p.shutdown);
+        let synced = sync.as_ref().map(|r| sel.recv(r));
         match sel.ready_deadline(self.next_tick()) {
             Ok(i) if i == done => {
                 if let Ok(d) = self.p.done.try_recv() {
@@ -394,6 +442,7 @@ impl Run {
                     self.shutdown_seen = true;
                 }
             }
+            Ok(i) if Some(i) == synced => self.check_sync(),
             // Room in the channel (the next pass fetches), or the tick: nothing to do here.
             Ok(i) => debug_assert_eq!(i, send),
             Err(_) => {}
@@ -509,14 +558,14 @@ impl Run {
                 self.tracker.in_flight()
             );
         }
-        // One final commit; during a shutdown with Kafka down it is tried only if it can
-        // still make a difference (something finished), and it is bounded by the request
-        // timeout like every call.
+        // One final commit, waiting for its sync; during a shutdown with Kafka down it is
+        // tried only if it can still make a difference (something finished), and it is
+        // bounded by the request timeout like every call.
         if !(why == Drain::Shutdown
             && self.kafka_down.is_some()
             && self.tracker.to_commit().is_empty())
         {
-            self.commit(true);
+            self.commit_and_wait(!(why == Drain::Shutdown && kafka_down));
         }
         let revoked: Vec<String> = self
             .p
@@ -563,6 +612,11 @@ impl Run {
     }
 
     fn on_done(&mut self, d: Done) {
+        if let JobResult::StorageFailed(reason) = d.result {
+            // Whatever its epoch: the storage is the store's, not a partition's.
+            self.storage_failed(reason);
+            return;
+        }
         if d.epoch != self.epoch {
             // A report from before a revocation: that partition's offsets were settled then.
             return;
@@ -577,32 +631,52 @@ impl Run {
                 self.tracker.finished(d.partition, d.offset);
             }
             JobResult::Dropped => self.tracker.dropped(d.partition, d.offset),
+            // Handled above.
+            JobResult::StorageFailed(_) => {}
             JobResult::Rejected {
                 reason,
                 key,
                 value,
                 original_len,
-            } => {
-                if self.p.settings.dlq_topic.is_some() {
-                    self.pending_dead_letters.push_back(DeadLetter {
-                        partition: d.partition,
-                        offset: d.offset,
-                        epoch: d.epoch,
-                        reason,
-                        key,
-                        value,
-                        original_len,
-                        cut_down: false,
-                    });
-                } else {
-                    log::warn!(
-                        "Dropping invalid message at partition {} offset {} (dead-letter topic disabled): {reason}",
-                        d.partition,
-                        d.offset
-                    );
-                    self.tracker.finished(d.partition, d.offset);
-                }
-            }
+            } => self.dead_letter(DeadLetter {
+                cause: Cause::Invalid,
+                partition: d.partition,
+                offset: d.offset,
+                epoch: d.epoch,
+                reason,
+                key,
+                value,
+                original_len,
+                cut_down: false,
+            }),
+            JobResult::Refused { refusal, value } => self.dead_letter(DeadLetter {
+                cause: Cause::Refused,
+                partition: d.partition,
+                offset: d.offset,
+                epoch: d.epoch,
+                reason: refusal.reason,
+                key: None,
+                original_len: value.len(),
+                value,
+                cut_down: false,
+            }),
+        }
+    }
+
+    /// Queues a dead letter; its offset stays unfinished until it is sent. Without a
+    /// dead-letter topic the message is logged and done.
+    fn dead_letter(&mut self, dl: DeadLetter) {
+        if self.p.settings.dlq_topic.is_some() {
+            self.pending_dead_letters.push_back(dl);
+        } else {
+            log::warn!(
+                "Dropping {} at partition {} offset {} (dead-letter topic disabled): {}",
+                dl.cause.describe(),
+                dl.partition,
+                dl.offset,
+                dl.reason
+            );
+            self.tracker.finished(dl.partition, dl.offset);
         }
     }
 
@@ -662,7 +736,8 @@ impl Run {
                         String::new()
                     };
                     log::warn!(
-                        "Dead-lettered invalid message at partition {} offset {} to {topic}{cut}: {}",
+                        "Dead-lettered {} at partition {} offset {} to {topic}{cut}: {}",
+                        dl.cause.describe(),
                         dl.partition,
                         dl.offset,
                         dl.reason
@@ -692,9 +767,10 @@ impl Run {
                 }
                 Err(e) if e.is_permanent() => {
                     log::error!(
-                        "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; the message was invalid ({}), its value starts {}; skipping it, so its partition moves on",
+                        "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; {} ({}), its value starts {}; skipping it, so its partition moves on",
                         dl.partition,
                         dl.offset,
+                        dl.cause.what_it_was(),
                         dl.reason.escape_debug(),
                         dl.first_bytes()
                     );
@@ -726,8 +802,16 @@ impl Run {
     }
 
     /// Commits what the tracker allows, when due (or now, when `force`). Durability first:
-    /// the database's writes reach the disk before Kafka hears that they are done.
+    /// the database's writes reach the disk before Kafka hears that they are done. The sync
+    /// runs on the store's thread; this only starts it, and a later pass commits the offsets
+    /// read now once it has succeeded (see `sync_answered`), so a stalled disk never stops
+    /// the heartbeats.
     fn commit(&mut self, force: bool) {
+        self.check_sync();
+        if self.syncing.is_some() || self.durability_lost.is_some() {
+            // One sync at a time; the next one covers whatever finishes meanwhile.
+            return;
+        }
         let now = Instant::now();
         if !force && now < self.last_commit + self.p.settings.commit_interval {
             return;
@@ -737,11 +821,50 @@ impl Run {
         if offsets.is_empty() {
             return;
         }
-        if let Err(e) = self.p.store.make_durable() {
-            log::error!("Cannot make database writes durable ({e}); not committing offsets");
+        // Read before the sync begins: every completion these offsets stand for was
+        // committed to the database before the sync, so the sync covers it.
+        self.syncing = Some(Pending {
+            offsets,
+            sync: self.p.store.start_sync(),
+        });
+    }
+
+    /// Handles the sync's answer if it has come.
+    fn check_sync(&mut self) {
+        let answer = match &self.syncing {
+            Some(pending) => match pending.sync.receiver().try_recv() {
+                Ok(()) => pending.sync.result(Ok(())),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => Err(StoreError::SyncThreadGone),
+            },
+            None => return,
+        };
+        self.sync_answered(answer);
+    }
+
+    /// The pending sync answered: commit its offsets, or, if it failed, never commit them
+    /// (nor anything after them) and stop.
+    fn sync_answered(&mut self, answer: Result<(), StoreError>) {
+        let Some(pending) = self.syncing.take() else {
+            return;
+        };
+        let list: Vec<String> = pending
+            .offsets
+            .iter()
+            .map(|(p, o)| format!("{p}@{o}"))
+            .collect();
+        if let Err(e) = answer {
+            log::error!(
+                "Database sync failed: {e}; offsets [{}] stay uncommitted; stopping (exit code 1)",
+                list.join(", ")
+            );
+            self.p
+                .metrics
+                .durability_lost(format!("database sync failed, stopping: {e}"));
+            self.durability_lost = Some(RunError::Durability(e));
             return;
         }
-        let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}@{o}")).collect();
+        let offsets = pending.offsets;
         match self.p.consumer.commit(&offsets) {
             Ok(()) => {
                 self.tracker.committed(&offsets);
@@ -754,6 +877,93 @@ impl Run {
             ),
             Err(e) => self.kafka_error(&e, "committing offsets"),
         }
+    }
+
+    /// The last commit before the partitions are let go: waits for a sync in flight, then
+    /// syncs and commits what is finished now, heartbeating (when `heartbeat`) while it
+    /// waits, for at most [`LAST_SYNC_WAIT`].
+    fn commit_and_wait(&mut self, heartbeat: bool) {
+        let deadline = Instant::now() + LAST_SYNC_WAIT;
+        self.wait_for_sync(deadline, heartbeat);
+        self.commit(true);
+        self.wait_for_sync(deadline, heartbeat);
+        if self.syncing.take().is_some() {
+            log::warn!(
+                "The database sync did not finish within {} s; the partitions are let go without this commit (their next owner redoes the unfinished part)",
+                LAST_SYNC_WAIT.as_secs()
+            );
+        }
+    }
+
+    /// Waits for the pending sync (if any) to answer, until `deadline`.
+    fn wait_for_sync(&mut self, deadline: Instant, heartbeat: bool) {
+        while let Some(pending) = &self.syncing {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            // Never a deadline already past: a heartbeat that is due but not sent (Kafka
+            // down, say) would make this loop spin.
+            let until = if heartbeat {
+                deadline.min(
+                    self.p
+                        .consumer
+                        .next_heartbeat()
+                        .max(now + Duration::from_millis(10)),
+                )
+            } else {
+                deadline
+            };
+            match pending.sync.receiver().recv_deadline(until) {
+                Ok(()) => {
+                    let answer = pending.sync.result(Ok(()));
+                    self.sync_answered(answer);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    self.sync_answered(Err(StoreError::SyncThreadGone));
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if heartbeat && let Err(e) = self.p.consumer.heartbeat() {
+                        self.kafka_error(&e, "heartbeating");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A worker met a fatal storage fault (its step failed with it; the worker logged it):
+    /// the loop stops as after a failed sync, without waiting for the next one, which could
+    /// be long in coming when nothing finishes any more. The first failure is the one kept.
+    fn storage_failed(&mut self, reason: String) {
+        if self.durability_lost.is_some() {
+            return;
+        }
+        log::error!(
+            "Database storage failed: {reason}; no more offsets are committed; stopping (exit code 1)"
+        );
+        self.p
+            .metrics
+            .durability_lost(format!("database storage failed, stopping: {reason}"));
+        // A sync in flight began before the failure was seen; its offsets stay uncommitted.
+        self.syncing = None;
+        self.durability_lost = Some(RunError::Storage(reason));
+    }
+
+    /// A sync failed or the storage did: workers start nothing more and their waits end, the
+    /// group is left (when `leave`) so that the partitions move on from their last commit,
+    /// and `/healthz` says why until the process exits. Nothing is committed.
+    fn stop_for_durability(&mut self, e: RunError, leave: bool) -> RunError {
+        self.p.accepting.store(0, Ordering::Release);
+        self.p.abort = None;
+        self.buffer.clear();
+        self.pending_dead_letters.clear();
+        if leave && let Err(leave) = self.p.consumer.leave() {
+            log::warn!(
+                "Could not leave consumer group {} ({leave}); the broker will notice after the session timeout",
+                self.p.settings.group_id
+            );
+        }
+        e
     }
 
     fn say_topic_missing(&mut self, force: bool) {
@@ -844,9 +1054,11 @@ impl Run {
             self.next_tick()
                 .max(Instant::now() + Duration::from_millis(1)),
         );
+        let sync = self.sync_receiver();
         let mut sel = Select::new();
         let done = sel.recv(&self.p.done);
         let shutdown = sel.recv(&self.p.shutdown);
+        let synced = sync.as_ref().map(|r| sel.recv(r));
         let Ok(op) = sel.select_deadline(until) else {
             return;
         };
@@ -857,7 +1069,27 @@ impl Run {
         } else if op.index() == shutdown {
             let _ = op.recv(&self.p.shutdown);
             self.shutdown_seen = true;
+        } else if let Some(r) = &sync {
+            debug_assert_eq!(Some(op.index()), synced);
+            let received = op.recv(r);
+            self.sync_received(received);
         }
+    }
+
+    /// A `select` received the pending sync's signal.
+    fn sync_received(&mut self, received: Result<(), crossbeam_channel::RecvError>) {
+        if let Some(pending) = &self.syncing {
+            let answer = pending.sync.result(received);
+            self.sync_answered(answer);
+        }
+    }
+
+    /// The receiver of the pending sync's signal, for a `select` that should also wake for
+    /// it (a clone: the `select` borrows it while `self` is used afterwards).
+    fn sync_receiver(&self) -> Option<Receiver<()>> {
+        self.syncing
+            .as_ref()
+            .map(|pending| pending.sync.receiver().clone())
     }
 }
 

@@ -9,8 +9,8 @@
 //! carries as many operations as there are callers waiting for the writer.
 //!
 //! The same shape as LevelDB's writer queue and the group commit of database logs. Pure
-//! logic: what a batch does is the `run` function the callers pass (src/store.rs runs it as
-//! one SQLite transaction), so it is tested here with plain functions.
+//! logic: what a batch does is the `run` function the callers pass (the SQLite backend runs
+//! it as one SQLite transaction), so it is tested here with plain functions.
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, Thread};
@@ -39,6 +39,8 @@ impl<Op, Out> GroupCommit<Op, Out> {
     /// so every caller of one queue must pass the same `run` (the store passes one function).
     /// If `run` panics, the panic goes on in the leader's thread, and the followers of that
     /// batch queue their operations again rather than wait forever.
+    // Only the tests submit single operations; the store passes vectors (`submit_all`).
+    #[cfg(test)]
     pub fn submit(&self, op: Op, run: impl Fn(&[&Op]) -> Vec<Out>) -> Out {
         let mut outs = self.submit_all(vec![op], run);
         // One operation in, one outcome out (`lead` hands each caller as many as it gave).

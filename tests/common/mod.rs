@@ -9,6 +9,8 @@
 //! - [`WorkerProcess`]: the real `provision-worker` binary with a clean environment and its
 //!   output captured line by line.
 //! - [`hostile_ids`]: user ids that YAML, SQL, logs and terminals all read differently.
+//! - [`pg`]: [`PgDb`], a PostgreSQL database of its own on a private cluster
+//!   (crates/pg-testkit), and [`Db`], what a test needs of either backend.
 //!
 //! A missing broker binary or Python client fails the tests with a message saying what
 //! to install; nothing here skips a test.
@@ -19,6 +21,10 @@
 #![allow(dead_code)]
 
 pub mod hostile_ids;
+pub mod pg;
+
+#[allow(unused_imports)]
+pub use pg::{Db, PgDb};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};

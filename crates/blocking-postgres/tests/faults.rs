@@ -1,9 +1,8 @@
 //! Faults: a real server restarted or stopped under a connection (a cluster of its own,
-//! tests/common), and fake servers on a raw TCP listener that send what a real one never
+//! crates/pg-testkit), and fake servers on a raw TCP listener that send what a real one never
 //! does (a man in the middle, a hostile or broken server): huge length prefixes, an
 //! "authenticated" before the proof, a request for a cleartext password over plaintext,
 //! bytes injected after the TLS answer, silence.
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,7 +10,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use blocking_postgres::{Class, Client, Config, Error, Password, SslMode};
-use common::{PgCluster, SCRAM_PASSWORD};
+use pg_testkit::{PgCluster, SCRAM_PASSWORD};
 
 // ---------------------------------------------------------------------------------------
 // A real server, restarted and stopped

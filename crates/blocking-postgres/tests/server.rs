@@ -1,7 +1,6 @@
-//! The client against a real PostgreSQL 15 (one cluster for this file, tests/common):
+//! The client against a real PostgreSQL 15 (one cluster for this file, crates/pg-testkit):
 //! every sslmode, every authentication method, prepared statements and their types,
 //! transactions, and the server's errors sorted into transient and permanent.
-mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +12,7 @@ use blocking_postgres::{
     AuthMethod, ChannelBinding, Class, Client, Config, Error, Isolation, Password, RootCerts,
     SslMode, Timestamp, TransactionStatus,
 };
-use common::{CLEAR_PASSWORD, MD5_PASSWORD, SCRAM_PASSWORD, shared};
+use pg_testkit::{CLEAR_PASSWORD, MD5_PASSWORD, SCRAM_PASSWORD, shared};
 
 /// A configuration for the shared cluster.
 fn config(user: &str, password: Option<&str>, sslmode: SslMode) -> Config {
@@ -1035,7 +1034,7 @@ fn a_deadlock_is_transient() {
     go_tx.send(()).expect("go");
     // Wait until the other session is blocked on row 1, so that our request closes the
     // cycle (a condition awaited, not a sleep).
-    common::PgCluster::wait_until(
+    pg_testkit::PgCluster::wait_until(
         "the other session to wait for row 1",
         Duration::from_secs(10),
         || {

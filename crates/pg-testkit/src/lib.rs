@@ -13,14 +13,13 @@
 //! | `cert_user`  | -           | cert (hostssl only; CN=cert_user)         |
 //!
 //! Self-contained (std, rcgen, tempfile; nothing of the client under test), so the
-//! worker's tests can share it. `psql` runs the tests' own SQL, an independent client.
+//! client's tests, the worker's and the benchmark share it. `psql` runs the tests' own SQL,
+//! an independent client.
 //!
 //! The cluster is stopped when the `PgCluster` is dropped, a failing test included; a
 //! watchdog process stops it too if the test process dies without dropping it (a
 //! `shared()` cluster lives until the process exits; SIGKILL). A missing PostgreSQL
 //! fails the test, saying what to install.
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -270,12 +269,70 @@ impl PgCluster {
 
     /// Like `psql`, but returns the failure instead of panicking.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let out = self.psql_output(sql);
+        self.try_psql_in("postgres", sql)
+    }
+
+    /// `psql` in `database` (as the superuser).
+    pub fn psql_in(&self, database: &str, sql: &str) -> String {
+        self.try_psql_in(database, sql)
+            .unwrap_or_else(|e| panic!("psql failed in {database} on {sql:?}: {e}"))
+    }
+
+    /// Like `psql_in`, but returns the failure instead of panicking.
+    pub fn try_psql_in(&self, database: &str, sql: &str) -> Result<String, String> {
+        let out = self
+            .psql_command(database, sql)
+            .output()
+            .unwrap_or_else(|e| panic!("could not run psql: {e}"));
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         } else {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
         }
+    }
+
+    /// psql, ready to run `sql` in `database` as the superuser over the Unix socket
+    /// (unaligned, no headers, stopping at the first error): for a session a test keeps
+    /// open, e.g. one holding a lock (`spawn` it, with stdin piped to feed it more).
+    pub fn psql_command(&self, database: &str, sql: &str) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &path_str(&self.dir.path().join("sock")),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE");
+        command
+    }
+
+    /// Replaces the server's certificate and key (PEM) and reloads the configuration, so
+    /// that new connections see the new certificate (PostgreSQL reads its TLS files again
+    /// on reload).
+    pub fn install_server_certificate(&self, cert_pem: &str, key_pem: &str) {
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let target = self.data().join(name);
+            std::fs::write(&target, text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+            set_mode(&target, 0o600);
+            if self.as_postgres {
+                chown_postgres(&target);
+            }
+        }
+        self.psql("SELECT pg_reload_conf()");
     }
 
     /// `pg_ctl restart -m fast`: sessions are ended (57P01) and the server comes back on
@@ -306,6 +363,18 @@ impl PgCluster {
         );
     }
 
+    /// The server's main process (from `postmaster.pid`), whose children are the backends:
+    /// for measuring the server's CPU from /proc.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read(self.dir.path().join("server.log"))
@@ -333,27 +402,7 @@ impl PgCluster {
     }
 
     fn psql_output(&self, sql: &str) -> std::process::Output {
-        Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                &path_str(&self.dir.path().join("sock")),
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE")
+        self.psql_command("postgres", sql)
             .output()
             .unwrap_or_else(|e| panic!("could not run psql: {e}"))
     }

@@ -1,4 +1,5 @@
-//! Configuration from the environment and `.env`: defaults, validation, `DATABASE_URL` parsing.
+//! Configuration from the environment and `.env`: defaults, validation; `DATABASE_URL` is
+//! parsed in `database.rs`.
 //!
 //! Every variable is read and validated here, once, into a typed [`Config`], so nothing
 //! downstream parses a string or re-checks a range. The variable names and their defaults
@@ -14,13 +15,19 @@ use std::time::Duration;
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+mod database;
+
+pub use database::{Database, DatabasePassword, MASK, PostgresConfig, mask_password};
+
 /// The validated settings of one worker process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// `DATABASE_URL` as given (trimmed), for the log line "Connecting to database: <url>".
+    /// `DATABASE_URL` as given (trimmed), its password masked ([`mask_password`]): for the
+    /// log line "Connecting to database: <url>" and `check`. The URL itself is never kept.
     pub database_url: String,
-    /// The SQLite file named by `database_url`.
-    pub database_path: PathBuf,
+    /// The SQLite file or PostgreSQL server `DATABASE_URL` names (with
+    /// `DATABASE_PASSWORD_FILE`).
+    pub database: Database,
     /// `host:port` entries, each with a port (`:9092` added where none was given).
     pub bootstrap_servers: Vec<String>,
     pub topic: String,
@@ -155,6 +162,7 @@ pub enum ConfigError {
 /// An empty default means the feature is off unless the variable is set.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
     DATABASE_URL,
+    DATABASE_PASSWORD_FILE,
     KAFKA_BOOTSTRAP_SERVERS,
     KAFKA_TOPIC,
     KAFKA_GROUP_ID,
@@ -212,7 +220,19 @@ impl Config {
         let sources = Sources { env, dotenv };
 
         let database_url = sources.value(DATABASE_URL);
-        let database_path = parse_database_url(&database_url)?;
+        let password_file = match sources
+            .raw(DATABASE_PASSWORD_FILE)
+            .filter(|f| !f.is_empty())
+        {
+            Some(file) => {
+                let file = PathBuf::from(file);
+                read_password_file(DATABASE_PASSWORD_FILE, "database password", &file)?;
+                Some(file)
+            }
+            None => None,
+        };
+        let database = database::parse(&database_url, password_file)?;
+        let database_url = mask_password(&database_url);
         let bootstrap_servers = parse_bootstrap_servers(&sources.value(KAFKA_BOOTSTRAP_SERVERS))?;
         let topic = parse_topic(KAFKA_TOPIC, &sources.value(KAFKA_TOPIC))?;
         let group_id = sources.value(KAFKA_GROUP_ID);
@@ -277,7 +297,7 @@ impl Config {
 
         Ok(Config {
             database_url,
-            database_path,
+            database,
             bootstrap_servers,
             topic,
             group_id,
@@ -429,62 +449,6 @@ impl SecurityConfig {
     }
 }
 
-/// Turns a SQLAlchemy SQLite URL into the database file path.
-///
-/// Accepts the schemes `sqlite`, `sqlite+aiosqlite` and `sqlite+pysqlite` followed by `:///`
-/// and a path (`sqlite:////abs.db` for an absolute one); drops a `?query`; decodes `%XX`.
-/// In-memory databases are refused because the worker must share a file with the backend.
-pub fn parse_database_url(url: &str) -> Result<PathBuf, ConfigError> {
-    let invalid = |expected: &str| ConfigError::Invalid {
-        name: DATABASE_URL.0,
-        value: url.to_string(),
-        expected: expected.to_string(),
-    };
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(invalid(&format!(
-            "a SQLite URL like {DATABASE_URL_EXAMPLE} (a bare path needs the sqlite:/// prefix)"
-        )));
-    };
-    let scheme_ok = ["sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"]
-        .iter()
-        .any(|known| scheme.eq_ignore_ascii_case(known));
-    if !scheme_ok {
-        return Err(invalid(&format!(
-            "a SQLite URL like {DATABASE_URL_EXAMPLE} (scheme sqlite, sqlite+aiosqlite or sqlite+pysqlite); \
-             the worker only speaks SQLite"
-        )));
-    }
-    // A query (`?timeout=5`) configures SQLAlchemy's driver, not the file; a `?` that belongs
-    // to the file name would be written %3F, so the first `?` always starts the query.
-    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
-    let in_memory = || {
-        invalid(&format!(
-            "a database file like {DATABASE_URL_EXAMPLE}, not an in-memory database: \
-             the worker must share the file with the backend"
-        ))
-    };
-    if rest.is_empty() {
-        return Err(in_memory());
-    }
-    let Some(path) = rest.strip_prefix('/') else {
-        return Err(invalid(&format!(
-            "a SQLite URL with no host, like {DATABASE_URL_EXAMPLE} (three slashes for a relative path, four for an absolute one)"
-        )));
-    };
-    let path = percent_decode(path).ok_or_else(|| {
-        invalid(&format!(
-            "a SQLite URL like {DATABASE_URL_EXAMPLE} whose %-escapes decode to UTF-8 text without NUL"
-        ))
-    })?;
-    if path.is_empty() || path == ":memory:" {
-        return Err(in_memory());
-    }
-    Ok(PathBuf::from(path))
-}
-
-/// The URL form shown in every `DATABASE_URL` error, so the fix is one copy away.
-const DATABASE_URL_EXAMPLE: &str = "sqlite:///./poc.db";
-
 /// The largest number of seconds any `*_SECONDS` variable accepts. A day is far beyond any
 /// sensible delay or timeout, and the bound keeps `Duration` conversion from overflowing.
 const MAX_SECONDS: f64 = 86_400.0;
@@ -502,7 +466,12 @@ type Var = (&'static str, &'static str, &'static str);
 const DATABASE_URL: Var = (
     "DATABASE_URL",
     "sqlite+aiosqlite:///./poc.db",
-    "SQLite URL of the database shared with the backend (sqlite:///relative.db, sqlite:////absolute.db)",
+    "the database shared with the backend: a SQLite URL (sqlite:///relative.db, sqlite:////absolute.db) or a PostgreSQL URL (postgresql://user:password@host:5432/db, also postgresql+asyncpg:// etc.)",
+);
+const DATABASE_PASSWORD_FILE: Var = (
+    "DATABASE_PASSWORD_FILE",
+    "",
+    "file holding the PostgreSQL password (trailing newline stripped; read again before each login), instead of one in DATABASE_URL",
 );
 const KAFKA_BOOTSTRAP_SERVERS: Var = (
     "KAFKA_BOOTSTRAP_SERVERS",
@@ -1084,7 +1053,10 @@ fn parse_sasl(sources: &Sources<'_>) -> Result<SaslConfig, ConfigError> {
             ));
         }
         (Some(p), None) => (p, PasswordSource::Variable),
-        (None, Some(file)) => (read_password_file(&file)?, PasswordSource::File(file)),
+        (None, Some(file)) => (
+            read_password_file(KAFKA_SASL_PASSWORD_FILE, "SASL password", &file)?,
+            PasswordSource::File(file),
+        ),
         (None, None) => {
             return Err(invalid(
                 KAFKA_SASL_PASSWORD,
@@ -1114,66 +1086,35 @@ fn parse_sasl(sources: &Sources<'_>) -> Result<SaslConfig, ConfigError> {
     })
 }
 
-/// Reads the password file once, at start; a trailing newline (as `echo` writes, or a text
-/// editor) is not part of the password.
-fn read_password_file(path: &Path) -> Result<String, ConfigError> {
+/// Reads a password file once, at start; a trailing newline (as `echo` writes, or a text
+/// editor) is not part of the password. `what` names the password in errors.
+fn read_password_file(var: Var, what: &str, path: &Path) -> Result<String, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read(path).map_err(|e| {
         invalid(
-            KAFKA_SASL_PASSWORD_FILE,
+            var,
             &shown,
-            format!("a readable file holding the SASL password ({e})"),
+            format!("a readable file holding the {what} ({e})"),
         )
     })?;
     // The file's bytes are wiped once the password is copied out of them.
     let text = Zeroizing::new(text);
     let text = std::str::from_utf8(&text).map_err(|_| {
         invalid(
-            KAFKA_SASL_PASSWORD_FILE,
+            var,
             &shown,
-            "a file holding the SASL password as UTF-8 text",
+            format!("a file holding the {what} as UTF-8 text"),
         )
     })?;
     let password = text.trim_end_matches(['\n', '\r']).to_owned();
     if password.is_empty() {
         return Err(invalid(
-            KAFKA_SASL_PASSWORD_FILE,
+            var,
             &shown,
-            "a file holding the SASL password; this one is empty",
+            format!("a file holding the {what}; this one is empty"),
         ));
     }
     Ok(password)
-}
-
-/// Decodes `%XX` escapes as SQLAlchemy does, leaving malformed ones as they are; `None` when
-/// the result is not UTF-8 or holds a NUL, which no file name can.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = match bytes.get(i..i + 3) {
-            Some([b'%', high, low]) => hex_value(*high).zip(hex_value(*low)),
-            _ => None,
-        };
-        match escape {
-            Some((high, low)) => {
-                decoded.push(high << 4 | low);
-                i += 3;
-            }
-            None => {
-                decoded.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(decoded)
-        .ok()
-        .filter(|decoded| !decoded.contains('\0'))
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    (digit as char).to_digit(16).map(|value| value as u8)
 }
 
 #[cfg(test)]
@@ -1208,9 +1149,13 @@ mod tests {
     }
 
     fn check_url(input: &str, expected: Result<&str, &str>) {
-        let actual = parse_database_url(input);
+        let actual = database::parse(input, None);
         match (expected, actual) {
-            (Ok(path), Ok(actual)) => assert_eq!(actual, PathBuf::from(path), "input {input:?}"),
+            (Ok(path), Ok(actual)) => assert_eq!(
+                actual,
+                Database::Sqlite(PathBuf::from(path)),
+                "input {input:?}"
+            ),
             (Err(fragment), Err(err)) => {
                 let message = err.to_string();
                 assert!(
@@ -1227,7 +1172,7 @@ mod tests {
     fn defaults_match_the_python_worker() {
         let config = load(&[]).unwrap();
         assert_eq!(config.database_url, "sqlite+aiosqlite:///./poc.db");
-        assert_eq!(config.database_path, PathBuf::from("./poc.db"));
+        assert_eq!(config.database, Database::Sqlite(PathBuf::from("./poc.db")));
         assert_eq!(config.bootstrap_servers, vec!["localhost:9092"]);
         assert_eq!(config.topic, "provision-requests");
         assert_eq!(config.group_id, "provision-worker-group");
@@ -1545,6 +1490,7 @@ mod tests {
     fn variables_table_lists_every_variable_once_with_the_contract_defaults() {
         let expected = [
             ("DATABASE_URL", "sqlite+aiosqlite:///./poc.db"),
+            ("DATABASE_PASSWORD_FILE", ""),
             ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
             ("KAFKA_TOPIC", "provision-requests"),
             ("KAFKA_GROUP_ID", "provision-worker-group"),
@@ -1606,7 +1552,10 @@ mod tests {
             ("METRICS_ADDR", "127.0.0.1:9464"),
         ])
         .unwrap();
-        assert_eq!(config.database_path, PathBuf::from("/var/lib/poc.db"));
+        assert_eq!(
+            config.database,
+            Database::Sqlite(PathBuf::from("/var/lib/poc.db"))
+        );
         assert_eq!(config.bootstrap_servers, ["a:1", "b:9092", "[::1]:9093"]);
         assert_eq!(config.topic, "t.1");
         assert_eq!(config.group_id, "g");
@@ -1630,6 +1579,8 @@ mod tests {
     fn every_bad_value_is_reported_with_its_variable_and_value() {
         let cases: &[(&str, &str)] = &[
             ("DATABASE_URL", "postgresql://localhost/db"),
+            ("DATABASE_URL", "mysql://localhost/db"),
+            ("DATABASE_PASSWORD_FILE", "/no/such/file"),
             ("KAFKA_BOOTSTRAP_SERVERS", "host:0"),
             ("KAFKA_BOOTSTRAP_SERVERS", "host:65536"),
             ("KAFKA_BOOTSTRAP_SERVERS", "host:"),
@@ -1772,7 +1723,7 @@ mod tests {
         let config = config.unwrap();
         assert_eq!(config.topic, "quoted");
         assert_eq!(config.dlq_topic, None);
-        assert_eq!(config.database_path, PathBuf::from("x.db"));
+        assert_eq!(config.database, Database::Sqlite(PathBuf::from("x.db")));
     }
 
     #[test]
@@ -1858,7 +1809,6 @@ mod tests {
         check_url("sqlite://host/poc.db", Err("sqlite:///./poc.db"));
         check_url("sqlite:///nul%00.db", Err("sqlite:///./poc.db"));
         check_url("sqlite:///bad%FF.db", Err("sqlite:///./poc.db"));
-        check_url("postgresql://user@localhost/db", Err("sqlite:///./poc.db"));
         check_url("mysql://localhost/db", Err("sqlite:///./poc.db"));
         check_url("sqlite+asyncpg:///x.db", Err("sqlite:///./poc.db"));
         check_url("./poc.db", Err("sqlite:///./poc.db"));
@@ -1870,6 +1820,58 @@ mod tests {
     fn database_url_is_kept_as_given_for_the_log_line() {
         let config = load(&[("DATABASE_URL", " sqlite:///./x.db ")]).unwrap();
         assert_eq!(config.database_url, "sqlite:///./x.db");
+    }
+
+    #[test]
+    fn a_postgresql_url_is_kept_with_its_password_masked_and_a_bad_one_shown_so() {
+        let url = "postgresql+asyncpg://app:app-pw@127.0.0.1:5432/app";
+        let config = load(&[("DATABASE_URL", url)]).unwrap();
+        assert_eq!(
+            config.database_url,
+            "postgresql+asyncpg://app:***@127.0.0.1:5432/app"
+        );
+        assert!(matches!(config.database, Database::Postgres(_)));
+        assert!(!format!("{config:?}").contains("app-pw"));
+        let err = load(&[("DATABASE_URL", "postgresql+asyncpg://app:app-pw@db:x/app")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid DATABASE_URL=\"postgresql+asyncpg://app:***@db:x/app\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_database_password_file_is_checked_at_start_and_used_by_postgresql_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg-password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let shown = file.display().to_string();
+        let config = load(&[
+            ("DATABASE_URL", "postgresql://app@db/app"),
+            ("DATABASE_PASSWORD_FILE", &shown),
+        ])
+        .unwrap();
+        let Database::Postgres(pg) = &config.database else {
+            panic!("{:?}", config.database);
+        };
+        assert_eq!(pg.password, Some(DatabasePassword::File(file.clone())));
+        std::fs::write(&file, "\n").unwrap();
+        let empty = load(&[
+            ("DATABASE_URL", "postgresql://app@db/app"),
+            ("DATABASE_PASSWORD_FILE", &shown),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(empty.contains("this one is empty"), "{empty}");
+        std::fs::write(&file, "s3cret").unwrap();
+        let sqlite = load(&[("DATABASE_PASSWORD_FILE", &shown)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            sqlite.contains("SQLite file, which has no password"),
+            "{sqlite}"
+        );
     }
 
     #[test]
