@@ -23,7 +23,8 @@ use crate::net::security::Security;
 use crate::net::settings::SessionInfo;
 use crate::types::Partition;
 
-const METADATA_VERSIONS: (i16, i16) = (1, 9);
+/// From 4: the first version that can say "do not create the topic" (Kafka 1.0 and later).
+const METADATA_VERSIONS: (i16, i16) = (4, 9);
 const REFUSAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -186,12 +187,7 @@ impl Cluster {
         let addr = conn.addr().to_owned();
         let result = (|| {
             let version = conn.version(ApiKey::Metadata, METADATA_VERSIONS)?;
-            let request = MetadataRequest::default()
-                .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                    TopicName(StrBytes::from_string(topic.to_owned())),
-                ))]))
-                // The worker must never create the topic by typo: a missing topic is reported.
-                .with_allow_auto_topic_creation(false);
+            let request = metadata_request(topic);
             conn.call::<_, MetadataResponse>(ApiKey::Metadata, version, &request)
         })();
         let response = match result {
@@ -243,11 +239,39 @@ impl Cluster {
     }
 }
 
+/// Metadata of the one topic, never creating it: the worker must not create a topic by
+/// typo, so a missing topic is reported instead.
+fn metadata_request(topic: &str) -> MetadataRequest {
+    MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(topic.to_owned())),
+        ))]))
+        .with_allow_auto_topic_creation(false)
+}
+
 /// "host:port: reason" without the advice, for the list inside `Unreachable`.
 fn short_reason(addr: &str, e: &KafkaError) -> String {
     match e {
         KafkaError::Io { source, .. } => format!("{addr}: {source}"),
         KafkaError::Timeout { after, .. } => format!("{addr}: no answer within {after:?}"),
         other => format!("{addr}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::Encodable;
+
+    #[test]
+    fn the_metadata_request_encodes_at_every_version_we_negotiate() {
+        // allow_auto_topic_creation exists from version 4: below it, "false" cannot be sent.
+        for v in METADATA_VERSIONS.0..=METADATA_VERSIONS.1 {
+            let mut buf = BytesMut::new();
+            if let Err(e) = metadata_request("t").encode(&mut buf, v) {
+                panic!("Metadata v{v} cannot be encoded: {e}");
+            }
+        }
     }
 }

@@ -33,7 +33,9 @@ use crate::wire::limits::{Budget, RecordLimits};
 use crate::wire::message::Message;
 
 const FETCH_VERSIONS: (i16, i16) = (4, 12);
-const LIST_OFFSETS_VERSIONS: (i16, i16) = (1, 7);
+/// From 2: the first version with the isolation level (read_committed: the latest offset
+/// is the last stable one).
+const LIST_OFFSETS_VERSIONS: (i16, i16) = (2, 7);
 const READ_COMMITTED: i8 = 1;
 /// Per-partition byte budget of one fetch; a larger batch still comes whole (KIP-74).
 /// A quarter MiB is a few thousand requests, more than the job channel holds, while it
@@ -128,24 +130,7 @@ pub fn list_offsets(
     for (addr, parts) in by_leader {
         let result = cluster.to(&addr).and_then(|conn| {
             let version = conn.version(ApiKey::ListOffsets, LIST_OFFSETS_VERSIONS)?;
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_isolation_level(READ_COMMITTED)
-                .with_topics(vec![
-                    ListOffsetsTopic::default()
-                        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                        .with_partitions(
-                            parts
-                                .iter()
-                                .map(|p| {
-                                    ListOffsetsPartition::default()
-                                        .with_partition_index(p.0)
-                                        .with_current_leader_epoch(-1)
-                                        .with_timestamp(timestamp)
-                                })
-                                .collect(),
-                        ),
-                ]);
+            let request = list_offsets_request(topic, &parts, timestamp);
             conn.call::<_, ListOffsetsResponse>(ApiKey::ListOffsets, version, &request)
         });
         let response = match result {
@@ -165,18 +150,9 @@ pub fn list_offsets(
     Ok(out)
 }
 
-fn fetch_from(
-    cluster: &mut Cluster,
-    addr: &str,
-    topic: &str,
-    parts: &[(Partition, Offset)],
-    wait: Duration,
-    read: impl FnOnce(&mut Body<'_>, i16) -> Result<(), KafkaError>,
-) -> Result<(), KafkaError> {
-    let request_timeout = cluster.timeout();
-    let conn = cluster.to(addr)?;
-    let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
-    let request = FetchRequest::default()
+/// A read_committed Fetch of `parts` from their positions, held by the broker up to `wait`.
+fn fetch_request(topic: &str, parts: &[(Partition, Offset)], wait: Duration) -> FetchRequest {
+    FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(i32::try_from(wait.as_millis()).unwrap_or(i32::MAX))
         .with_min_bytes(1)
@@ -202,7 +178,43 @@ fn fetch_from(
                         })
                         .collect(),
                 ),
-        ]);
+        ])
+}
+
+/// ListOffsets for `timestamp` (-2 earliest, -1 latest), read_committed.
+fn list_offsets_request(topic: &str, parts: &[Partition], timestamp: i64) -> ListOffsetsRequest {
+    ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(READ_COMMITTED)
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(
+                    parts
+                        .iter()
+                        .map(|p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p.0)
+                                .with_current_leader_epoch(-1)
+                                .with_timestamp(timestamp)
+                        })
+                        .collect(),
+                ),
+        ])
+}
+
+fn fetch_from(
+    cluster: &mut Cluster,
+    addr: &str,
+    topic: &str,
+    parts: &[(Partition, Offset)],
+    wait: Duration,
+    read: impl FnOnce(&mut Body<'_>, i16) -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let request_timeout = cluster.timeout();
+    let conn = cluster.to(addr)?;
+    let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
+    let request = fetch_request(topic, parts, wait);
     conn.call_streaming(
         ApiKey::Fetch,
         version,
@@ -604,6 +616,30 @@ mod tests {
             assert!(f.stale_metadata, "v{version}");
             assert_eq!(f.errors.len(), 1, "v{version}");
             assert_eq!(f.errors[0].0, Partition(4));
+        }
+    }
+
+    #[test]
+    fn the_fetch_request_encodes_at_every_version_we_negotiate() {
+        for v in FETCH_VERSIONS.0..=FETCH_VERSIONS.1 {
+            let mut buf = BytesMut::new();
+            let request =
+                fetch_request("t", &[(Partition(0), Offset(5))], Duration::from_millis(40));
+            if let Err(e) = request.encode(&mut buf, v) {
+                panic!("Fetch v{v} cannot be encoded: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_list_offsets_request_encodes_at_every_version_we_negotiate() {
+        // The isolation level exists from version 2: below it, read_committed cannot be sent.
+        for v in LIST_OFFSETS_VERSIONS.0..=LIST_OFFSETS_VERSIONS.1 {
+            let mut buf = BytesMut::new();
+            let request = list_offsets_request("t", &[Partition(0)], -1);
+            if let Err(e) = request.encode(&mut buf, v) {
+                panic!("ListOffsets v{v} cannot be encoded: {e}");
+            }
         }
     }
 

@@ -39,7 +39,10 @@ pub struct Generation(pub i32);
 pub const ASSIGNOR: &str = "range";
 
 const FIND_COORDINATOR_VERSIONS: (i16, i16) = (1, 3);
-const JOIN_GROUP_VERSIONS: (i16, i16) = (4, 7);
+/// From 2: the first version with the rebalance timeout and throttle time that Kafka 2.1
+/// (the oldest broker this client supports) answers; 4 and later add the member-id round
+/// trip (KIP-394), which `join_once` handles when the broker uses it.
+const JOIN_GROUP_VERSIONS: (i16, i16) = (2, 7);
 const SYNC_GROUP_VERSIONS: (i16, i16) = (1, 5);
 const HEARTBEAT_VERSIONS: (i16, i16) = (1, 4);
 const LEAVE_GROUP_VERSIONS: (i16, i16) = (1, 4);
@@ -141,10 +144,7 @@ impl Group {
         // Paced by the interval even when it fails, so an outage is not a busy loop of
         // reconnection attempts.
         self.next_heartbeat = now + self.settings.heartbeat_interval;
-        let request = HeartbeatRequest::default()
-            .with_group_id(GroupId(str_bytes(&self.settings.group_id)))
-            .with_generation_id(generation.0)
-            .with_member_id(str_bytes(&self.member_id));
+        let request = heartbeat_request(&self.settings.group_id, generation, &self.member_id);
         let response: HeartbeatResponse = self.coordinator_call(
             cluster,
             ApiKey::Heartbeat,
@@ -211,13 +211,8 @@ impl Group {
         cluster: &mut Cluster,
         partitions: &[Partition],
     ) -> Result<HashMap<Partition, Option<Offset>>, KafkaError> {
-        let request = OffsetFetchRequest::default()
-            .with_group_id(GroupId(str_bytes(&self.settings.group_id)))
-            .with_topics(Some(vec![
-                OffsetFetchRequestTopic::default()
-                    .with_name(TopicName(str_bytes(&self.settings.topic)))
-                    .with_partition_indexes(partitions.iter().map(|p| p.0).collect()),
-            ]));
+        let request =
+            offset_fetch_request(&self.settings.group_id, &self.settings.topic, partitions);
         let response: OffsetFetchResponse = self.coordinator_call(
             cluster,
             ApiKey::OffsetFetch,
@@ -248,19 +243,9 @@ impl Group {
         if self.member_id.is_empty() {
             return Ok(());
         }
-        let member_id = str_bytes(&self.member_id);
-        let group_id = GroupId(str_bytes(&self.settings.group_id));
-        // Versions 0-2 name one member; 3 and later take a list (KIP-345).
-        let request = move |version: i16| {
-            let r = LeaveGroupRequest::default().with_group_id(group_id.clone());
-            if version < 3 {
-                r.with_member_id(member_id.clone())
-            } else {
-                r.with_members(vec![
-                    MemberIdentity::default().with_member_id(member_id.clone()),
-                ])
-            }
-        };
+        let member_id = self.member_id.clone();
+        let group_id = self.settings.group_id.clone();
+        let request = move |version: i16| leave_request(&group_id, &member_id, version);
         let response: LeaveGroupResponse = self.coordinator_call(
             cluster,
             ApiKey::LeaveGroup,
@@ -278,17 +263,7 @@ impl Group {
         cluster: &mut Cluster,
         partitions: &[Partition],
     ) -> Result<Vec<Partition>, KafkaError> {
-        let request = JoinGroupRequest::default()
-            .with_group_id(GroupId(str_bytes(&self.settings.group_id)))
-            .with_session_timeout_ms(millis(self.settings.session_timeout))
-            .with_rebalance_timeout_ms(millis(self.settings.rebalance_timeout))
-            .with_member_id(str_bytes(&self.member_id))
-            .with_protocol_type(str_bytes("consumer"))
-            .with_protocols(vec![
-                JoinGroupRequestProtocol::default()
-                    .with_name(str_bytes(ASSIGNOR))
-                    .with_metadata(subscription(&self.settings.topic)),
-            ]);
+        let request = join_request(&self.settings, &self.member_id);
         // The coordinator holds a join until every member has rejoined, at most the
         // rebalance timeout; the read deadline must outlast that.
         let hold = self.settings.rebalance_timeout + Duration::from_secs(5);
@@ -330,18 +305,24 @@ impl Group {
         } else {
             Vec::new()
         };
-        let request = SyncGroupRequest::default()
-            .with_group_id(GroupId(str_bytes(&self.settings.group_id)))
-            .with_generation_id(generation.0)
-            .with_member_id(str_bytes(&self.member_id))
-            .with_protocol_type(Some(str_bytes("consumer")))
-            .with_protocol_name(Some(str_bytes(&self.protocol)))
-            .with_assignments(assignments);
+        let group_id = self.settings.group_id.clone();
+        let member_id = self.member_id.clone();
+        let protocol = self.protocol.clone();
+        let request = |version| {
+            sync_request(
+                &group_id,
+                generation,
+                &member_id,
+                &protocol,
+                assignments.clone(),
+                version,
+            )
+        };
         let response: SyncGroupResponse = self.coordinator_call(
             cluster,
             ApiKey::SyncGroup,
             SYNC_GROUP_VERSIONS,
-            |_| request.clone(),
+            request,
             Some(hold),
         )?;
         if response.error_code != 0 {
@@ -434,9 +415,7 @@ impl Group {
         let addr = conn.addr().to_owned();
         let result = (|| {
             let version = conn.version(ApiKey::FindCoordinator, FIND_COORDINATOR_VERSIONS)?;
-            let request = FindCoordinatorRequest::default()
-                .with_key(str_bytes(&self.settings.group_id))
-                .with_key_type(0);
+            let request = find_coordinator_request(&self.settings.group_id);
             conn.call::<_, FindCoordinatorResponse>(ApiKey::FindCoordinator, version, &request)
         })();
         let response = match result {
@@ -601,6 +580,84 @@ fn offset_commit_request(
         ])
 }
 
+fn heartbeat_request(group_id: &str, generation: Generation, member_id: &str) -> HeartbeatRequest {
+    HeartbeatRequest::default()
+        .with_group_id(GroupId(str_bytes(group_id)))
+        .with_generation_id(generation.0)
+        .with_member_id(str_bytes(member_id))
+}
+
+fn offset_fetch_request(
+    group_id: &str,
+    topic: &str,
+    partitions: &[Partition],
+) -> OffsetFetchRequest {
+    OffsetFetchRequest::default()
+        .with_group_id(GroupId(str_bytes(group_id)))
+        .with_topics(Some(vec![
+            OffsetFetchRequestTopic::default()
+                .with_name(TopicName(str_bytes(topic)))
+                .with_partition_indexes(partitions.iter().map(|p| p.0).collect()),
+        ]))
+}
+
+/// Versions 0-2 name one member; 3 and later take a list (KIP-345).
+fn leave_request(group_id: &str, member_id: &str, version: i16) -> LeaveGroupRequest {
+    let r = LeaveGroupRequest::default().with_group_id(GroupId(str_bytes(group_id)));
+    if version < 3 {
+        r.with_member_id(str_bytes(member_id))
+    } else {
+        r.with_members(vec![
+            MemberIdentity::default().with_member_id(str_bytes(member_id)),
+        ])
+    }
+}
+
+fn find_coordinator_request(group_id: &str) -> FindCoordinatorRequest {
+    FindCoordinatorRequest::default()
+        .with_key(str_bytes(group_id))
+        .with_key_type(0)
+}
+
+/// The JoinGroup request; the same at every version we speak.
+fn join_request(settings: &GroupSettings, member_id: &str) -> JoinGroupRequest {
+    JoinGroupRequest::default()
+        .with_group_id(GroupId(str_bytes(&settings.group_id)))
+        .with_session_timeout_ms(millis(settings.session_timeout))
+        .with_rebalance_timeout_ms(millis(settings.rebalance_timeout))
+        .with_member_id(str_bytes(member_id))
+        .with_protocol_type(str_bytes("consumer"))
+        .with_protocols(vec![
+            JoinGroupRequestProtocol::default()
+                .with_name(str_bytes(ASSIGNOR))
+                .with_metadata(subscription(&settings.topic)),
+        ])
+}
+
+/// The SyncGroup request at `version`: the protocol type and name exist from version 5
+/// on (a field set where the version has none cannot be encoded).
+fn sync_request(
+    group_id: &str,
+    generation: Generation,
+    member_id: &str,
+    protocol: &str,
+    assignments: Vec<SyncGroupRequestAssignment>,
+    version: i16,
+) -> SyncGroupRequest {
+    let request = SyncGroupRequest::default()
+        .with_group_id(GroupId(str_bytes(group_id)))
+        .with_generation_id(generation.0)
+        .with_member_id(str_bytes(member_id))
+        .with_assignments(assignments);
+    if version >= 5 {
+        request
+            .with_protocol_type(Some(str_bytes("consumer")))
+            .with_protocol_name(Some(str_bytes(protocol)))
+    } else {
+        request
+    }
+}
+
 /// Consumer-protocol subscription (version 0): just our topic.
 fn subscription(topic: &str) -> Bytes {
     let body = ConsumerProtocolSubscription::default().with_topics(vec![str_bytes(topic)]);
@@ -721,6 +778,55 @@ mod tests {
             let p = &decoded.topics[0].partitions[0];
             assert_eq!((p.partition_index, p.committed_offset), (2, 42));
         }
+    }
+
+    /// Each request as we fill it encodes at every version we may negotiate: a field set
+    /// where a version has none cannot be encoded, and such a version must not be in range.
+    #[test]
+    fn every_group_request_encodes_at_every_version_we_negotiate() {
+        fn check<R: Encodable>(what: &str, versions: (i16, i16), request: impl Fn(i16) -> R) {
+            for v in versions.0..=versions.1 {
+                let mut buf = BytesMut::new();
+                if let Err(e) = request(v).encode(&mut buf, v) {
+                    panic!("{what} v{v} cannot be encoded: {e}");
+                }
+            }
+        }
+        let settings = GroupSettings {
+            group_id: "g".into(),
+            topic: "t".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(3),
+        };
+        let assignment = vec![
+            SyncGroupRequestAssignment::default()
+                .with_member_id(str_bytes("m"))
+                .with_assignment(encode_assignment("t", &parts(&[0])).unwrap()),
+        ];
+        check("FindCoordinator", FIND_COORDINATOR_VERSIONS, |_| {
+            find_coordinator_request("g")
+        });
+        check("JoinGroup", JOIN_GROUP_VERSIONS, |_| {
+            join_request(&settings, "m")
+        });
+        check("SyncGroup", SYNC_GROUP_VERSIONS, |v| {
+            sync_request("g", Generation(1), "m", ASSIGNOR, assignment.clone(), v)
+        });
+        check("Heartbeat", HEARTBEAT_VERSIONS, |_| {
+            heartbeat_request("g", Generation(1), "m")
+        });
+        check("LeaveGroup", LEAVE_GROUP_VERSIONS, |v| {
+            leave_request("g", "m", v)
+        });
+        check("OffsetFetch", OFFSET_FETCH_VERSIONS, |_| {
+            offset_fetch_request("g", "t", &parts(&[0, 1]))
+        });
+        check("OffsetCommit", OFFSET_COMMIT_VERSIONS, |_| {
+            offset_commit_request("g", Generation(1), "m", "t", &[(Partition(0), Offset(1))])
+        });
+        // Kafka 2.1, the oldest broker we support, speaks JoinGroup 0-3 and SyncGroup 0-2.
+        assert!(JOIN_GROUP_VERSIONS.0 <= 3 && SYNC_GROUP_VERSIONS.0 <= 2);
     }
 
     #[test]

@@ -431,9 +431,7 @@ impl Producer {
                 return Ok(());
             }
         };
-        let request = InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(TRANSACTION_TIMEOUT_MS);
+        let request = init_producer_id_request();
         let response =
             match conn.call::<_, InitProducerIdResponse>(ApiKey::InitProducerId, version, &request)
             {
@@ -497,21 +495,7 @@ impl Producer {
         let topic = self.settings.topic.clone();
         let result = self.cluster.to(addr).and_then(|conn| {
             let version = conn.version(ApiKey::Produce, PRODUCE_VERSIONS)?;
-            let request = ProduceRequest::default()
-                .with_transactional_id(None)
-                .with_acks(ACKS_ALL)
-                // The broker gets most of our deadline to gather the replicas' acknowledgements,
-                // so its REQUEST_TIMED_OUT reaches us before our own read gives up.
-                .with_timeout_ms(i32::try_from((timeout * 4 / 5).as_millis()).unwrap_or(i32::MAX))
-                .with_topic_data(vec![
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_string(topic.clone())))
-                        .with_partition_data(vec![
-                            PartitionProduceData::default()
-                                .with_index(partition.0)
-                                .with_records(Some(batch)),
-                        ]),
-                ]);
+            let request = produce_request(&topic, partition, batch, timeout);
             conn.call_with_timeout::<_, ProduceResponse>(
                 ApiKey::Produce,
                 version,
@@ -582,6 +566,50 @@ impl Producer {
             detail: detail.to_owned(),
         }
     }
+}
+
+/// A producer id without a transactional id: idempotence only.
+fn init_producer_id_request() -> InitProducerIdRequest {
+    InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(TRANSACTION_TIMEOUT_MS)
+}
+
+/// One batch for one partition, acks=all. The broker gets most of our deadline to gather
+/// the replicas' acknowledgements, so its REQUEST_TIMED_OUT reaches us before our own read
+/// gives up.
+fn produce_request(
+    topic: &str,
+    partition: Partition,
+    batch: Bytes,
+    request_timeout: Duration,
+) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_transactional_id(None)
+        .with_acks(ACKS_ALL)
+        .with_timeout_ms(
+            i32::try_from(broker_timeout(request_timeout).as_millis()).unwrap_or(i32::MAX),
+        )
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition.0)
+                        .with_records(Some(batch)),
+                ]),
+        ])
+}
+
+/// The time the broker is given to gather acknowledgements (the Produce request's
+/// `timeout_ms`): below our own deadline by a tenth of it, at least a second and at most
+/// five, so that the broker's REQUEST_TIMED_OUT (retried) arrives before we give up on the
+/// answer (its fate then unknown).
+pub(crate) fn broker_timeout(request_timeout: Duration) -> Duration {
+    let margin = (request_timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
+    request_timeout
+        .saturating_sub(margin)
+        .max(request_timeout / 2)
 }
 
 /// What an error code in a Produce answer means for us. Kafka's own list of retriable
@@ -774,6 +802,44 @@ mod tests {
         };
         assert!(!missing.is_permanent());
         assert!(missing.to_string().contains("--create --topic dlq"));
+    }
+
+    #[test]
+    fn producer_requests_encode_at_every_version_we_negotiate() {
+        use bytes::BytesMut;
+        use kafka_protocol::protocol::Encodable;
+        for v in PRODUCE_VERSIONS.0..=PRODUCE_VERSIONS.1 {
+            let request = produce_request(
+                "t",
+                Partition(0),
+                Bytes::from_static(b"x"),
+                Duration::from_secs(30),
+            );
+            if let Err(e) = request.encode(&mut BytesMut::new(), v) {
+                panic!("Produce v{v} cannot be encoded: {e}");
+            }
+        }
+        for v in INIT_PRODUCER_ID_VERSIONS.0..=INIT_PRODUCER_ID_VERSIONS.1 {
+            if let Err(e) = init_producer_id_request().encode(&mut BytesMut::new(), v) {
+                panic!("InitProducerId v{v} cannot be encoded: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_broker_is_given_less_time_than_we_wait_for_its_answer() {
+        for (ours, broker) in [
+            (30_000, 27_000),
+            (5_000, 4_000),
+            (60_000, 55_000),
+            (1_500, 750),
+        ] {
+            assert_eq!(
+                broker_timeout(Duration::from_millis(ours)),
+                Duration::from_millis(broker),
+                "request timeout {ours} ms"
+            );
+        }
     }
 
     #[test]
