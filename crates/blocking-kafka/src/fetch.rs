@@ -29,6 +29,7 @@ use crate::net::body::Body;
 use crate::types::{Offset, Partition, StartFrom};
 use crate::wire::decoder::{Failure, PartitionDecoder};
 use crate::wire::header::{BATCH_HEADER_LEN, be_i32, corrupt};
+use crate::wire::legacy;
 use crate::wire::limits::{Budget, RecordLimits};
 use crate::wire::message::Message;
 
@@ -374,14 +375,15 @@ fn read_records(
     // Too much to hold: batch by batch, each held if it fits, else decoded as it arrives.
     let mut left = len;
     let mut header = [0u8; BATCH_HEADER_LEN];
-    while left >= BATCH_HEADER_LEN as u64 && !decoder.stopped() {
+    // A batch, or a message of format v0/v1 (which may be shorter than a batch's header).
+    while left >= legacy::MIN_MESSAGE as u64 && !decoder.stopped() {
         body.exact(&mut header[..12])?;
         left -= 12;
         let batch_len = be_i32(&header[8..12]);
         let total = u64::try_from(batch_len)
             .ok()
             .map(|l| l + 12)
-            .filter(|t| *t >= BATCH_HEADER_LEN as u64)
+            .filter(|t| *t >= legacy::MIN_MESSAGE as u64)
             .ok_or_else(|| corrupt(partition, format!("batch length {batch_len}")))?;
         let rest = total - 12;
         if rest > left {
@@ -641,6 +643,72 @@ mod tests {
                 panic!("ListOffsets v{v} cannot be encoded: {e}");
             }
         }
+    }
+
+    #[test]
+    fn old_message_formats_mixed_with_record_batches_are_decoded_in_order() {
+        use crate::wire::legacy::tests::{message, wrapper};
+        // A topic upgraded in place: v0 and v1 messages (a gzip wrapper among them), then
+        // record batches, then (written by an old client after the upgrade) a v0 message
+        // shorter than a record batch's header, last in the answer.
+        let mut records = Vec::new();
+        records.extend(message(0, 0, 0, 0, Some(b"k"), Some(b"zero")));
+        let inner: Vec<Vec<u8>> = (0..2)
+            .map(|i| message(i, 1, 0, 50 + i, None, Some(format!("one-{i}").as_bytes())))
+            .collect();
+        records.extend(wrapper(2, 1, 1, 0, &inner));
+        records.extend_from_slice(&batch(3, &[b"two-3".to_vec(), b"two-4".to_vec()]));
+        records.extend(message(5, 0, 0, 0, None, None));
+        for version in [4, 12] {
+            let body = answer(
+                version,
+                vec![partition(0, 0, Some(Bytes::from(records.clone())))],
+            );
+            let f = read(&body, version, &[(0, 0)], &mut decoding())
+                .unwrap_or_else(|e| panic!("v{version}: {e}"));
+            assert_eq!(
+                values(&f),
+                vec![
+                    (0, 0, "zero".into()),
+                    (0, 1, "one-0".into()),
+                    (0, 2, "one-1".into()),
+                    (0, 3, "two-3".into()),
+                    (0, 4, "two-4".into()),
+                    (0, 5, String::new()),
+                ]
+            );
+            assert_eq!(
+                f.positions[&Partition(0)],
+                Offset(6),
+                "never stuck at the last"
+            );
+        }
+        // Read batch by batch (little room in memory): the wrapper waits for the next
+        // fetch, which starts with it and decodes it off the wire... as given up, since
+        // an old-format message is never decoded as it arrives.
+        let body = answer(
+            12,
+            vec![partition(0, 0, Some(Bytes::from(records.clone())))],
+        );
+        let mut d = decoding();
+        d.in_memory = 40;
+        let f = read(&body, 12, &[(0, 0)], &mut d).unwrap();
+        assert_eq!(values(&f), vec![(0, 0, "zero".into())]);
+        assert_eq!(f.positions[&Partition(0)], Offset(1));
+        let mut d = decoding();
+        d.in_memory = 40;
+        let f = read(&body, 12, &[(0, 1)], &mut d).unwrap();
+        let undecoded = f.messages[0].undecoded.as_ref().expect("given up");
+        assert_eq!(
+            (f.messages[0].offset, undecoded.last),
+            (Offset(1), Offset(2))
+        );
+        assert!(
+            undecoded.reason.contains("format v1"),
+            "{}",
+            undecoded.reason
+        );
+        assert_eq!(f.positions[&Partition(0)], Offset(3));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! - `wire` (pure, no I/O): `message` ([`Message`]), `header` (a batch's framing),
 //!   `limits` ([`RecordLimits`], the per-fetch budget, the work bound), `codec` (streaming
 //!   decompression), `transactions` (aborted transactions, markers), `record` (one record),
-//!   `decoder` (a partition's batches into messages), `batch` (batches out: [`OutRecord`]),
+//!   `legacy` (message formats v0 and v1), `decoder` (a partition's batches into messages), `batch` (batches out: [`OutRecord`]),
 //!   `partitioner` ([`partition_for_key`]).
 //! - `net` (one broker): `settings` ([`TlsSettings`], [`SaslSettings`], [`Password`],
 //!   [`SessionInfo`]), `tls` (rustls on ring), `security` ([`Security`]), `body` (an answer
