@@ -15,6 +15,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
+use crate::net::throttle::Throttled;
 use crate::settings::ConsumerSettings;
 use crate::types::{Offset, Partition};
 
@@ -203,7 +204,7 @@ impl Admin {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         let addr = self.coordinator()?;
         let result = self

@@ -210,13 +210,13 @@ fn fetch_from(
     topic: &str,
     parts: &[(Partition, Offset)],
     wait: Duration,
-    read: impl FnOnce(&mut Body<'_>, i16) -> Result<(), KafkaError>,
+    read: impl FnOnce(&mut Body<'_>, i16) -> Result<i32, KafkaError>,
 ) -> Result<(), KafkaError> {
     let request_timeout = cluster.timeout();
     let conn = cluster.to(addr)?;
     let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
     let request = fetch_request(topic, parts, wait);
-    conn.call_streaming(
+    let throttle_ms = conn.call_streaming(
         ApiKey::Fetch,
         version,
         &request,
@@ -224,7 +224,9 @@ fn fetch_from(
         wait + request_timeout,
         ANSWER_IN_MEMORY,
         |body| read(body, version),
-    )
+    )?;
+    conn.note_throttle(throttle_ms);
+    Ok(())
 }
 
 /// What one fetch may still decode, across the answers of its brokers.
@@ -237,18 +239,19 @@ struct Decoding {
 }
 
 /// Reads a Fetch answer (versions 4 to 12) as it arrives, decoding the records of the
-/// partitions in `wanted` into `out`. The layout is Kafka's FetchResponse schema; from
-/// version 12 on ("flexible") arrays and strings carry varint lengths and every structure
-/// ends in tagged fields, none of which we need.
+/// partitions in `wanted` into `out`; returns the answer's throttle time (KIP-219). The
+/// layout is Kafka's FetchResponse schema; from version 12 on ("flexible") arrays and
+/// strings carry varint lengths and every structure ends in tagged fields, none of which
+/// we need.
 fn read_response(
     body: &mut Body<'_>,
     version: i16,
     wanted: &HashMap<Partition, Offset>,
     decoding: &mut Decoding,
     out: &mut Fetched,
-) -> Result<(), KafkaError> {
+) -> Result<i32, KafkaError> {
     let flexible = version >= 12;
-    let _throttle_time_ms = body.i32()?;
+    let throttle_time_ms = body.i32()?;
     if version >= 7 {
         let code = body.i16()?;
         let _session_id = body.i32()?;
@@ -272,7 +275,7 @@ fn read_response(
     if flexible {
         body.skip_tagged_fields()?;
     }
-    Ok(())
+    Ok(throttle_time_ms)
 }
 
 fn read_partition(

@@ -28,6 +28,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
 use crate::net::conn::Connection;
+use crate::net::throttle::Throttled;
 use crate::types::{Offset, Partition};
 
 /// The generation of the group we were admitted to; commits must carry it.
@@ -384,7 +385,7 @@ impl Group {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + kafka_protocol::protocol::HeaderVersion,
-        Resp: Decodable + kafka_protocol::protocol::HeaderVersion,
+        Resp: Decodable + kafka_protocol::protocol::HeaderVersion + Throttled,
     {
         let addr = self.find_coordinator(cluster)?;
         let result = cluster.to(&addr).and_then(|conn: &mut Connection| {

@@ -64,6 +64,8 @@ pub enum ProduceError {
         code: i16,
         /// The broker's own words (Produce v8 and later), when it gave any.
         message: Option<String>,
+        /// The answer carried a throttle time: the client is over a quota.
+        throttled: bool,
     },
     /// The record is larger than a record batch can be.
     TooLarge {
@@ -187,7 +189,9 @@ impl ProduceError {
         match self {
             ProduceError::TopicMissing { .. } | ProduceError::Kafka(_) => false,
             ProduceError::TooLarge { .. } => true,
-            ProduceError::Broker { code, .. } => classify(*code) == Outcome::Permanent,
+            ProduceError::Broker {
+                code, throttled, ..
+            } => classify_answer(*code, *throttled) == Outcome::Permanent,
         }
     }
 }
@@ -299,10 +303,11 @@ impl Producer {
                 Some(partition),
                 LEADER_NOT_AVAILABLE,
                 None,
+                false,
             )));
         };
-        let (code, base_offset, message) = self.produce(&addr, partition, batch)?;
-        match classify(code) {
+        let (code, base_offset, message, throttled) = self.produce(&addr, partition, batch)?;
+        match classify_answer(code, throttled) {
             Outcome::Written { duplicate } => {
                 self.in_doubt = None;
                 if stamp != ProducerStamp::NONE {
@@ -320,6 +325,7 @@ impl Producer {
                     Some(partition),
                     code,
                     message,
+                    throttled,
                 )))
             }
             Outcome::NewIdentity => {
@@ -334,6 +340,7 @@ impl Producer {
                     Some(partition),
                     code,
                     message,
+                    throttled,
                 )))
             }
             Outcome::NoIdempotence => {
@@ -343,12 +350,14 @@ impl Producer {
                     Some(partition),
                     code,
                     message,
+                    throttled,
                 )))
             }
             Outcome::Transient => Err(Attempt::Fail(self.broker_error(
                 Some(partition),
                 code,
                 message,
+                throttled,
             ))),
             Outcome::Permanent => {
                 // Refused, so not written: its sequence number is free for the next batch.
@@ -357,6 +366,7 @@ impl Producer {
                     Some(partition),
                     code,
                     message,
+                    throttled,
                 )))
             }
         }
@@ -376,7 +386,7 @@ impl Producer {
                 servers: self.cluster.servers(),
             })),
             Err(KafkaError::Broker { code, .. }) if classify(code) == Outcome::Permanent => {
-                Err(Attempt::Fail(self.broker_error(None, code, None)))
+                Err(Attempt::Fail(self.broker_error(None, code, None, false)))
             }
             Err(e) => Err(self.after_kafka_error(e)),
         }
@@ -484,13 +494,13 @@ impl Producer {
     }
 
     /// One Produce request with one batch; returns the partition's error code, base offset
-    /// and error message.
+    /// and error message, and whether the broker throttled the answer.
     fn produce(
         &mut self,
         addr: &str,
         partition: Partition,
         batch: Bytes,
-    ) -> Result<(i16, i64, Option<String>), Attempt> {
+    ) -> Result<(i16, i64, Option<String>, bool), Attempt> {
         let timeout = self.settings.request_timeout;
         let topic = self.settings.topic.clone();
         let result = self.cluster.to(addr).and_then(|conn| {
@@ -521,6 +531,7 @@ impl Producer {
                 p.error_code,
                 p.base_offset,
                 p.error_message.as_ref().map(|m| m.to_string()),
+                response.throttle_time_ms > 0,
             )),
             None => Err(Attempt::Fail(ProduceError::Kafka(KafkaError::Protocol {
                 broker: addr.to_owned(),
@@ -551,12 +562,14 @@ impl Producer {
         partition: Option<Partition>,
         code: i16,
         message: Option<String>,
+        throttled: bool,
     ) -> ProduceError {
         ProduceError::Broker {
             topic: self.settings.topic.clone(),
             partition,
             code,
             message: message.filter(|m| !m.is_empty()),
+            throttled,
         }
     }
 
@@ -641,6 +654,16 @@ fn classify(code: i16) -> Outcome {
     }
 }
 
+/// What a Produce answer's error code means, given whether the answer was throttled. Azure
+/// Event Hubs answers a throttled request that outlasts its timeout with POLICY_VIOLATION
+/// (and a throttle time): over a quota, not against a policy, so it clears by itself.
+fn classify_answer(code: i16, throttled: bool) -> Outcome {
+    match code {
+        POLICY_VIOLATION if throttled => Outcome::Transient,
+        code => classify(code),
+    }
+}
+
 /// Kafka sequence numbers wrap from `i32::MAX` to 0.
 fn next_sequence(sequence: i32, records: i32) -> i32 {
     let next = i64::from(sequence) + i64::from(records);
@@ -705,6 +728,7 @@ impl fmt::Display for ProduceError {
                 partition,
                 code,
                 message,
+                ..
             } => {
                 let at = match partition {
                     Some(p) => format!("{topic} partition {p}"),
@@ -775,6 +799,7 @@ mod tests {
             partition: Some(Partition(2)),
             code: 10,
             message: Some("too big".into()),
+            throttled: false,
         };
         assert!(refused.is_permanent());
         let text = refused.to_string();
@@ -790,6 +815,7 @@ mod tests {
             partition: Some(Partition(0)),
             code: 6,
             message: None,
+            throttled: false,
         };
         assert!(!waiting.is_permanent());
         assert!(
@@ -840,6 +866,27 @@ mod tests {
                 "request timeout {ours} ms"
             );
         }
+    }
+
+    #[test]
+    fn a_throttled_policy_violation_is_transient_as_event_hubs_means_it() {
+        assert_eq!(classify_answer(POLICY_VIOLATION, false), Outcome::Permanent);
+        assert_eq!(classify_answer(POLICY_VIOLATION, true), Outcome::Transient);
+        // Only that one: a throttled answer is otherwise what its code says.
+        assert_eq!(classify_answer(MESSAGE_TOO_LARGE, true), Outcome::Permanent);
+        assert_eq!(
+            classify_answer(0, true),
+            Outcome::Written { duplicate: false }
+        );
+        let e = ProduceError::Broker {
+            topic: "dlq".into(),
+            partition: Some(Partition(0)),
+            code: POLICY_VIOLATION,
+            message: Some("throttled".into()),
+            throttled: true,
+        };
+        assert!(!e.is_permanent());
+        assert!(e.to_string().ends_with("(will retry)"), "{e}");
     }
 
     #[test]

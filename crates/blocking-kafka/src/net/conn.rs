@@ -18,6 +18,7 @@ use crate::net::body::Body;
 use crate::net::sasl;
 use crate::net::security::Security;
 use crate::net::settings::SessionInfo;
+use crate::net::throttle::Throttled;
 use crate::net::transport::Transport;
 
 /// An open, authenticated connection to one broker.
@@ -75,6 +76,16 @@ impl Connection {
         self.transport.addr()
     }
 
+    /// Until when the broker throttles this connection (KIP-219), if it does now.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.transport.throttled_until()
+    }
+
+    /// Notes the throttle time of an answer read with `call_streaming`.
+    pub fn note_throttle(&mut self, ms: i32) {
+        self.transport.note_throttle(ms);
+    }
+
     /// The highest version of `key` that both we (`ours`, inclusive) and the broker speak.
     pub fn version(&self, key: ApiKey, ours: (i16, i16)) -> Result<i16, KafkaError> {
         self.transport.version(key, ours)
@@ -89,7 +100,7 @@ impl Connection {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         let timeout = self.transport.timeout();
         self.call_with_timeout(key, version, request, timeout)
@@ -105,7 +116,7 @@ impl Connection {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         self.renew_if_due()?;
         self.transport

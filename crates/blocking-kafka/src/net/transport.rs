@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -25,6 +25,7 @@ use crate::error::{KafkaError, check_code, io_error};
 use crate::net::body::Body;
 use crate::net::security::Security;
 use crate::net::settings::TlsSessionInfo;
+use crate::net::throttle::{Throttle, Throttled};
 use crate::net::tls::{self, Stream};
 
 /// The largest response we read into memory; anything bigger is a corrupt length prefix.
@@ -50,6 +51,8 @@ pub struct Transport {
     /// mid-answer, an undecodable answer, a failed re-authentication): the owner must open a
     /// new connection instead of using this one again.
     broken: bool,
+    /// Until when the broker throttles this connection (KIP-219): nothing is sent before.
+    throttle: Throttle,
 }
 
 impl Transport {
@@ -96,6 +99,7 @@ impl Transport {
             timeout,
             security: security.clone(),
             broken: false,
+            throttle: Throttle::default(),
         };
         if let Err(e) = conn.learn_versions() {
             // A TLS listener hangs up on a plaintext request: ask it for a TLS handshake to
@@ -155,6 +159,23 @@ impl Transport {
         &self.addr
     }
 
+    /// Until when the broker throttles this connection, if it does now. A request sent
+    /// before then waits for it first; a thread with other work waits for it itself.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.throttle.until()
+    }
+
+    /// Notes the throttle time of an answer read with `call_streaming`.
+    pub fn note_throttle(&mut self, ms: i32) {
+        if ms > 0 {
+            log::debug!(
+                "Kafka broker {} throttles this client for {ms} ms",
+                self.addr
+            );
+        }
+        self.throttle.note(ms);
+    }
+
     /// The highest version of `key` that both we (`ours`, inclusive) and the broker speak.
     pub fn version(&self, key: ApiKey, ours: (i16, i16)) -> Result<i16, KafkaError> {
         let theirs = self.versions.get(&(key as i16)).copied();
@@ -178,7 +199,7 @@ impl Transport {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         self.call_with_timeout(key, version, request, self.timeout)
     }
@@ -193,7 +214,7 @@ impl Transport {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         self.exchange(key, version, request, timeout)
     }
@@ -207,7 +228,7 @@ impl Transport {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         let result = self.exchange_once(key, version, request, timeout);
         if let Err(e) = &result
@@ -227,7 +248,7 @@ impl Transport {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         let what = api_name(key);
         let (correlation_id, len) = self.send(key, version, request, timeout)?;
@@ -249,8 +270,10 @@ impl Transport {
                 response_header.correlation_id
             )));
         }
-        Resp::decode(&mut body, version)
-            .map_err(|e| self.protocol(format!("decoding {what} v{version} response: {e}")))
+        let response = Resp::decode(&mut body, version)
+            .map_err(|e| self.protocol(format!("decoding {what} v{version} response: {e}")))?;
+        self.note_throttle(response.throttle_ms());
+        Ok(response)
     }
 
     /// Like `call_with_timeout`, for answers whose size the broker decides (a fetch
@@ -317,6 +340,11 @@ impl Transport {
         Req: Encodable + HeaderVersion,
     {
         let what = api_name(key);
+        // KIP-219: the broker mutes a throttled connection; a request sent now would wait
+        // there (and could time out here).
+        if let Some(until) = self.throttle.until() {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let correlation_id = self.correlation_id;
         let header = RequestHeader::default()
