@@ -37,6 +37,14 @@ pub struct Config {
     pub rebalance_timeout: Duration,
     pub commit_interval: Duration,
     pub fetch_max_wait: Duration,
+    /// Deadline of every Kafka request (`KAFKA_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
+    /// Deadline of a TCP connect and TLS handshake (`KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS`).
+    pub connect_timeout: Duration,
+    /// `KAFKA_RETRY_BACKOFF_MS` → `KAFKA_RETRY_BACKOFF_MAX_MS`; the maximum is never below the first.
+    pub retry_backoff: (Duration, Duration),
+    /// `KAFKA_RECONNECT_BACKOFF_MS` → `KAFKA_RECONNECT_BACKOFF_MAX_MS`; likewise.
+    pub reconnect_backoff: (Duration, Duration),
     pub client_id: String,
     /// `None` when `METRICS_ADDR` is empty or unset.
     pub metrics_addr: Option<SocketAddr>,
@@ -161,6 +169,12 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     KAFKA_REBALANCE_TIMEOUT_MS,
     COMMIT_INTERVAL_MS,
     KAFKA_FETCH_MAX_WAIT_MS,
+    KAFKA_REQUEST_TIMEOUT_MS,
+    KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS,
+    KAFKA_RETRY_BACKOFF_MS,
+    KAFKA_RETRY_BACKOFF_MAX_MS,
+    KAFKA_RECONNECT_BACKOFF_MS,
+    KAFKA_RECONNECT_BACKOFF_MAX_MS,
     KAFKA_CLIENT_ID,
     METRICS_ADDR,
     KAFKA_SECURITY_PROTOCOL,
@@ -254,6 +268,25 @@ impl Config {
             1,
             10_000,
         )?;
+        let request_timeout_ms = parse_ms(
+            KAFKA_REQUEST_TIMEOUT_MS,
+            &sources.value(KAFKA_REQUEST_TIMEOUT_MS),
+            1000,
+            MAX_REQUEST_TIMEOUT_MS,
+        )?;
+        let connect_timeout_ms = parse_ms(
+            KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS,
+            &sources.value(KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS),
+            100,
+            MAX_REQUEST_TIMEOUT_MS,
+        )?;
+        let retry_backoff =
+            parse_backoff(&sources, KAFKA_RETRY_BACKOFF_MS, KAFKA_RETRY_BACKOFF_MAX_MS)?;
+        let reconnect_backoff = parse_backoff(
+            &sources,
+            KAFKA_RECONNECT_BACKOFF_MS,
+            KAFKA_RECONNECT_BACKOFF_MAX_MS,
+        )?;
         let client_id = sources.value(KAFKA_CLIENT_ID);
         let metrics_addr = parse_metrics_addr(&sources.value(METRICS_ADDR))?;
         let security = parse_security(&sources)?;
@@ -284,6 +317,10 @@ impl Config {
             rebalance_timeout: Duration::from_millis(rebalance_ms),
             commit_interval: Duration::from_millis(commit_ms),
             fetch_max_wait: Duration::from_millis(fetch_max_wait_ms),
+            request_timeout: Duration::from_millis(request_timeout_ms),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            retry_backoff,
+            reconnect_backoff,
             client_id,
             metrics_addr,
             security,
@@ -459,6 +496,11 @@ const MAX_SECONDS: f64 = 86_400.0;
 /// Kafka's protocol carries timeouts as signed 32-bit milliseconds.
 const MAX_WIRE_MS: u64 = i32::MAX as u64;
 
+/// An hour: a request that takes longer is a hung broker, whatever the link.
+const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+/// A minute between attempts at most: longer, and an outage's end goes unnoticed too long.
+const MAX_BACKOFF_MS: u64 = 60_000;
+
 /// Kafka refuses topic names longer than this.
 const MAX_TOPIC_CHARS: usize = 249;
 
@@ -545,6 +587,36 @@ const KAFKA_FETCH_MAX_WAIT_MS: Var = (
     "KAFKA_FETCH_MAX_WAIT_MS",
     "40",
     "how long the broker may hold a fetch open waiting for data, in milliseconds (1 to 10000)",
+);
+const KAFKA_REQUEST_TIMEOUT_MS: Var = (
+    "KAFKA_REQUEST_TIMEOUT_MS",
+    "30000",
+    "deadline of every Kafka request, in milliseconds (1000 to 3600000); produce requests give the broker a little less",
+);
+const KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS: Var = (
+    "KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS",
+    "10000",
+    "deadline of a TCP connect and TLS handshake to a broker, in milliseconds (100 to 3600000)",
+);
+const KAFKA_RETRY_BACKOFF_MS: Var = (
+    "KAFKA_RETRY_BACKOFF_MS",
+    "100",
+    "first wait before a failed request is tried again (metadata, finding the coordinator), in milliseconds (1 to 60000)",
+);
+const KAFKA_RETRY_BACKOFF_MAX_MS: Var = (
+    "KAFKA_RETRY_BACKOFF_MAX_MS",
+    "1000",
+    "the wait doubles up to this, in milliseconds (at least KAFKA_RETRY_BACKOFF_MS, at most 60000)",
+);
+const KAFKA_RECONNECT_BACKOFF_MS: Var = (
+    "KAFKA_RECONNECT_BACKOFF_MS",
+    "50",
+    "first wait before a broker that could not be reached is tried again, in milliseconds (1 to 60000)",
+);
+const KAFKA_RECONNECT_BACKOFF_MAX_MS: Var = (
+    "KAFKA_RECONNECT_BACKOFF_MAX_MS",
+    "1000",
+    "the wait doubles up to this, in milliseconds (at least KAFKA_RECONNECT_BACKOFF_MS, at most 60000)",
 );
 const KAFKA_CLIENT_ID: Var = (
     "KAFKA_CLIENT_ID",
@@ -811,6 +883,34 @@ fn parse_whole(var: Var, value: &str, min: u64, max: u64, unit: &str) -> Result<
 
 fn parse_ms(var: Var, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
     parse_whole(var, value, min, max, "a whole number of milliseconds")
+}
+
+/// A backoff's first wait and its maximum, which is never below the first (librdkafka and
+/// the Java client raise it silently; a typo there is better said).
+fn parse_backoff(
+    sources: &Sources<'_>,
+    first: Var,
+    max: Var,
+) -> Result<(Duration, Duration), ConfigError> {
+    let first_ms = parse_ms(first, &sources.value(first), 1, MAX_BACKOFF_MS)?;
+    let value = sources.value(max);
+    let max_ms = match value.parse::<u64>() {
+        Ok(ms) if (first_ms..=MAX_BACKOFF_MS).contains(&ms) => ms,
+        _ => {
+            return Err(invalid(
+                max,
+                &value,
+                format!(
+                    "a whole number of milliseconds from {first_ms} (no less than {}={first_ms}) to {MAX_BACKOFF_MS}",
+                    first.0
+                ),
+            ));
+        }
+    };
+    Ok((
+        Duration::from_millis(first_ms),
+        Duration::from_millis(max_ms),
+    ))
 }
 
 /// The heartbeat must be shorter than the session, or the coordinator expires the member
@@ -1416,6 +1516,12 @@ mod tests {
             ("KAFKA_REBALANCE_TIMEOUT_MS", "60000"),
             ("COMMIT_INTERVAL_MS", "1000"),
             ("KAFKA_FETCH_MAX_WAIT_MS", "40"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "30000"),
+            ("KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS", "10000"),
+            ("KAFKA_RETRY_BACKOFF_MS", "100"),
+            ("KAFKA_RETRY_BACKOFF_MAX_MS", "1000"),
+            ("KAFKA_RECONNECT_BACKOFF_MS", "50"),
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "1000"),
             ("KAFKA_CLIENT_ID", "provision-worker"),
             ("METRICS_ADDR", ""),
             ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -1457,10 +1563,26 @@ mod tests {
             ("KAFKA_REBALANCE_TIMEOUT_MS", "1000"),
             ("COMMIT_INTERVAL_MS", "10"),
             ("KAFKA_FETCH_MAX_WAIT_MS", "10000"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "60000"),
+            ("KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS", "100"),
+            ("KAFKA_RETRY_BACKOFF_MS", "250"),
+            ("KAFKA_RETRY_BACKOFF_MAX_MS", "250"),
+            ("KAFKA_RECONNECT_BACKOFF_MS", "1"),
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "60000"),
             ("KAFKA_CLIENT_ID", "me"),
             ("METRICS_ADDR", "127.0.0.1:9464"),
         ])
         .unwrap();
+        assert_eq!(config.request_timeout, Duration::from_secs(60));
+        assert_eq!(config.connect_timeout, Duration::from_millis(100));
+        assert_eq!(
+            config.retry_backoff,
+            (Duration::from_millis(250), Duration::from_millis(250))
+        );
+        assert_eq!(
+            config.reconnect_backoff,
+            (Duration::from_millis(1), Duration::from_secs(60))
+        );
         assert_eq!(config.database_path, PathBuf::from("/var/lib/poc.db"));
         assert_eq!(config.bootstrap_servers, ["a:1", "b:9092", "[::1]:9093"]);
         assert_eq!(config.topic, "t.1");
@@ -1521,6 +1643,17 @@ mod tests {
             ("COMMIT_INTERVAL_MS", "60001"),
             ("KAFKA_FETCH_MAX_WAIT_MS", "0"),
             ("KAFKA_FETCH_MAX_WAIT_MS", "10001"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "999"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "3600001"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "30s"),
+            ("KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS", "99"),
+            ("KAFKA_RETRY_BACKOFF_MS", "0"),
+            ("KAFKA_RETRY_BACKOFF_MS", "60001"),
+            // Below the first wait (100 by default).
+            ("KAFKA_RETRY_BACKOFF_MAX_MS", "99"),
+            ("KAFKA_RETRY_BACKOFF_MAX_MS", "60001"),
+            ("KAFKA_RECONNECT_BACKOFF_MS", "-1"),
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "49"),
             ("METRICS_ADDR", "localhost:9464"),
         ];
         for &(name, value) in cases {

@@ -18,8 +18,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password, Producer, ProducerSettings,
-    RecordLimits, SaslSettings, Security, SecurityError, StartFrom, TlsSettings, TopicState,
+    BackoffSettings, ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password, Producer,
+    ProducerSettings, RecordLimits, SaslSettings, Security, SecurityError, StartFrom, TlsSettings,
+    TopicState,
 };
 use crossbeam_channel::Receiver;
 
@@ -62,9 +63,11 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-/// Deadline of ordinary Kafka requests. Shorter than any sane session timeout, so a broker
-/// that stops answering never keeps the poller from heartbeating for long.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most the last commit before a revocation or an exit (and leaving the group) waits
+/// for the coordinator, when the request timeout is longer: a shutdown has the operator's
+/// deadline, and a commit that does not land in time only means the next owner redoes that
+/// work (nothing is lost).
+const LAST_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the worker until `shutdown` receives (or its sender is dropped), then drains,
 /// commits, leaves the group and returns. `security` comes from [`security`], built once at
@@ -172,6 +175,7 @@ pub fn run(
             commit_interval: config.commit_interval,
             shutdown_timeout: config.shutdown_timeout,
             rebalance_timeout: config.rebalance_timeout,
+            last_commit_wait: config.request_timeout.min(LAST_COMMIT_WAIT),
         },
         consumer,
         store,
@@ -285,7 +289,16 @@ pub fn consumer_settings(config: &Config, security: &Arc<Security>) -> ConsumerS
         rebalance_timeout: config.rebalance_timeout,
         heartbeat_interval: config.heartbeat_interval,
         fetch_max_wait: config.fetch_max_wait,
-        request_timeout: REQUEST_TIMEOUT,
+        request_timeout: config.request_timeout,
+        connect_timeout: config.connect_timeout,
+        retry_backoff: BackoffSettings {
+            initial: config.retry_backoff.0,
+            max: config.retry_backoff.1,
+        },
+        reconnect_backoff: BackoffSettings {
+            initial: config.reconnect_backoff.0,
+            max: config.reconnect_backoff.1,
+        },
         start_from: match config.auto_offset_reset {
             OffsetReset::Earliest => StartFrom::Earliest,
             OffsetReset::Latest => StartFrom::Latest,

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    BatchCompression, Consumer, GroupSignal, KafkaError, Message, Producer, Undecoded,
+    BatchCompression, CommitResult, Consumer, GroupSignal, KafkaError, Message, Partition,
+    Producer, StartFrom, Undecoded,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
@@ -35,6 +36,9 @@ pub struct PollerSettings {
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
     pub rebalance_timeout: Duration,
+    /// How long the last commit before a revocation or an exit, and leaving the group,
+    /// may wait for the coordinator.
+    pub last_commit_wait: Duration,
 }
 
 /// Everything the poller owns. Lifecycles: `jobs` is the only job sender; when the poller
@@ -101,7 +105,6 @@ struct Run {
     topic_missing_said: Option<Instant>,
     kafka_down: Option<(Instant, Instant)>,
     shutdown_seen: bool,
-    fetch_retry_at: Instant,
     /// Set when the topic's partitions changed: the next rejoin first leaves the group.
     /// A coordinator may answer a member that rejoins with unchanged metadata with the old
     /// generation and assignment (tansu does); a fresh member forces a real rebalance.
@@ -129,7 +132,6 @@ impl Poller {
             topic_missing_said: None,
             kafka_down: None,
             shutdown_seen: false,
-            fetch_retry_at: now,
             leave_before_join: false,
         };
         run.run()
@@ -140,6 +142,7 @@ impl Run {
     fn run(&mut self) -> Result<(), KafkaError> {
         loop {
             self.collect_done();
+            self.collect_commits();
             self.send_dead_letters();
             // Every pass, and a pass is at most a tick apart: a cheap store keeps it current.
             self.p
@@ -180,11 +183,22 @@ impl Run {
                     self.tracker.assign(*p, *start);
                 }
                 self.p.accepting.store(self.epoch, Ordering::Release);
-                self.p.metrics.joined(&assignment.partitions);
+                let partitions: Vec<Partition> =
+                    assignment.partitions.iter().map(|(p, _)| *p).collect();
+                self.p.metrics.joined(&partitions);
+                // Without a committed offset a partition starts where KAFKA_AUTO_OFFSET_RESET
+                // says, which its leader resolves before the first fetch.
+                let reset = match self.p.consumer.settings().start_from {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                };
                 let list: Vec<String> = assignment
                     .partitions
                     .iter()
-                    .map(|(p, o)| format!("{p}@{o}"))
+                    .map(|(p, o)| match o {
+                        Some(o) => format!("{p}@{o}"),
+                        None => format!("{p}@{reset}"),
+                    })
                     .collect();
                 log::info!(
                     "Partitions assigned: [{}] (topic {}, partition@start offset)",
@@ -243,54 +257,36 @@ impl Run {
             }
         }
         self.commit(false);
-        if self.kafka_down.is_none() && self.p.metrics.log_end_refresh_due() {
-            // For the lag metric; only while metrics are served, every few seconds.
-            let assigned = self.p.consumer.assigned();
-            match self
-                .p
-                .consumer
-                .log_offsets(&assigned, blocking_kafka::StartFrom::Latest)
-            {
-                Ok(ends) => self.p.metrics.log_ends(&ends),
-                Err(e) => log::debug!("reading log-end offsets for the lag metric: {e}"),
-            }
+        if self.p.metrics.log_end_refresh_due() {
+            // For the lag metric; only while metrics are served. The log ends come with the
+            // fetch answers: nothing is asked of Kafka here.
+            self.p.metrics.log_ends(&self.p.consumer.log_ends());
         }
         let now = Instant::now();
         if now >= self.next_topic_check {
             self.next_topic_check = now + TOPIC_CHECK;
-            match self.p.consumer.topic_changed() {
-                Ok(true) => {
-                    self.leave_before_join = true;
-                    self.begin_drain(Drain::Rebalance, "the topic's partitions changed");
-                    return Ok(());
-                }
-                Ok(false) => {
-                    if self.owns_nothing() {
-                        self.next_topic_check = now + TOPIC_CHECK_WHILE_EMPTY;
-                        self.say_topic_missing(false);
-                    }
-                }
-                Err(e) => self.kafka_error(&e, "reading topic metadata"),
+            if self.p.consumer.topic_changed() {
+                self.leave_before_join = true;
+                self.begin_drain(Drain::Rebalance, "the topic's partitions changed");
+                return Ok(());
+            }
+            if self.owns_nothing() {
+                self.next_topic_check = now + TOPIC_CHECK_WHILE_EMPTY;
+                self.say_topic_missing(false);
             }
         }
 
         let room = self.p.jobs.capacity().unwrap_or(usize::MAX) > self.p.jobs.len();
         if self.buffer.is_empty() && room && !self.owns_nothing() {
-            if Instant::now() < self.fetch_retry_at {
-                self.wait_until(self.fetch_retry_at);
+            // Never blocks: the brokers' fetch threads have fetched ahead, one result each.
+            let messages = self.p.consumer.fetch();
+            if messages.is_empty() {
+                // Nothing fetched yet: wait for a fetch thread's result (or a report, a
+                // shutdown request, the next tick).
+                self.wait_until(self.next_tick());
                 return Ok(());
             }
-            match self.p.consumer.fetch(&[]) {
-                Ok(messages) => {
-                    self.kafka_ok();
-                    self.accept(messages);
-                }
-                Err(e) => {
-                    self.kafka_error(&e, "fetching");
-                    self.fetch_retry_at = Instant::now() + Duration::from_millis(500);
-                    return Ok(());
-                }
-            }
+            self.accept(messages);
         }
         if self.owns_nothing() {
             self.wait_until(Instant::now() + TICK);
@@ -532,7 +528,10 @@ impl Run {
             Drain::Rebalance => {
                 log::info!("Partitions revoked: [{}]", revoked.join(", "));
                 if std::mem::take(&mut self.leave_before_join)
-                    && let Err(e) = self.p.consumer.leave()
+                    && let Err(e) = self
+                        .p
+                        .consumer
+                        .leave_within(self.p.settings.last_commit_wait)
                 {
                     log::warn!("Could not leave the group before rejoining: {e}");
                 }
@@ -550,7 +549,11 @@ impl Run {
                 true
             }
             Drain::Shutdown => {
-                match self.p.consumer.leave() {
+                match self
+                    .p
+                    .consumer
+                    .leave_within(self.p.settings.last_commit_wait)
+                {
                     Ok(()) => log::info!("Left consumer group {}", self.p.settings.group_id),
                     Err(e) => log::warn!(
                         "Could not leave consumer group {} ({e}); the broker will notice after the session timeout",
@@ -741,8 +744,35 @@ impl Run {
             log::error!("Cannot make database writes durable ({e}); not committing offsets");
             return;
         }
+        if force {
+            // Before a revocation or an exit: wait for the outcome (within the request
+            // timeout), so the next owner starts from it.
+            let wait = self.p.settings.last_commit_wait;
+            let result = self.p.consumer.commit_sync(&offsets, wait);
+            self.on_committed(CommitResult { offsets, result });
+            return;
+        }
+        // The group thread commits; the outcome comes back later (`collect_commits`), so a
+        // slow coordinator never holds up dispatching and acknowledging jobs.
+        if let Err(e) = self.p.consumer.commit(&offsets) {
+            self.on_committed(CommitResult {
+                offsets,
+                result: Err(e),
+            });
+        }
+    }
+
+    /// Takes the outcomes of the commits the group thread made since the last pass.
+    fn collect_commits(&mut self) {
+        for result in self.p.consumer.commit_results() {
+            self.on_committed(result);
+        }
+    }
+
+    fn on_committed(&mut self, c: CommitResult) {
+        let CommitResult { offsets, result } = c;
         let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}@{o}")).collect();
-        match self.p.consumer.commit(&offsets) {
+        match result {
             Ok(()) => {
                 self.tracker.committed(&offsets);
                 self.p.metrics.committed(&offsets);
@@ -763,10 +793,7 @@ impl Run {
         }
         self.topic_missing_said = Some(now);
         let topic = &self.p.settings.topic;
-        if matches!(
-            self.p.consumer.topic_state(),
-            Ok(blocking_kafka::TopicState::Missing)
-        ) {
+        if self.p.consumer.topic_partitions() == Some(0) {
             log::warn!(
                 "Topic {topic} does not exist yet; waiting for it. Create it, e.g. `kafka-topics.sh --bootstrap-server {} --create --topic {topic} --partitions 3`, or set KAFKA_TOPIC to the backend's topic",
                 self.p.consumer.settings().bootstrap.join(",")
@@ -844,9 +871,12 @@ impl Run {
             self.next_tick()
                 .max(Instant::now() + Duration::from_millis(1)),
         );
+        // The consumer's threads report here: a fetched result wakes the loop at once.
+        let kafka_events = self.p.consumer.events().clone();
         let mut sel = Select::new();
         let done = sel.recv(&self.p.done);
         let shutdown = sel.recv(&self.p.shutdown);
+        let kafka = sel.recv(&kafka_events);
         let Ok(op) = sel.select_deadline(until) else {
             return;
         };
@@ -857,6 +887,10 @@ impl Run {
         } else if op.index() == shutdown {
             let _ = op.recv(&self.p.shutdown);
             self.shutdown_seen = true;
+        } else if op.index() == kafka
+            && let Ok(event) = op.recv(&kafka_events)
+        {
+            self.p.consumer.handle(event);
         }
     }
 }

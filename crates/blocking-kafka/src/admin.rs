@@ -80,7 +80,7 @@ impl Admin {
             cluster: Cluster::new(
                 settings.bootstrap.clone(),
                 &settings.client_id,
-                settings.request_timeout,
+                settings.timeouts(),
                 settings.security.clone(),
             ),
             group_id: settings.group_id.clone(),

@@ -26,6 +26,7 @@ use kafka_protocol::protocol::{HeaderVersion, StrBytes};
 use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
 use crate::net::body::Body;
+use crate::net::conn::Connection;
 use crate::types::{Offset, Partition, StartFrom};
 use crate::wire::decoder::{Failure, PartitionDecoder};
 use crate::wire::header::{BATCH_HEADER_LEN, be_i32, corrupt};
@@ -54,7 +55,7 @@ const ANSWER_IN_MEMORY: usize = RECORDS_IN_MEMORY + 64 * 1024;
 /// few MiB over the fetch size, so a fetch of ordinary records is never cut short.
 const DECODE_BUDGET: usize = FETCH_MAX_BYTES as usize + 4 * 1024 * 1024;
 
-/// The result of one round of fetches.
+/// What one Fetch from one broker brought.
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub messages: Vec<Message>,
@@ -62,63 +63,64 @@ pub struct Fetched {
     pub positions: HashMap<Partition, Offset>,
     /// Partitions whose position is outside the log: reset them.
     pub out_of_range: Vec<Partition>,
-    /// A partition's leader moved or is unknown: refresh metadata.
-    pub stale_metadata: bool,
+    /// Partitions this broker does not lead (any more), with the error code that said so:
+    /// UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+    /// FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH. The metadata is stale.
+    pub stale: Vec<(Partition, i16)>,
     /// Per-partition errors worth a log line (code, partition).
+    pub errors: Vec<(Partition, KafkaError)>,
+    /// The end of each answered partition's log as a read_committed consumer sees it (the
+    /// last stable offset), for the lag.
+    pub log_ends: Vec<(Partition, Offset)>,
+}
+
+/// What ListOffsets said, partition by partition.
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub offsets: HashMap<Partition, Offset>,
+    /// Partitions this broker does not lead (any more), as in [`Fetched::stale`].
+    pub stale: Vec<(Partition, i16)>,
     pub errors: Vec<(Partition, KafkaError)>,
 }
 
-/// Fetches from each partition's leader, at the given positions. Decoding stops where the
-/// fetch's budget runs out; partitions not reached keep their positions.
+/// Error codes that mean the metadata is stale: the partition's leader is elsewhere.
+pub fn is_stale_code(code: i16) -> bool {
+    // UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+    // FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH.
+    matches!(code, 3 | 5 | 6 | 74 | 75)
+}
+
+/// One Fetch from `conn`, the leader of the partitions in `positions`, at those positions.
+/// Decoding stops where the fetch's budget runs out; partitions not reached keep their
+/// positions. On an error the connection may be out of step: drop it.
 pub fn fetch(
-    cluster: &mut Cluster,
+    conn: &mut Connection,
     topic: &str,
     positions: &[(Partition, Offset)],
     max_wait: Duration,
     limits: RecordLimits,
 ) -> Result<Fetched, KafkaError> {
     let mut out = Fetched::default();
-    let mut by_leader: BTreeMap<String, Vec<(Partition, Offset)>> = BTreeMap::new();
-    for (p, o) in positions {
-        match cluster.leader(*p) {
-            Some(addr) => by_leader.entry(addr).or_default().push((*p, *o)),
-            None => out.stale_metadata = true,
-        }
-    }
-    let wait = max_wait / u32::try_from(by_leader.len().max(1)).unwrap_or(1);
     let mut decoding = Decoding {
         limits,
         budget: Budget::new(DECODE_BUDGET),
         in_memory: RECORDS_IN_MEMORY,
     };
-    for (addr, parts) in by_leader {
-        if decoding.budget.exhausted() {
-            break;
-        }
-        let wanted: HashMap<Partition, Offset> = parts.iter().copied().collect();
-        let result = fetch_from(cluster, &addr, topic, &parts, wait, |body, version| {
-            read_response(body, version, &wanted, &mut decoding, &mut out)
-        });
-        if let Err(e) = result {
-            // The answer may be half read: the connection is out of step.
-            cluster.drop_conn(&addr);
-            return Err(e);
-        }
-    }
+    let wanted: HashMap<Partition, Offset> = positions.iter().copied().collect();
+    fetch_from(conn, topic, positions, max_wait, |body, version| {
+        read_response(body, version, &wanted, &mut decoding, &mut out)
+    })?;
     Ok(out)
 }
 
-/// The earliest or latest offset of each partition (latest = the last stable offset).
+/// The earliest or latest offset of each partition (latest = the last stable offset),
+/// asked of each partition's leader; for tools (the consumer asks its leaders itself).
 pub fn list_offsets(
     cluster: &mut Cluster,
     topic: &str,
     partitions: &[Partition],
     from: StartFrom,
 ) -> Result<HashMap<Partition, Offset>, KafkaError> {
-    let timestamp = match from {
-        StartFrom::Earliest => -2,
-        StartFrom::Latest => -1,
-    };
     let mut by_leader: BTreeMap<String, Vec<Partition>> = BTreeMap::new();
     for p in partitions {
         let addr = cluster.leader(*p).ok_or(KafkaError::Broker {
@@ -129,22 +131,60 @@ pub fn list_offsets(
     }
     let mut out = HashMap::new();
     for (addr, parts) in by_leader {
-        let result = cluster.to(&addr).and_then(|conn| {
-            let version = conn.version(ApiKey::ListOffsets, LIST_OFFSETS_VERSIONS)?;
-            let request = list_offsets_request(topic, &parts, timestamp);
-            conn.call::<_, ListOffsetsResponse>(ApiKey::ListOffsets, version, &request)
-        });
-        let response = match result {
-            Ok(r) => r,
+        let listed = match cluster
+            .to(&addr)
+            .and_then(|conn| list_offsets_on(conn, topic, &parts, from))
+        {
+            Ok(l) => l,
             Err(e) => {
-                cluster.drop_conn(&addr);
+                cluster.failed(&addr, &e);
                 return Err(e);
             }
         };
-        for t in &response.topics {
-            for p in &t.partitions {
-                check_code("ListOffsets", p.error_code)?;
-                out.insert(Partition(p.partition_index), Offset(p.offset));
+        if let Some((_, code)) = listed.stale.first() {
+            return Err(KafkaError::Broker {
+                what: "ListOffsets",
+                code: *code,
+            });
+        }
+        if let Some((_, e)) = listed.errors.into_iter().next() {
+            return Err(e);
+        }
+        out.extend(listed.offsets);
+    }
+    Ok(out)
+}
+
+/// The earliest or latest offset of each partition, asked of `conn`, their leader.
+pub fn list_offsets_on(
+    conn: &mut Connection,
+    topic: &str,
+    partitions: &[Partition],
+    from: StartFrom,
+) -> Result<Listed, KafkaError> {
+    let timestamp = match from {
+        StartFrom::Earliest => -2,
+        StartFrom::Latest => -1,
+    };
+    let version = conn.version(ApiKey::ListOffsets, LIST_OFFSETS_VERSIONS)?;
+    let request = list_offsets_request(topic, partitions, timestamp);
+    let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, version, &request)?;
+    let mut out = Listed::default();
+    for t in &response.topics {
+        for p in &t.partitions {
+            let partition = Partition(p.partition_index);
+            match p.error_code {
+                0 => {
+                    out.offsets.insert(partition, Offset(p.offset));
+                }
+                code if is_stale_code(code) => out.stale.push((partition, code)),
+                code => out.errors.push((
+                    partition,
+                    KafkaError::Broker {
+                        what: "ListOffsets",
+                        code,
+                    },
+                )),
             }
         }
     }
@@ -205,15 +245,13 @@ fn list_offsets_request(topic: &str, parts: &[Partition], timestamp: i64) -> Lis
 }
 
 fn fetch_from(
-    cluster: &mut Cluster,
-    addr: &str,
+    conn: &mut Connection,
     topic: &str,
     parts: &[(Partition, Offset)],
     wait: Duration,
     read: impl FnOnce(&mut Body<'_>, i16) -> Result<i32, KafkaError>,
 ) -> Result<(), KafkaError> {
-    let request_timeout = cluster.timeout();
-    let conn = cluster.to(addr)?;
+    let request_timeout = conn.request_timeout();
     let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
     let request = fetch_request(topic, parts, wait);
     let throttle_ms = conn.call_streaming(
@@ -288,8 +326,8 @@ fn read_partition(
     let flexible = version >= 12;
     let p = Partition(body.i32()?);
     let code = body.i16()?;
-    let _high_watermark = body.i64()?;
-    let _last_stable_offset = body.i64()?;
+    let high_watermark = body.i64()?;
+    let last_stable_offset = body.i64()?;
     if version >= 5 {
         let _log_start_offset = body.i64()?;
     }
@@ -317,9 +355,8 @@ fn read_partition(
             out.out_of_range.push(p);
             None
         }
-        // Unknown partition, no leader, not the leader, fenced or unknown epoch.
-        (Some(_), 3 | 5 | 6 | 74 | 75) => {
-            out.stale_metadata = true;
+        (Some(_), code) if is_stale_code(code) => {
+            out.stale.push((p, code));
             None
         }
         (Some(_), code) => {
@@ -333,6 +370,15 @@ fn read_partition(
             None
         }
     };
+    if code == 0 && wanted.contains_key(&p) {
+        // Brokers before 0.11 answer -1 for the last stable offset: the high watermark then.
+        let end = if last_stable_offset >= 0 {
+            last_stable_offset
+        } else {
+            high_watermark
+        };
+        out.log_ends.push((p, Offset(end)));
+    }
     match from {
         Some(from) if !decoding.budget.exhausted() => {
             let next = read_records(body, p, from, aborted, len, decoding, &mut out.messages)?;
@@ -538,14 +584,14 @@ mod tests {
                     &a.messages,
                     &a.positions,
                     &a.out_of_range,
-                    a.stale_metadata,
+                    &a.stale,
                     a.errors.len()
                 ),
                 (
                     &b.messages,
                     &b.positions,
                     &b.out_of_range,
-                    b.stale_metadata,
+                    &b.stale,
                     b.errors.len()
                 ),
                 "v{version}: held whole and streamed differ"
@@ -618,7 +664,12 @@ mod tests {
                 f.positions.iter().map(|(p, o)| (p.0, o.0)).collect();
             assert_eq!(positions, BTreeMap::from([(0, 7), (5, 7)]), "v{version}");
             assert_eq!(f.out_of_range, vec![Partition(1)], "v{version}");
-            assert!(f.stale_metadata, "v{version}");
+            assert_eq!(f.stale, vec![(Partition(3), 6)], "v{version}");
+            assert_eq!(
+                f.log_ends,
+                vec![(Partition(0), Offset(100)), (Partition(5), Offset(100))],
+                "v{version}: the partitions answered without error"
+            );
             assert_eq!(f.errors.len(), 1, "v{version}");
             assert_eq!(f.errors[0].0, Partition(4));
         }

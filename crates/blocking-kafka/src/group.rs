@@ -25,6 +25,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use crate::backoff::{Backoff, BackoffSettings};
 use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
 use crate::net::conn::Connection;
@@ -66,6 +67,10 @@ pub struct GroupSettings {
     pub session_timeout: Duration,
     pub rebalance_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// After a heartbeat that did not reach the coordinator, the next one comes after this
+    /// backoff instead of a whole interval, so a moved coordinator is found within the
+    /// session.
+    pub retry_backoff: BackoffSettings,
 }
 
 /// What a heartbeat learned.
@@ -91,11 +96,14 @@ pub struct Group {
     /// The assignor the coordinator picked in the last join.
     protocol: String,
     next_heartbeat: Instant,
+    /// Paces heartbeats that fail to reach the coordinator.
+    retry: Backoff,
 }
 
 impl Group {
     pub fn new(settings: GroupSettings) -> Group {
         Group {
+            retry: Backoff::new(settings.retry_backoff),
             settings,
             coordinator: None,
             member_id: String::new(),
@@ -103,6 +111,16 @@ impl Group {
             protocol: ASSIGNOR.to_owned(),
             next_heartbeat: Instant::now(),
         }
+    }
+
+    /// The group's id.
+    pub fn group_id(&self) -> &str {
+        &self.settings.group_id
+    }
+
+    /// Whether we are a member of a generation (joined, not dropped since).
+    pub fn is_member(&self) -> bool {
+        self.generation.is_some()
     }
 
     /// Joins (or rejoins) the group and returns our share of `partitions`. Blocks for as long
@@ -121,6 +139,7 @@ impl Group {
         loop {
             match self.join_once(cluster, partitions) {
                 Ok(mine) => {
+                    self.retry.reset();
                     self.next_heartbeat = Instant::now() + self.settings.heartbeat_interval;
                     return Ok(mine);
                 }
@@ -142,17 +161,31 @@ impl Group {
         if now < self.next_heartbeat {
             return Ok(Heartbeat::NotDue);
         }
-        // Paced by the interval even when it fails, so an outage is not a busy loop of
-        // reconnection attempts.
         self.next_heartbeat = now + self.settings.heartbeat_interval;
         let request = heartbeat_request(&self.settings.group_id, generation, &self.member_id);
-        let response: HeartbeatResponse = self.coordinator_call(
+        // Past the session the coordinator has dropped us anyway: a heartbeat waits for its
+        // answer at most that long, then the coordinator is looked up again.
+        let deadline = cluster.timeout().min(self.settings.session_timeout);
+        let response: HeartbeatResponse = match self.coordinator_call(
             cluster,
             ApiKey::Heartbeat,
             HEARTBEAT_VERSIONS,
             |_| request.clone(),
-            None,
-        )?;
+            Some(deadline),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not a whole interval: a coordinator that moved is found again (through any
+                // broker) well within the session, paced so an outage is not a busy loop.
+                self.next_heartbeat = Instant::now()
+                    + self
+                        .retry
+                        .next_delay()
+                        .min(self.settings.heartbeat_interval);
+                return Err(e);
+            }
+        };
+        self.retry.reset();
         match response.error_code {
             0 => Ok(Heartbeat::Fine),
             REBALANCE_IN_PROGRESS => Ok(Heartbeat::Rejoin("the group is rebalancing")),
@@ -397,12 +430,9 @@ impl Group {
             }
         });
         if let Err(e) = &result
-            && matches!(
-                e,
-                KafkaError::Io { .. } | KafkaError::Timeout { .. } | KafkaError::Protocol { .. }
-            )
+            && (e.is_connection() || matches!(e, KafkaError::Protocol { .. }))
         {
-            cluster.drop_conn(&addr);
+            cluster.failed(&addr, e);
             self.coordinator = None;
         }
         result
@@ -422,7 +452,7 @@ impl Group {
         let response = match result {
             Ok(r) => r,
             Err(e) => {
-                cluster.drop_conn(&addr);
+                cluster.failed(&addr, &e);
                 return Err(e);
             }
         };
@@ -493,13 +523,13 @@ impl Group {
                 );
                 if retry && *code != MEMBER_ID_REQUIRED && *code != REBALANCE_IN_PROGRESS {
                     // Give a moving or loading coordinator a moment.
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(self.retry.next_delay());
                 }
                 retry
             }
             KafkaError::Io { .. } | KafkaError::Timeout { .. } | KafkaError::Unreachable { .. } => {
                 cluster.drop_all();
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(self.retry.next_delay());
                 true
             }
             _ => false,
@@ -799,6 +829,7 @@ mod tests {
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(3),
+            retry_backoff: BackoffSettings::RETRY,
         };
         let assignment = vec![
             SyncGroupRequestAssignment::default()

@@ -28,6 +28,7 @@
 //! `src/bin/consume.rs` is a small consumer on the public API (`blocking-kafka-consume`).
 #![warn(missing_docs)]
 pub mod admin;
+mod backoff;
 mod cluster;
 mod consumer;
 mod error;
@@ -39,8 +40,10 @@ mod settings;
 mod types;
 mod wire;
 
+pub use backoff::BackoffSettings;
 pub use cluster::TopicState;
-pub use consumer::{Assignment, Consumer, GroupSignal};
+pub use consumer::events::Event;
+pub use consumer::{Assignment, CommitResult, Consumer, GroupSignal};
 pub use error::KafkaError;
 pub use group::{Generation, assign_range, encode_offset_commit};
 pub use net::security::Security;

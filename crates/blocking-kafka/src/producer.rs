@@ -202,7 +202,7 @@ impl Producer {
         let cluster = Cluster::new(
             settings.bootstrap.clone(),
             &settings.client_id,
-            settings.request_timeout,
+            settings.timeouts(),
             settings.security.clone(),
         );
         Producer {

@@ -233,6 +233,7 @@ fn producer(bootstrap: &str, topic: &str) -> Producer {
         client_id: "producer-test".into(),
         topic: topic.into(),
         request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
         security: Arc::new(Security::plaintext()),
     })
 }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    BatchCompression, ClientIdentity, Consumer, ConsumerSettings, GroupSignal, KafkaError,
-    OutRecord, Password, Producer, ProducerSettings, RecordLimits, SaslMechanism, SaslSettings,
-    Security, StartFrom, TlsSettings,
+    BackoffSettings, BatchCompression, ClientIdentity, Consumer, ConsumerSettings, GroupSignal,
+    KafkaError, OutRecord, Password, Producer, ProducerSettings, RecordLimits, SaslMechanism,
+    SaslSettings, Security, StartFrom, TlsSettings,
 };
 use bytes::Bytes;
 use kafka_testkit::secure::{Certs, FrontSettings, Protocol, SecureBroker};
@@ -326,6 +326,9 @@ fn consumer(sb: &SecureBroker, security: &Arc<Security>, group: &str) -> Consume
         heartbeat_interval: Duration::from_millis(500),
         fetch_max_wait: Duration::from_millis(100),
         request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        retry_backoff: BackoffSettings::RETRY,
+        reconnect_backoff: BackoffSettings::RECONNECT,
         start_from: StartFrom::Earliest,
         security: security.clone(),
         record_limits: RecordLimits::default(),
@@ -338,6 +341,7 @@ fn producer(sb: &SecureBroker, security: &Arc<Security>) -> Producer {
         client_id: "blocking-kafka-security-test".to_owned(),
         topic: TOPIC.to_owned(),
         request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
         security: security.clone(),
     })
 }
@@ -388,9 +392,13 @@ fn poll(consumer: &mut Consumer) -> Vec<String> {
         consumer.revoke();
         join(consumer);
     }
-    consumer
-        .fetch(&[])
-        .expect("fetch")
+    let messages = consumer.fetch();
+    if messages.is_empty()
+        && let Ok(event) = consumer.events().recv_timeout(Duration::from_millis(50))
+    {
+        consumer.handle(event);
+    }
+    messages
         .iter()
         .map(|m| String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned())
         .collect()

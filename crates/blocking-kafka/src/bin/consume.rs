@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    Consumer, ConsumerSettings, GroupSignal, Partition, RecordLimits, Security, StartFrom,
+    BackoffSettings, Consumer, ConsumerSettings, GroupSignal, Partition, RecordLimits, Security,
+    StartFrom,
 };
 
 /// What the command line asked for.
@@ -62,6 +63,9 @@ fn run(args: &Args) -> Result<(), String> {
         heartbeat_interval: Duration::from_millis(500),
         fetch_max_wait: Duration::from_millis(200),
         request_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
+        retry_backoff: BackoffSettings::RETRY,
+        reconnect_backoff: BackoffSettings::RECONNECT,
         start_from: args.from,
         security: Arc::new(Security::plaintext()),
         record_limits: args.limits,
@@ -89,7 +93,15 @@ fn run(args: &Args) -> Result<(), String> {
             consumer.join().map_err(|e| e.to_string())?;
             continue;
         }
-        let messages = consumer.fetch(&[]).map_err(|e| e.to_string())?;
+        let messages = consumer.fetch();
+        if messages.is_empty() {
+            // Nothing waiting: wait for the consumer's threads to report (at most a moment,
+            // to look at the deadline and the group again).
+            if let Ok(event) = consumer.events().recv_timeout(Duration::from_millis(100)) {
+                consumer.handle(event);
+            }
+            continue;
+        }
         for m in &messages {
             match &m.undecoded {
                 Some(u) => println!(

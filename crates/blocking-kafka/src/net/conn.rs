@@ -15,9 +15,10 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 
 use crate::error::KafkaError;
 use crate::net::body::Body;
+use crate::net::interrupt::Interrupt;
 use crate::net::sasl;
 use crate::net::security::Security;
-use crate::net::settings::SessionInfo;
+use crate::net::settings::{SessionInfo, Timeouts};
 use crate::net::throttle::Throttled;
 use crate::net::transport::Transport;
 
@@ -33,13 +34,16 @@ pub struct Connection {
 impl Connection {
     /// Connects (with TLS when configured), learns the broker's API versions, and
     /// authenticates (when SASL is configured).
+    /// `interrupt`: where to register the socket as soon as it exists, so that a thread
+    /// blocked on this connection (or on setting it up) can be stopped.
     pub fn open(
         addr: &str,
         client_id: &str,
-        timeout: Duration,
+        timeouts: Timeouts,
         security: &Arc<Security>,
+        interrupt: Option<&Interrupt>,
     ) -> Result<Connection, KafkaError> {
-        let transport = Transport::open(addr, client_id, timeout, security)?;
+        let transport = Transport::open(addr, client_id, timeouts, security, interrupt)?;
         let mut conn = Connection {
             transport,
             reauthenticate_at: None,
@@ -74,6 +78,11 @@ impl Connection {
 
     pub fn addr(&self) -> &str {
         self.transport.addr()
+    }
+
+    /// The deadline of requests that are not long-polls.
+    pub fn request_timeout(&self) -> Duration {
+        self.transport.timeout()
     }
 
     /// Until when the broker throttles this connection (KIP-219), if it does now.

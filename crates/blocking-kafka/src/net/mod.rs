@@ -6,12 +6,14 @@
 //! - `security`: `Security`, the TLS context and SASL settings every connection applies.
 //! - `body`: an answer's body, held whole or read as it arrives (`Body`).
 //! - `throttle`: quotas (KIP-219): every answer's throttle time, and when to send again.
+//! - `interrupt`: `Interrupt`, the sockets of one thread, for its owner to shut down.
 //! - `transport`: one TCP or TLS stream: framing, correlation, deadlines, API versions.
 //! - `scram`: the SCRAM client's messages and proofs (pure).
 //! - `sasl`: SaslHandshake and SaslAuthenticate over a transport: PLAIN and SCRAM.
 //! - `conn`: `Connection`, a transport authenticated with SASL and renewed in band.
 pub(crate) mod body;
 pub(crate) mod conn;
+pub(crate) mod interrupt;
 pub(crate) mod sasl;
 pub(crate) mod scram;
 pub(crate) mod security;

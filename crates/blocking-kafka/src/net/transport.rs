@@ -23,8 +23,9 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::error::{KafkaError, check_code, io_error};
 use crate::net::body::Body;
+use crate::net::interrupt::Interrupt;
 use crate::net::security::Security;
-use crate::net::settings::TlsSessionInfo;
+use crate::net::settings::{Timeouts, TlsSessionInfo};
 use crate::net::throttle::{Throttle, Throttled};
 use crate::net::tls::{self, Stream};
 
@@ -57,20 +58,27 @@ pub struct Transport {
 
 impl Transport {
     /// Connects (with TLS when configured) and learns the broker's API versions.
+    /// `interrupt`: where to register the socket as soon as it exists, so that the
+    /// thread's owner can cut even the set-up short (see `interrupt`).
     pub fn open(
         addr: &str,
         client_id: &str,
-        timeout: Duration,
+        timeouts: Timeouts,
         security: &Arc<Security>,
+        interrupt: Option<&Interrupt>,
     ) -> Result<Transport, KafkaError> {
-        let tcp = tcp_connect(addr, timeout)?;
+        let timeout = timeouts.request;
+        let tcp = tcp_connect(addr, timeouts.connect)?;
+        if let Some(interrupt) = interrupt {
+            interrupt.register(addr, &tcp);
+        }
         let stream = match security.tls() {
-            Some(tls) => match tls.connect(tcp, addr, timeout) {
+            Some(tls) => match tls.connect(tcp, addr, timeouts.connect) {
                 Ok(s) => Stream::Tls(Box::new(s)),
                 // No TLS answer at all: find out whether a plaintext Kafka listener is there,
                 // so that the error can say which setting is wrong instead of "unreachable".
                 Err(e @ (KafkaError::Io { .. } | KafkaError::Timeout { .. })) => {
-                    if speaks_plaintext_kafka(addr, timeout) {
+                    if speaks_plaintext_kafka(addr, timeouts.connect) {
                         return Err(KafkaError::WrongProtocol {
                             broker: addr.to_owned(),
                             reason: format!(
@@ -106,7 +114,7 @@ impl Transport {
             // be sure, and then say so.
             if !conn.is_tls()
                 && matches!(e, KafkaError::Io { .. })
-                && tls::speaks_tls(addr, timeout)
+                && tls::speaks_tls(addr, timeouts.connect)
             {
                 return Err(KafkaError::WrongProtocol {
                     broker: addr.to_owned(),
@@ -466,7 +474,7 @@ fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, KafkaError> {
     };
     // Requests are small and latency matters more than packet count.
     stream.set_nodelay(true).map_err(io)?;
-    // The TLS handshake runs under the same deadline as any request.
+    // The TLS handshake runs under the connect deadline; requests set their own.
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
