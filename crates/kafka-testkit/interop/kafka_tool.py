@@ -29,6 +29,11 @@ librdkafka as configuration):
             Prints the group's committed offsets as one JSON object,
             {"0": offset or null, "1": ...}, keyed by partition (null: nothing committed).
 
+  metadata  --topic T
+            Prints the cluster as librdkafka's list_topics sees it, one JSON object:
+              {"brokers": {"1": "host:port", ...}, "controller": id,
+               "partitions": {"0": {"leader": id, "replicas": [...], "isrs": [...]}, ...}}
+
 Diagnostics (group join time, progress) go to stderr; stdout is only the JSON output.
 """
 
@@ -199,6 +204,26 @@ def committed(args):
     print(json.dumps(result))
 
 
+def metadata(args):
+    consumer = Consumer(config(args, **{"group.id": "kafka_tool-metadata"}))
+    try:
+        md = consumer.list_topics(args.topic, timeout=args.timeout)
+        topic = md.topics.get(args.topic)
+        if topic is None or topic.error is not None:
+            sys.exit(f"kafka_tool: topic {args.topic} not found: {topic and topic.error}")
+        result = {
+            "brokers": {str(b.id): f"{b.host}:{b.port}" for b in md.brokers.values()},
+            "controller": md.controller_id,
+            "partitions": {
+                str(p.id): {"leader": p.leader, "replicas": p.replicas, "isrs": p.isrs}
+                for p in topic.partitions.values()
+            },
+        }
+    finally:
+        consumer.close()
+    print(json.dumps(result))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +253,10 @@ def main():
     common(p)
     p.add_argument("--group", required=True)
     p.set_defaults(run=committed)
+
+    p = sub.add_parser("metadata", help="print brokers and partition leaders")
+    common(p)
+    p.set_defaults(run=metadata)
 
     args = parser.parse_args()
     try:

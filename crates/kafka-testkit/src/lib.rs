@@ -8,6 +8,11 @@
 //!   stored batch's header, `interop/batch_headers.py`).
 //! - [`proxy`]: TCP proxies that cut, freeze or refuse connections, and one that reads Kafka
 //!   frames to refuse or rewrite Produce answers ([`produce_faults`]).
+//! - [`cluster`]: one tansu presented as a cluster of N brokers (a Kafka-aware proxy on N
+//!   ports rewriting Metadata and FindCoordinator, refusing requests at the wrong broker),
+//!   with per-broker cut, freeze, delay and throttle, leader and coordinator moves.
+//! - [`legacy`]: message sets in format v0/v1, which the cluster serves in Fetch answers.
+//! - [`raw`]: one typed request on a bare connection, to read one answer's exact fields.
 //! - [`secure`]: certificates made at test time, stunnel (TLS, mutual TLS) and a SASL front
 //!   (`interop/sasl_front.py`, SCRAM by Python's scramp) in front of tansu.
 //! - [`hostile_batch`]: record batches that expand to hundreds of megabytes.
@@ -15,10 +20,15 @@
 //!
 //! A missing broker binary, Python package or stunnel fails the tests with a message saying
 //! what to install; nothing here skips a test. The Python packages are listed in the
-//! repository's `tests/requirements.txt` (`scripts/test.sh` installs them).
+//! repository's `tests/requirements.txt` (`scripts/test.sh` installs them). The crate's
+//! README.md is the map, and the reference for the fake cluster.
+pub mod cluster;
 pub mod hostile_batch;
+pub mod latency;
+pub mod legacy;
 pub mod produce_faults;
 pub mod proxy;
+pub mod raw;
 pub mod secure;
 
 use std::collections::BTreeMap;
@@ -544,6 +554,14 @@ fn librdkafka_read_within(
             }
         })
         .collect()
+}
+
+/// `topic` and the brokers as librdkafka's `list_topics` sees them through `bootstrap`
+/// (`kafka_tool.py metadata`): `{"brokers": {"1": "host:port"}, "controller": id,
+/// "partitions": {"0": {"leader": id, "replicas": [..], "isrs": [..]}}}`.
+pub fn librdkafka_metadata(bootstrap: &str, topic: &str) -> Value {
+    let args = ["metadata", "--bootstrap", bootstrap, "--topic", topic];
+    parse_json(python_tool(&args, b"").trim())
 }
 
 /// Where the Java client puts each key in `topic`: librdkafka produces them with its
