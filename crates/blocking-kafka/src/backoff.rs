@@ -5,7 +5,8 @@
 //! Pure: the caller decides how to wait. Beside `error` and `types` at the bottom.
 use std::time::Duration;
 
-/// The initial and the largest delay of a [`Backoff`].
+/// The initial and the largest delay of a backoff: `initial`, doubling up to `max`, each
+/// delay ±20 %.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackoffSettings {
     /// The first delay after a failure.
