@@ -1763,6 +1763,35 @@ mod tests {
         assert_eq!(config.database_path, PathBuf::from("x.db"));
     }
 
+    /// Azure Event Hubs' SASL user name is the literal `$ConnectionString`. In `.env`, as in
+    /// a shell, only single quotes keep it: dotenvy expands `$ConnectionString` unquoted or
+    /// in double quotes (to nothing, as no such variable is set). README's example quotes it.
+    #[test]
+    fn event_hubs_user_name_survives_dotenv_only_in_single_quotes() {
+        let user = |line: &str| {
+            let contents = format!(
+                "KAFKA_SECURITY_PROTOCOL=SASL_SSL\nKAFKA_SASL_MECHANISM=PLAIN\nKAFKA_SASL_PASSWORD='Endpoint=sb://x/;SharedAccessKey=k'\n{line}\n"
+            );
+            let (config, _dir) = load_with_dotenv(&[], &contents);
+            config.map(|c| c.security.sasl.map(|s| s.username))
+        };
+        assert_eq!(
+            user("KAFKA_SASL_USERNAME='$ConnectionString'").unwrap(),
+            Some("$ConnectionString".to_owned())
+        );
+        // Unquoted, dotenvy expands it to an empty name, which is refused (SASL needs a
+        // user name) instead of failing at the broker; in double quotes dotenvy refuses the
+        // line. Either way the worker stops at start and says where.
+        let err = user("KAFKA_SASL_USERNAME=$ConnectionString")
+            .expect_err("an empty user name")
+            .to_string();
+        assert!(err.contains("KAFKA_SASL_USERNAME"), "{err}");
+        let err = user("KAFKA_SASL_USERNAME=\"$ConnectionString\"")
+            .expect_err("a line dotenvy refuses")
+            .to_string();
+        assert!(err.contains(".env"), "{err}");
+    }
+
     #[test]
     fn first_declaration_in_dotenv_wins_like_dotenvy() {
         let (config, _dir) = load_with_dotenv(&[], "WORKER_THREADS=2\nWORKER_THREADS=7\n");
