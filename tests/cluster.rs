@@ -83,7 +83,9 @@ fn a_coordinator_move_causes_no_rebalance_repeats_nothing_and_commits_go_on() {
     // Commits went on (at the new coordinator): the group's offsets reach the log end.
     run.assert_committed_to_the_end();
     assert!(
-        run.cluster.requests(2, kafka_testkit::cluster::ApiKey::Heartbeat) > 0,
+        run.cluster
+            .requests(2, kafka_testkit::cluster::ApiKey::Heartbeat)
+            > 0,
         "the member heartbeated to the new coordinator"
     );
 }
@@ -151,14 +153,10 @@ fn a_broker_bounce_during_a_rebalance_loses_nothing() {
         producer.send(&format!("after-{i}"), i % PARTITIONS);
     }
     let sent = producer.ids();
-    wait_until(
-        "every request completed",
-        Duration::from_secs(90),
-        || {
-            let done = db.count_by_status().get("completed").copied().unwrap_or(0);
-            (done == sent.len() as i64).then_some(())
-        },
-    );
+    wait_until("every request completed", Duration::from_secs(90), || {
+        let done = db.count_by_status().get("completed").copied().unwrap_or(0);
+        (done == sent.len() as i64).then_some(())
+    });
     // The group settles with each worker owning a share.
     let settled = |w: &WorkerProcess| {
         w.lines()
@@ -167,10 +165,14 @@ fn a_broker_bounce_during_a_rebalance_loses_nothing() {
             .find(|l| l.contains("Partitions assigned"))
             .cloned()
     };
-    wait_until("both workers to own partitions", Duration::from_secs(60), || {
-        let (la, lb) = (settled(&a)?, settled(&b)?);
-        (!la.contains("[]") && !lb.contains("[]")).then_some(())
-    });
+    wait_until(
+        "both workers to own partitions",
+        Duration::from_secs(60),
+        || {
+            let (la, lb) = (settled(&a)?, settled(&b)?);
+            (!la.contains("[]") && !lb.contains("[]")).then_some(())
+        },
+    );
     let audit = read_audit(&db);
     for id in &sent {
         let completed = audit
@@ -225,7 +227,8 @@ fn requests_in_message_formats_v0_and_v1_are_provisioned_and_committed_past() {
     });
     for (_, _, _, messages) in &sets {
         for m in messages {
-            let value = String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned();
+            let value =
+                String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned();
             let id = request_id_of(&value);
             assert_eq!(db.status_of(&id).as_deref(), Some("completed"), "{id}");
         }
@@ -316,7 +319,11 @@ impl Run {
             missing.len(),
             &missing[..missing.len().min(5)]
         );
-        assert!(run.cluster.errors().is_empty(), "{:?}", run.cluster.errors());
+        assert!(
+            run.cluster.errors().is_empty(),
+            "{:?}",
+            run.cluster.errors()
+        );
         run
     }
 
@@ -339,7 +346,11 @@ impl Run {
             .filter(move |(_, q, _)| *q == p)
             .filter_map(|(id, _, sent)| {
                 let (at, _) = self.provisioned.get(id)?;
-                Some((*sent, *at, Duration::from_secs_f64(((at - sent) / 1000.0).max(0.0))))
+                Some((
+                    *sent,
+                    *at,
+                    Duration::from_secs_f64(((at - sent) / 1000.0).max(0.0)),
+                ))
             })
     }
 
@@ -404,7 +415,10 @@ impl Run {
             .filter(|(_, (_, n))| *n != 1)
             .map(|(id, (_, n))| (id, *n))
             .collect();
-        assert!(repeated.is_empty(), "provisioned more than once: {repeated:?}");
+        assert!(
+            repeated.is_empty(),
+            "provisioned more than once: {repeated:?}"
+        );
     }
 
     fn assert_committed_to_the_end(&self) {
@@ -420,12 +434,16 @@ impl Run {
             // One warm-up request and the window's.
             ends.insert(p, n + 1);
         }
-        wait_until("the group's commits to reach the log end", Duration::from_secs(30), || {
-            let committed = librdkafka_committed(self.cluster.tansu(), GROUP, TOPIC);
-            ends.iter()
-                .all(|(p, end)| committed.get(p).copied().flatten() == Some(*end))
-                .then_some(())
-        });
+        wait_until(
+            "the group's commits to reach the log end",
+            Duration::from_secs(30),
+            || {
+                let committed = librdkafka_committed(self.cluster.tansu(), GROUP, TOPIC);
+                ends.iter()
+                    .all(|(p, end)| committed.get(p).copied().flatten() == Some(*end))
+                    .then_some(())
+            },
+        );
     }
 }
 
@@ -556,9 +574,8 @@ fn install_audit(db: &TempDb) {
     let schema = std::fs::read_to_string(common::repo_root().join("sql/schema.sql"))
         .expect("read sql/schema.sql, the worker's own schema");
     conn.execute_batch(&schema).expect("create the schema");
-    conn
-        .execute_batch(
-            "CREATE TABLE status_audit (
+    conn.execute_batch(
+        "CREATE TABLE status_audit (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  request_id TEXT NOT NULL,
                  status TEXT NOT NULL,
@@ -572,8 +589,8 @@ fn install_audit(db: &TempDb) {
                  INSERT INTO status_audit (request_id, status, at_ms)
                  VALUES (NEW.request_id, NEW.status, (julianday('now') - 2440587.5) * 86400000.0);
              END;",
-        )
-        .expect("install the status audit triggers");
+    )
+    .expect("install the status audit triggers");
 }
 
 struct Transition {

@@ -119,6 +119,9 @@ pub struct Consumer {
     next_lease: u64,
     /// Results waiting for the caller, in the order they came.
     ready: VecDeque<Ready>,
+    /// The broker whose result the caller took last: it fetches again when the caller asks
+    /// for more (see `fetch`).
+    handed: Option<String>,
     /// What the group thread said since the caller last asked; a rebalance stays until the
     /// next join.
     group_news: Option<Result<(), KafkaError>>,
@@ -233,6 +236,7 @@ impl Consumer {
             group_join: 0,
             next_lease: 0,
             ready: VecDeque::new(),
+            handed: None,
             group_news: None,
             rejoin: None,
             commit_results: Vec::new(),
@@ -404,16 +408,24 @@ impl Consumer {
     /// [`Consumer::position`] never runs ahead of what the caller has.
     pub fn fetch(&mut self) -> Vec<Message> {
         self.pump();
+        // The caller asks for more: it is done with what it took last, and that result's
+        // broker may fetch again. Not earlier: the messages it holds are that fetch's
+        // memory (DESIGN invariant 9), so one broker's fetches are never more than one
+        // result ahead of the caller.
+        if let Some(broker) = self.handed.take() {
+            self.credit(&broker);
+        }
         while let Some(r) = self.ready.pop_front() {
             for (p, o) in &r.positions {
                 if let Some(own) = self.owned.get_mut(p) {
                     own.delivered = Some(*o);
                 }
             }
-            self.credit(&r.broker);
             if !r.messages.is_empty() {
+                self.handed = Some(r.broker);
                 return r.messages;
             }
+            self.credit(&r.broker);
         }
         Vec::new()
     }
@@ -500,6 +512,9 @@ impl Consumer {
         }
         for r in std::mem::take(&mut self.ready) {
             self.credit(&r.broker);
+        }
+        if let Some(broker) = self.handed.take() {
+            self.credit(&broker);
         }
         self.log_ends.clear();
     }
