@@ -50,6 +50,14 @@ const DRAIN: Duration = Duration::from_secs(60);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
+fn a_healthy_cluster_serves_every_partition_within_a_second() {
+    // The reference row of the table: nothing happens for 10 s.
+    let run = Run::scenario(Scenario::Healthy);
+    run.assert_healthy(&[0, 1, 2]);
+    run.assert_each_provisioned_once();
+}
+
+#[test]
 fn a_leader_away_holds_back_only_its_partition_which_flows_within_5_s_of_its_move() {
     let run = Run::scenario(Scenario::LeaderAway);
     run.assert_healthy(&[0, 2]);
