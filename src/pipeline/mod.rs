@@ -143,6 +143,12 @@ pub fn run(
     if let Some(producer) = dead_letters.as_mut() {
         check_dead_letter_topic(producer, &config.bootstrap_servers.join(","));
     }
+    // From here on the dead-letter producer runs on a thread of its own: a slow or absent
+    // broker holds up its dead letters, not the poller.
+    let dead_letters = match dead_letters {
+        Some(p) => Some(p.spawn("kafka-dead-letters").map_err(RunError::Thread)?),
+        None => None,
+    };
     log::info!("Kafka consumer started successfully");
 
     // Twice the workers: enough that a worker finishing a job finds the next one waiting,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use blocking_kafka::{
     BatchCompression, CommitResult, Consumer, GroupSignal, KafkaError, Message, Partition,
-    Producer, StartFrom, Undecoded,
+    Produced, ProducerThread, StartFrom, Undecoded,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
@@ -56,8 +56,9 @@ pub struct Poller {
     pub accepting: Arc<AtomicU64>,
     /// Written here (membership, commits, queue depth, lag); read by the metrics listener.
     pub metrics: Arc<Metrics>,
-    /// Produces to the dead-letter topic; `None` when dead-lettering is off.
-    pub dead_letters: Option<Producer>,
+    /// Produces to the dead-letter topic, on a thread of its own; `None` when
+    /// dead-lettering is off.
+    pub dead_letters: Option<ProducerThread>,
 }
 
 /// Longest the loop waits without looking at the group.
@@ -98,6 +99,11 @@ struct Run {
     epoch: u64,
     buffer: VecDeque<Job>,
     pending_dead_letters: VecDeque<DeadLetter>,
+    /// The dead letter at the front of the queue, sent and not answered yet: its number
+    /// and the bytes of value sent.
+    dead_letter_in_flight: Option<(u64, usize)>,
+    /// The number of the last dead letter sent.
+    dead_letter_id: u64,
     dead_letter_retry_at: Instant,
     dead_letter_backoff: Duration,
     last_commit: Instant,
@@ -125,6 +131,8 @@ impl Poller {
             epoch: 0,
             buffer: VecDeque::new(),
             pending_dead_letters: VecDeque::new(),
+            dead_letter_in_flight: None,
+            dead_letter_id: 0,
             dead_letter_retry_at: now,
             dead_letter_backoff: Duration::from_millis(500),
             last_commit: now,
@@ -523,6 +531,7 @@ impl Run {
             .collect();
         self.tracker.clear();
         self.pending_dead_letters.clear();
+        self.dead_letter_in_flight = None;
         self.p.consumer.revoke();
         match why {
             Drain::Rebalance => {
@@ -618,114 +627,144 @@ impl Run {
         }
     }
 
-    /// Produces pending dead letters in order. A transient failure (outage, missing topic,
-    /// leader election) is retried later with backoff, the offset held meanwhile. A permanent
-    /// refusal (too large, invalid, not authorized) gets one more try in the cut-down form;
-    /// if that is refused too, the message is logged, counted and skipped, so that one
-    /// record the broker will never take cannot stall its partition forever.
+    /// Produces pending dead letters in order, one at a time, on the dead-letter producer's
+    /// own thread (a slow or unreachable broker never holds up this loop): takes the outcome
+    /// of the one sent before, then sends the next. A transient failure (outage, missing
+    /// topic, leader election, a throttled broker) is retried later with backoff, the offset
+    /// held meanwhile. A permanent refusal (too large, invalid, not authorized) gets one
+    /// more try in the cut-down form; if that is refused too, the message is logged,
+    /// counted and skipped, so that one record the broker will never take cannot stall its
+    /// partition forever.
     fn send_dead_letters(&mut self) {
         let (Some(topic), Some(producer)) = (
             self.p.settings.dlq_topic.clone(),
-            self.p.dead_letters.as_mut(),
+            self.p.dead_letters.as_ref(),
         ) else {
             return;
         };
-        if self.pending_dead_letters.is_empty() {
-            self.p.metrics.dead_letters_flowing();
+        let outcomes: Vec<Produced> = producer.results().try_iter().collect();
+        for produced in outcomes {
+            self.dead_letter_produced(&topic, produced);
+        }
+        if self.dead_letter_in_flight.is_some() {
             return;
         }
+        while self
+            .pending_dead_letters
+            .front()
+            .is_some_and(|dl| dl.epoch != self.epoch)
+        {
+            self.pending_dead_letters.pop_front();
+        }
+        let Some(dl) = self.pending_dead_letters.front() else {
+            self.p.metrics.dead_letters_flowing();
+            return;
+        };
         if Instant::now() < self.dead_letter_retry_at {
             return;
         }
-        let source = self.p.settings.topic.clone();
-        let max_bytes = self.p.settings.dlq_max_bytes;
-        while let Some(dl) = self.pending_dead_letters.front_mut() {
-            if dl.epoch != self.epoch {
-                self.pending_dead_letters.pop_front();
-                continue;
-            }
-            let record = dl.record(&source, max_bytes);
-            // The cut-down form goes uncompressed: the one retry should depend on as little
-            // as possible (a broker or topic refusing the codec, say).
-            let compression = if dl.cut_down {
-                BatchCompression::None
-            } else {
-                BatchCompression::Gzip
-            };
-            let sent = record.value.as_ref().map_or(0, bytes::Bytes::len);
-            match producer.send(&record, compression) {
-                Ok(delivery) => {
-                    let cut = if sent < dl.original_len {
-                        format!(
-                            " (cut to {sent} of {} bytes{})",
-                            dl.original_len,
-                            if dl.cut_down { ", cut-down form" } else { "" }
-                        )
-                    } else {
-                        String::new()
-                    };
-                    log::warn!(
-                        "Dead-lettered invalid message at partition {} offset {} to {topic}{cut}: {}",
-                        dl.partition,
-                        dl.offset,
-                        dl.reason
-                    );
-                    log::debug!(
-                        "dead letter of partition {} offset {} is at {topic} partition {} offset {}",
-                        dl.partition,
-                        dl.offset,
-                        delivery.partition,
-                        delivery
-                            .offset
-                            .map_or_else(|| "(written before)".to_owned(), |o| o.to_string())
-                    );
-                    self.tracker.finished(dl.partition, dl.offset);
-                    self.p.metrics.dead_lettered();
-                    self.pending_dead_letters.pop_front();
-                    self.dead_letter_backoff = Duration::from_millis(500);
-                }
-                Err(e) if e.is_permanent() && !dl.cut_down => {
-                    log::error!(
-                        "Kafka refused the dead letter of partition {} offset {} ({sent} bytes of value) for good: {e}; trying once more with the value cut to {} bytes",
-                        dl.partition,
-                        dl.offset,
-                        super::dead_letter::CUT_DOWN_VALUE_BYTES
-                    );
-                    dl.cut_down = true;
-                }
-                Err(e) if e.is_permanent() => {
-                    log::error!(
-                        "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; the message was invalid ({}), its value starts {}; skipping it, so its partition moves on",
-                        dl.partition,
-                        dl.offset,
-                        dl.reason.escape_debug(),
-                        dl.first_bytes()
-                    );
-                    self.tracker.finished(dl.partition, dl.offset);
-                    self.p.metrics.dead_letter_dropped();
-                    self.pending_dead_letters.pop_front();
-                    self.dead_letter_backoff = Duration::from_millis(500);
-                }
-                Err(e) => {
-                    log::error!(
-                        "Could not dead-letter the message at partition {} offset {} ({} bytes): {e}; retrying in {:?} (its offset stays uncommitted)",
-                        dl.partition,
-                        dl.offset,
+        let record = dl.record(&self.p.settings.topic, self.p.settings.dlq_max_bytes);
+        // The cut-down form goes uncompressed: the one retry should depend on as little as
+        // possible (a broker or topic refusing the codec, say).
+        let compression = if dl.cut_down {
+            BatchCompression::None
+        } else {
+            BatchCompression::Gzip
+        };
+        let sent = record.value.as_ref().map_or(0, bytes::Bytes::len);
+        self.dead_letter_id += 1;
+        let id = self.dead_letter_id;
+        if let Some(producer) = self.p.dead_letters.as_ref()
+            && producer.send(id, record, compression)
+        {
+            self.dead_letter_in_flight = Some((id, sent));
+        } else {
+            log::error!("the dead-letter producer's thread is gone; dead letters wait");
+        }
+    }
+
+    /// The outcome of the dead letter at the front of the queue.
+    fn dead_letter_produced(&mut self, topic: &str, produced: Produced) {
+        let Some((id, sent)) = self.dead_letter_in_flight else {
+            return;
+        };
+        if produced.id != id {
+            return; // sent before a revocation cleared the queue
+        }
+        self.dead_letter_in_flight = None;
+        let Some(dl) = self.pending_dead_letters.front_mut() else {
+            return;
+        };
+        match produced.result {
+            Ok(delivery) => {
+                let cut = if sent < dl.original_len {
+                    format!(
+                        " (cut to {sent} of {} bytes{})",
                         dl.original_len,
-                        self.dead_letter_backoff
-                    );
-                    self.p.metrics.dead_letter_waiting(format!(
-                        "dead letter for partition {} offset {} waiting: {e}",
-                        dl.partition, dl.offset
-                    ));
-                    self.dead_letter_retry_at = Instant::now() + self.dead_letter_backoff;
-                    self.dead_letter_backoff =
-                        (self.dead_letter_backoff * 2).min(Duration::from_secs(10));
-                    return;
-                }
+                        if dl.cut_down { ", cut-down form" } else { "" }
+                    )
+                } else {
+                    String::new()
+                };
+                log::warn!(
+                    "Dead-lettered invalid message at partition {} offset {} to {topic}{cut}: {}",
+                    dl.partition,
+                    dl.offset,
+                    dl.reason
+                );
+                log::debug!(
+                    "dead letter of partition {} offset {} is at {topic} partition {} offset {}",
+                    dl.partition,
+                    dl.offset,
+                    delivery.partition,
+                    delivery
+                        .offset
+                        .map_or_else(|| "(written before)".to_owned(), |o| o.to_string())
+                );
+                self.tracker.finished(dl.partition, dl.offset);
+                self.p.metrics.dead_lettered();
+                self.pending_dead_letters.pop_front();
+                self.dead_letter_backoff = Duration::from_millis(500);
+            }
+            Err(e) if e.is_permanent() && !dl.cut_down => {
+                log::error!(
+                    "Kafka refused the dead letter of partition {} offset {} ({sent} bytes of value) for good: {e}; trying once more with the value cut to {} bytes",
+                    dl.partition,
+                    dl.offset,
+                    super::dead_letter::CUT_DOWN_VALUE_BYTES
+                );
+                dl.cut_down = true;
+            }
+            Err(e) if e.is_permanent() => {
+                log::error!(
+                    "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; the message was invalid ({}), its value starts {}; skipping it, so its partition moves on",
+                    dl.partition,
+                    dl.offset,
+                    dl.reason.escape_debug(),
+                    dl.first_bytes()
+                );
+                self.tracker.finished(dl.partition, dl.offset);
+                self.p.metrics.dead_letter_dropped();
+                self.pending_dead_letters.pop_front();
+                self.dead_letter_backoff = Duration::from_millis(500);
+            }
+            Err(e) => {
+                log::error!(
+                    "Could not dead-letter the message at partition {} offset {} ({} bytes): {e}; retrying in {:?} (its offset stays uncommitted)",
+                    dl.partition,
+                    dl.offset,
+                    dl.original_len,
+                    self.dead_letter_backoff
+                );
+                self.p.metrics.dead_letter_waiting(format!(
+                    "dead letter for partition {} offset {} waiting: {e}",
+                    dl.partition, dl.offset
+                ));
+                self.dead_letter_retry_at = Instant::now() + self.dead_letter_backoff;
+                self.dead_letter_backoff =
+                    (self.dead_letter_backoff * 2).min(Duration::from_secs(10));
             }
         }
-        self.p.metrics.dead_letters_flowing();
     }
 
     /// Commits what the tracker allows, when due (or now, when `force`). Durability first:
@@ -871,24 +910,31 @@ impl Run {
             self.next_tick()
                 .max(Instant::now() + Duration::from_millis(1)),
         );
-        // The consumer's threads report here: a fetched result wakes the loop at once.
+        // The consumer's threads report here: a fetched result wakes the loop at once; so
+        // does a dead letter's outcome (taken by `send_dead_letters`, next pass).
         let kafka_events = self.p.consumer.events().clone();
+        let produced = self.p.dead_letters.as_ref().map(|p| p.results().clone());
         let mut sel = Select::new();
         let done = sel.recv(&self.p.done);
         let shutdown = sel.recv(&self.p.shutdown);
         let kafka = sel.recv(&kafka_events);
-        let Ok(op) = sel.select_deadline(until) else {
+        if let Some(r) = &produced {
+            sel.recv(r);
+        }
+        let Ok(op) = sel.ready_deadline(until) else {
             return;
         };
-        if op.index() == done {
-            if let Ok(d) = op.recv(&self.p.done) {
+        if op == done {
+            if let Ok(d) = self.p.done.try_recv() {
                 self.on_done(d);
             }
-        } else if op.index() == shutdown {
-            let _ = op.recv(&self.p.shutdown);
-            self.shutdown_seen = true;
-        } else if op.index() == kafka
-            && let Ok(event) = op.recv(&kafka_events)
+        } else if op == shutdown {
+            // (Readiness may be spurious: the channel itself says.)
+            if self.shutdown_requested() {
+                self.shutdown_seen = true;
+            }
+        } else if op == kafka
+            && let Ok(event) = kafka_events.try_recv()
         {
             self.p.consumer.handle(event);
         }

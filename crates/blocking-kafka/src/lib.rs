@@ -57,7 +57,7 @@ pub use net::settings::{
     ClientIdentity, Password, SaslMechanism, SaslSettings, SecurityError, SessionInfo,
     TlsSessionInfo, TlsSettings,
 };
-pub use producer::{Delivery, ProduceError, Producer};
+pub use producer::{Delivery, ProduceError, Produced, Producer, ProducerThread};
 pub use settings::{ConsumerSettings, ProducerSettings};
 pub use types::{Offset, Partition, StartFrom};
 pub use wire::batch::{BatchCompression, OutRecord, uncompressed_batch_len};

@@ -14,7 +14,11 @@
 //! without the IdempotentWrite ACL) gets plain batches, said once in the log.
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -27,6 +31,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::cluster::{Cluster, TopicState};
 use crate::error::KafkaError;
+use crate::net::interrupt::Interrupt;
 use crate::settings::ProducerSettings;
 use crate::types::{Offset, Partition};
 use crate::wire::batch::{BatchCompression, OutRecord, ProducerStamp, encode_batch};
@@ -181,6 +186,55 @@ enum Attempt {
     Fail(ProduceError),
 }
 
+/// A [`Producer`] on a thread of its own, for a caller that must not wait for a broker:
+/// [`ProducerThread::send`] queues a record and returns at once, and its outcome comes on
+/// [`ProducerThread::results`], in order. Sending the same record again after an outcome
+/// that left its fate unknown resends the same batch, as with `Producer::send`. Dropping it
+/// stops the thread at once (its sockets are shut down) and joins it.
+pub struct ProducerThread {
+    requests: Option<Sender<(u64, OutRecord, BatchCompression)>>,
+    results: Receiver<Produced>,
+    interrupt: Arc<Interrupt>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The outcome of a record sent with [`ProducerThread::send`].
+#[derive(Debug)]
+pub struct Produced {
+    /// The caller's number for the record.
+    pub id: u64,
+    /// Where it was written, or why not.
+    pub result: Result<Delivery, ProduceError>,
+}
+
+impl ProducerThread {
+    /// Queues `record` (the caller's number `id` comes back with its outcome). False when
+    /// the thread is gone.
+    pub fn send(&self, id: u64, record: OutRecord, compression: BatchCompression) -> bool {
+        self.requests
+            .as_ref()
+            .is_some_and(|tx| tx.send((id, record, compression)).is_ok())
+    }
+
+    /// The outcomes, in the order the records were sent; a caller's event loop may select
+    /// on it.
+    pub fn results(&self) -> &Receiver<Produced> {
+        &self.results
+    }
+}
+
+impl Drop for ProducerThread {
+    fn drop(&mut self) {
+        self.requests = None;
+        self.interrupt.interrupt();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            log::error!("the producer's thread panicked");
+        }
+    }
+}
+
 impl ProduceError {
     /// True when Kafka refused this record for a reason retrying will not cure (too large,
     /// invalid, not authorized, against a policy); false when waiting may help (outage,
@@ -221,6 +275,32 @@ impl Producer {
     /// The topic it writes to.
     pub fn topic(&self) -> &str {
         &self.settings.topic
+    }
+
+    /// Moves the producer to a thread of its own (named `name`), which sends what it is
+    /// given one record at a time.
+    pub fn spawn(mut self, name: &str) -> std::io::Result<ProducerThread> {
+        let interrupt = Arc::new(Interrupt::default());
+        self.cluster.set_interrupt(interrupt.clone());
+        let (requests, incoming) =
+            crossbeam_channel::unbounded::<(u64, OutRecord, BatchCompression)>();
+        let (outcomes, results) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                while let Ok((id, record, compression)) = incoming.recv() {
+                    let result = self.send(&record, compression);
+                    if outcomes.send(Produced { id, result }).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(ProducerThread {
+            requests: Some(requests),
+            results,
+            interrupt,
+            thread: Some(thread),
+        })
     }
 
     /// Whether the topic exists, and its partitions (asks the cluster now).

@@ -108,8 +108,15 @@ impl Cluster {
 
     /// Registers every socket this cluster opens with `interrupt` (see `net::interrupt`).
     pub fn interruptible(mut self, interrupt: Arc<Interrupt>) -> Cluster {
-        self.interrupt = Some(interrupt);
+        self.set_interrupt(interrupt);
         self
+    }
+
+    /// Like `interruptible`, for a cluster already in use: connections open now are
+    /// dropped, so that every socket from now on is registered.
+    pub fn set_interrupt(&mut self, interrupt: Arc<Interrupt>) {
+        self.conns.clear();
+        self.interrupt = Some(interrupt);
     }
 
     pub fn servers(&self) -> String {

@@ -1110,3 +1110,187 @@ fn code_name(code: i16) -> String {
         None => format!("error code {code}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::BackoffSettings;
+    use crate::wire::limits::RecordLimits;
+
+    fn consumer() -> Consumer {
+        Consumer::new(ConsumerSettings {
+            // Nothing listens there: a fetch thread started for it fails, which these tests
+            // never wait for.
+            bootstrap: vec!["127.0.0.1:9".into()],
+            client_id: "unit".into(),
+            group_id: "g".into(),
+            topic: "t".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            fetch_max_wait: Duration::from_millis(40),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            retry_backoff: BackoffSettings::RETRY,
+            reconnect_backoff: BackoffSettings::RECONNECT,
+            start_from: StartFrom::Earliest,
+            security: Default::default(),
+            record_limits: RecordLimits::default(),
+        })
+    }
+
+    /// Makes `p` ours, fetched by `broker`'s thread under `lease`, from `at`.
+    fn own(c: &mut Consumer, p: i32, broker: &str, lease: u64, at: i64) {
+        c.epoch = 1;
+        c.next_lease = c.next_lease.max(lease);
+        c.owned.insert(
+            Partition(p),
+            Owned {
+                lease: Lease(lease),
+                broker: Some(broker.into()),
+                fetched: Some(Offset(at)),
+                delivered: Some(Offset(at)),
+            },
+        );
+    }
+
+    fn message(p: i32, offset: i64) -> Message {
+        Message {
+            partition: Partition(p),
+            offset: Offset(offset),
+            key: None,
+            value: None,
+            value_len: 0,
+            headers: Vec::new(),
+            timestamp_ms: 0,
+            undecoded: None,
+        }
+    }
+
+    fn fetched(broker: &str, p: i32, lease: u64, offsets: std::ops::Range<i64>) -> Event {
+        Event(Inner::Fetched {
+            broker: broker.into(),
+            batch: Batch {
+                positions: vec![(Partition(p), Lease(lease), Offset(offsets.end))],
+                messages: offsets.map(|o| message(p, o)).collect(),
+                log_ends: vec![(Partition(p), Offset(100))],
+            },
+        })
+    }
+
+    fn offsets(messages: &[Message]) -> Vec<(i32, i64)> {
+        messages
+            .iter()
+            .map(|m| (m.partition.0, m.offset.0))
+            .collect()
+    }
+
+    #[test]
+    fn positions_move_only_as_results_are_handed_over() {
+        let mut c = consumer();
+        own(&mut c, 0, "b1:9092", 1, 5);
+        c.handle(fetched("b1:9092", 0, 1, 5..8));
+        // Waiting for the caller: committing from the position must not pass them.
+        assert_eq!(c.position(Partition(0)), Some(Offset(5)));
+        assert_eq!(offsets(&c.fetch()), vec![(0, 5), (0, 6), (0, 7)]);
+        assert_eq!(c.position(Partition(0)), Some(Offset(8)));
+        assert_eq!(c.log_ends()[&Partition(0)], Offset(100));
+        assert!(c.fetch().is_empty());
+    }
+
+    #[test]
+    fn a_result_under_another_lease_is_dropped() {
+        let mut c = consumer();
+        own(&mut c, 0, "b1:9092", 2, 5);
+        own(&mut c, 1, "b1:9092", 3, 0);
+        // Lease 1 of p0 ended (the partition moved away and back, say): its late result
+        // is not handed over, and the position stays where the current lease starts.
+        c.handle(fetched("b1:9092", 0, 1, 5..9));
+        assert!(c.fetch().is_empty());
+        assert_eq!(c.position(Partition(0)), Some(Offset(5)));
+        // The same from another broker's thread, even under the current lease number.
+        c.handle(fetched("b2:9092", 1, 3, 0..4));
+        assert!(c.fetch().is_empty());
+        assert_eq!(c.position(Partition(1)), Some(Offset(0)));
+        // Of one result, only the partitions under their current lease are handed over.
+        let Event(Inner::Fetched { mut batch, .. }) = fetched("b1:9092", 0, 2, 5..7) else {
+            unreachable!()
+        };
+        let Event(Inner::Fetched { batch: stale, .. }) = fetched("b1:9092", 1, 9, 0..2) else {
+            unreachable!()
+        };
+        batch.messages.extend(stale.messages);
+        batch.positions.extend(stale.positions);
+        c.handle(Event(Inner::Fetched {
+            broker: "b1:9092".into(),
+            batch,
+        }));
+        assert_eq!(offsets(&c.fetch()), vec![(0, 5), (0, 6)]);
+        assert_eq!(c.position(Partition(1)), Some(Offset(0)));
+    }
+
+    #[test]
+    fn a_partition_that_moves_is_fetched_by_its_new_leader_from_where_results_left_it() {
+        let mut c = consumer();
+        own(&mut c, 0, "127.0.0.1:9", 1, 5);
+        // A result came in (not handed over yet), then the metadata names a new leader.
+        c.handle(fetched("127.0.0.1:9", 0, 1, 5..8));
+        c.handle(Event(Inner::Metadata(Ok(Snapshot {
+            leaders: vec![(Partition(0), Some("127.0.0.1:7".into()))],
+        }))));
+        let own = &c.owned[&Partition(0)];
+        assert_eq!(own.broker.as_deref(), Some("127.0.0.1:7"));
+        assert!(own.lease > Lease(1), "a new lease");
+        assert_eq!(
+            own.fetched,
+            Some(Offset(8)),
+            "the new leader starts after the result"
+        );
+        // The result that came before the move is still handed over, once.
+        assert_eq!(offsets(&c.fetch()), vec![(0, 5), (0, 6), (0, 7)]);
+        // What the old broker's thread brings in after the move is not.
+        c.handle(fetched("127.0.0.1:9", 0, 1, 8..10));
+        assert!(c.fetch().is_empty());
+        assert_eq!(c.position(Partition(0)), Some(Offset(8)));
+    }
+
+    #[test]
+    fn a_revoked_partition_hands_nothing_over() {
+        let mut c = consumer();
+        own(&mut c, 0, "b1:9092", 1, 5);
+        c.handle(fetched("b1:9092", 0, 1, 5..8));
+        c.revoke();
+        assert!(c.fetch().is_empty());
+        c.handle(fetched("b1:9092", 0, 1, 8..9));
+        assert!(c.fetch().is_empty());
+        assert!(c.owns_nothing());
+    }
+
+    #[test]
+    fn heartbeat_news_of_an_earlier_membership_is_ignored() {
+        let mut c = consumer();
+        c.epoch = 1;
+        c.group_join = 2;
+        c.handle(Event(Inner::Heartbeat {
+            join: 1,
+            news: Ok(Heartbeat::Rejoin("the group is rebalancing")),
+        }));
+        assert_eq!(c.heartbeat().unwrap(), GroupSignal::NotDue);
+        c.handle(Event(Inner::Heartbeat {
+            join: 2,
+            news: Ok(Heartbeat::Fine),
+        }));
+        assert_eq!(c.heartbeat().unwrap(), GroupSignal::Fine);
+        c.handle(Event(Inner::Heartbeat {
+            join: 2,
+            news: Ok(Heartbeat::Rejoin("the group is rebalancing")),
+        }));
+        // A rebalance stays until the next join.
+        for _ in 0..2 {
+            assert_eq!(
+                c.heartbeat().unwrap(),
+                GroupSignal::Rejoin("the group is rebalancing")
+            );
+        }
+    }
+}
