@@ -23,6 +23,11 @@ pub struct Config {
     pub bootstrap_servers: Vec<String>,
     pub topic: String,
     pub group_id: String,
+    /// `KAFKA_GROUP_INSTANCE_ID`: static membership (KIP-345) when set; `None` when empty.
+    pub group_instance_id: Option<String>,
+    /// `KAFKA_PARTITION_ASSIGNMENT_STRATEGY`, in order of preference; never empty, no
+    /// strategy twice.
+    pub assignment_strategy: Vec<AssignmentStrategy>,
     pub provision_delay: Duration,
     pub worker_threads: usize,
     pub shutdown_timeout: Duration,
@@ -122,6 +127,15 @@ pub struct ClientIdentity {
     pub key_location: PathBuf,
 }
 
+/// A partition assignment strategy, as librdkafka's `partition.assignment.strategy` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignmentStrategy {
+    /// `cooperative-sticky`: cooperative rebalancing (KIP-429), only moving partitions stop.
+    CooperativeSticky,
+    /// `range`: eager rebalancing, every partition of every member stops.
+    Range,
+}
+
 /// Where a consumer group starts on a partition that has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetReset {
@@ -157,6 +171,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     KAFKA_BOOTSTRAP_SERVERS,
     KAFKA_TOPIC,
     KAFKA_GROUP_ID,
+    KAFKA_GROUP_INSTANCE_ID,
+    KAFKA_PARTITION_ASSIGNMENT_STRATEGY,
     MOCK_PROVISION_DELAY_SECONDS,
     WORKER_THREADS,
     SHUTDOWN_TIMEOUT_SECONDS,
@@ -220,6 +236,9 @@ impl Config {
         let bootstrap_servers = parse_bootstrap_servers(&sources.value(KAFKA_BOOTSTRAP_SERVERS))?;
         let topic = parse_topic(KAFKA_TOPIC, &sources.value(KAFKA_TOPIC))?;
         let group_id = sources.value(KAFKA_GROUP_ID);
+        let group_instance_id = parse_group_instance_id(&sources.value(KAFKA_GROUP_INSTANCE_ID))?;
+        let assignment_strategy =
+            parse_assignment_strategy(&sources.value(KAFKA_PARTITION_ASSIGNMENT_STRATEGY))?;
         let provision_delay = parse_seconds(
             MOCK_PROVISION_DELAY_SECONDS,
             &sources.value(MOCK_PROVISION_DELAY_SECONDS),
@@ -304,6 +323,8 @@ impl Config {
             bootstrap_servers,
             topic,
             group_id,
+            group_instance_id,
+            assignment_strategy,
             provision_delay,
             // Invariant: at most 1024, so the conversion cannot truncate.
             worker_threads: worker_threads as usize,
@@ -527,6 +548,16 @@ const KAFKA_GROUP_ID: Var = (
     "KAFKA_GROUP_ID",
     "provision-worker-group",
     "consumer group shared by all workers",
+);
+const KAFKA_GROUP_INSTANCE_ID: Var = (
+    "KAFKA_GROUP_INSTANCE_ID",
+    "",
+    "static group membership: this worker's own stable id in the group (its host name, say; letters, digits, '.', '_', '-', at most 249); restarted within the session timeout it gets its partitions back without a rebalance; empty: dynamic membership",
+);
+const KAFKA_PARTITION_ASSIGNMENT_STRATEGY: Var = (
+    "KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+    "cooperative-sticky,range",
+    "partition assignment strategies offered to the group, in order of preference: cooperative-sticky (only partitions that move stop in a rebalance) and/or range (every partition stops)",
 );
 const MOCK_PROVISION_DELAY_SECONDS: Var = (
     "MOCK_PROVISION_DELAY_SECONDS",
@@ -929,6 +960,57 @@ fn parse_heartbeat_ms(value: &str, session_ms: u64) -> Result<u64, ConfigError> 
     }
 }
 
+/// Kafka's rule for a `group.instance.id` (the same as for a topic name): 1 to 249 of
+/// ASCII letters, digits, '.', '_' and '-', not "." or "..". Empty: dynamic membership.
+fn parse_group_instance_id(value: &str) -> Result<Option<String>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let legal = value.len() <= 249
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !legal {
+        return Err(invalid(
+            KAFKA_GROUP_INSTANCE_ID,
+            value,
+            "at most 249 ASCII letters, digits, '.', '_' or '-' (Kafka's rule for group.instance.id), unique to this worker, such as its host name; or empty for dynamic membership",
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// A comma-separated list of `cooperative-sticky` and `range`, in order of preference,
+/// each at most once (spaces around the names and any case allowed).
+fn parse_assignment_strategy(value: &str) -> Result<Vec<AssignmentStrategy>, ConfigError> {
+    let expected = "a comma-separated list of cooperative-sticky and range, in order of preference, each at most once (default cooperative-sticky,range)";
+    let mut out = Vec::new();
+    for name in value.split(',') {
+        let strategy = match name.trim().to_ascii_lowercase().as_str() {
+            "cooperative-sticky" => AssignmentStrategy::CooperativeSticky,
+            "range" => AssignmentStrategy::Range,
+            _ => {
+                return Err(invalid(
+                    KAFKA_PARTITION_ASSIGNMENT_STRATEGY,
+                    value,
+                    expected,
+                ));
+            }
+        };
+        if out.contains(&strategy) {
+            return Err(invalid(
+                KAFKA_PARTITION_ASSIGNMENT_STRATEGY,
+                value,
+                expected,
+            ));
+        }
+        out.push(strategy);
+    }
+    Ok(out)
+}
+
 fn parse_offset_reset(value: &str) -> Result<OffsetReset, ConfigError> {
     match value.to_ascii_lowercase().as_str() {
         "earliest" => Ok(OffsetReset::Earliest),
@@ -1257,6 +1339,14 @@ mod tests {
         assert_eq!(config.bootstrap_servers, vec!["localhost:9092"]);
         assert_eq!(config.topic, "provision-requests");
         assert_eq!(config.group_id, "provision-worker-group");
+        assert_eq!(config.group_instance_id, None);
+        assert_eq!(
+            config.assignment_strategy,
+            [
+                AssignmentStrategy::CooperativeSticky,
+                AssignmentStrategy::Range
+            ]
+        );
         assert_eq!(config.provision_delay, Duration::from_secs(5));
         assert_eq!(config.worker_threads, 8);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
@@ -1504,6 +1594,11 @@ mod tests {
             ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
             ("KAFKA_TOPIC", "provision-requests"),
             ("KAFKA_GROUP_ID", "provision-worker-group"),
+            ("KAFKA_GROUP_INSTANCE_ID", ""),
+            (
+                "KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+                "cooperative-sticky,range",
+            ),
             ("MOCK_PROVISION_DELAY_SECONDS", "5"),
             ("WORKER_THREADS", "8"),
             ("SHUTDOWN_TIMEOUT_SECONDS", "30"),
@@ -1551,6 +1646,11 @@ mod tests {
             ("KAFKA_BOOTSTRAP_SERVERS", " a:1 , b , [::1]:9093 "),
             ("KAFKA_TOPIC", "t.1"),
             ("KAFKA_GROUP_ID", "g"),
+            ("KAFKA_GROUP_INSTANCE_ID", "edge-host_07.example"),
+            (
+                "KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+                " Range , cooperative-sticky",
+            ),
             ("MOCK_PROVISION_DELAY_SECONDS", "0.25"),
             ("WORKER_THREADS", "1024"),
             ("SHUTDOWN_TIMEOUT_SECONDS", "0"),
@@ -1587,6 +1687,17 @@ mod tests {
         assert_eq!(config.bootstrap_servers, ["a:1", "b:9092", "[::1]:9093"]);
         assert_eq!(config.topic, "t.1");
         assert_eq!(config.group_id, "g");
+        assert_eq!(
+            config.group_instance_id.as_deref(),
+            Some("edge-host_07.example")
+        );
+        assert_eq!(
+            config.assignment_strategy,
+            [
+                AssignmentStrategy::Range,
+                AssignmentStrategy::CooperativeSticky
+            ]
+        );
         assert_eq!(config.provision_delay, Duration::from_millis(250));
         assert_eq!(config.worker_threads, 1024);
         assert_eq!(config.shutdown_timeout, Duration::ZERO);
@@ -1618,6 +1729,13 @@ mod tests {
             ("KAFKA_BOOTSTRAP_SERVERS", "[nonsense]:9092"),
             ("KAFKA_TOPIC", "bad topic"),
             ("KAFKA_TOPIC", ".."),
+            ("KAFKA_GROUP_INSTANCE_ID", "host 1"),
+            ("KAFKA_GROUP_INSTANCE_ID", "worker@host"),
+            ("KAFKA_GROUP_INSTANCE_ID", ".."),
+            ("KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "roundrobin"),
+            ("KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "range,range"),
+            ("KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "range,"),
+            ("KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "sticky"),
             ("MOCK_PROVISION_DELAY_SECONDS", "abc"),
             ("MOCK_PROVISION_DELAY_SECONDS", "-1"),
             ("MOCK_PROVISION_DELAY_SECONDS", "NaN"),

@@ -231,6 +231,24 @@ impl Metrics {
         self.group_fine();
     }
 
+    /// A cooperative rebalance gave us `partitions` (the others stay).
+    pub fn partitions_added(&self, partitions: &[Partition]) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        let mut map = lock(&self.partitions);
+        for p in partitions {
+            map.insert(*p, PartitionOffsets::default());
+        }
+        self.next_log_end_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// A cooperative revocation of `partitions` ended.
+    pub fn partitions_revoked(&self, partitions: &[Partition]) {
+        let mut map = lock(&self.partitions);
+        for p in partitions {
+            map.remove(p);
+        }
+    }
+
     /// The poller checked its membership (a heartbeat answered, or none was due yet).
     pub fn group_fine(&self) {
         self.confirmed_at_ms.store(self.now_ms(), Ordering::Relaxed);

@@ -238,6 +238,8 @@ fn offsets_show_lag_and_reset_only_when_the_group_is_empty() {
         bootstrap: vec![broker.addr()],
         client_id: "tools-test".into(),
         group_id: GROUP.into(),
+        group_instance_id: None,
+        assignors: blocking_kafka::Assignor::DEFAULT.to_vec(),
         topic: TOPIC.into(),
         session_timeout: Duration::from_secs(6),
         rebalance_timeout: Duration::from_secs(6),

@@ -14,22 +14,21 @@ mod workers;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    BackoffSettings, ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password, Producer,
-    ProducerSettings, RecordLimits, SaslSettings, Security, SecurityError, StartFrom, TlsSettings,
-    TopicState,
+    Assignor, BackoffSettings, ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password,
+    Producer, ProducerSettings, RecordLimits, SaslSettings, Security, SecurityError, StartFrom,
+    TlsSettings, TopicState,
 };
 use crossbeam_channel::Receiver;
 
-use crate::config::{Config, OffsetReset, PasswordSource, SaslMechanism};
+use crate::config::{AssignmentStrategy, Config, OffsetReset, PasswordSource, SaslMechanism};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
 use crate::store::{Store, StoreError};
 use poller::{Poller, PollerSettings};
-use workers::WorkerPool;
+use workers::{Accepting, WorkerPool};
 
 /// Why the worker stopped with an error.
 #[derive(Debug)]
@@ -156,7 +155,7 @@ pub fn run(
     let (job_tx, job_rx) = crossbeam_channel::bounded(config.worker_threads * 2);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let (abort_tx, abort_rx) = crossbeam_channel::bounded::<()>(0);
-    let accepting = Arc::new(AtomicU64::new(0));
+    let accepting = Arc::new(Accepting::default());
     let provisioner = Arc::new(Provisioner {
         store: store.clone(),
         delay: config.provision_delay,
@@ -290,6 +289,15 @@ pub fn consumer_settings(config: &Config, security: &Arc<Security>) -> ConsumerS
         bootstrap: config.bootstrap_servers.clone(),
         client_id: config.client_id.clone(),
         group_id: config.group_id.clone(),
+        group_instance_id: config.group_instance_id.clone(),
+        assignors: config
+            .assignment_strategy
+            .iter()
+            .map(|s| match s {
+                AssignmentStrategy::CooperativeSticky => Assignor::CooperativeSticky,
+                AssignmentStrategy::Range => Assignor::Range,
+            })
+            .collect(),
         topic: config.topic.clone(),
         session_timeout: config.session_timeout,
         rebalance_timeout: config.rebalance_timeout,

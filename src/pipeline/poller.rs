@@ -7,21 +7,20 @@
 //! The loop never blocks for longer than the next heartbeat: when the job channel is full
 //! it stops fetching but keeps heartbeating and committing (a full channel pauses the
 //! consumer, never the group session).
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    BatchCompression, CommitResult, Consumer, GroupSignal, KafkaError, Message, Partition,
-    Produced, ProducerThread, StartFrom, Undecoded,
+    BatchCompression, Change, CommitResult, Consumer, GroupSignal, KafkaError, Message, Offset,
+    Partition, Produced, ProducerThread, StartFrom, Undecoded,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
 use super::dead_letter::DeadLetter;
 use super::tracker::OffsetTracker;
-use super::workers::{Done, Job, JobResult, Work};
+use super::workers::{Accepting, Done, Job, JobResult, Work};
 use crate::metrics::{Leaving, Metrics};
 use crate::request::{MAX_MESSAGE_BYTES, ProvisionRequest, Rejected, RequestError};
 use crate::store::Store;
@@ -52,8 +51,10 @@ pub struct Poller {
     pub done: Receiver<Done>,
     pub shutdown: Receiver<()>,
     pub abort: Option<Sender<()>>,
-    /// The assignment epoch workers may start jobs of; 0 while revoking or shutting down.
-    pub accepting: Arc<AtomicU64>,
+    /// The partitions (and their assignment epochs) workers may start jobs of: none while
+    /// an eager revocation or a shutdown drains, all but the revoked ones during a
+    /// cooperative revocation.
+    pub accepting: Arc<Accepting>,
     /// Written here (membership, commits, queue depth, lag); read by the metrics listener.
     pub metrics: Arc<Metrics>,
     /// Produces to the dead-letter topic, on a thread of its own; `None` when
@@ -90,13 +91,31 @@ enum Drain {
     Shutdown,
 }
 
+/// The partitions a cooperative rebalance took away, being revoked.
+struct Revoking {
+    partitions: Vec<Partition>,
+    /// When to give up waiting for their in-flight work (three quarters of the rebalance
+    /// timeout, as for an eager revocation).
+    deadline: Instant,
+}
+
 /// The loop's own state, separate from what it was given.
 struct Run {
     p: Poller,
     tracker: OffsetTracker,
     state: State,
-    /// The current assignment's epoch (jobs and reports carry it).
+    /// The last assignment epoch handed out: each assignment of partitions (a join, or the
+    /// partitions a cooperative rebalance adds) takes the next.
     epoch: u64,
+    /// The epoch each partition we own was assigned in (jobs, reports and dead letters
+    /// carry it; those of another epoch are settled already).
+    epochs: HashMap<Partition, u64>,
+    /// A cooperative revocation in progress: the partitions a rebalance took away, whose
+    /// in-flight work finishes (by the deadline) while every other partition goes on.
+    revoking: Option<Revoking>,
+    /// An error that ends the worker (FENCED_INSTANCE_ID on a commit, say), returned at
+    /// the top of the loop.
+    fatal: Option<KafkaError>,
     buffer: VecDeque<Job>,
     pending_dead_letters: VecDeque<DeadLetter>,
     /// The dead letter at the front of the queue, sent and not answered yet: its number
@@ -129,6 +148,9 @@ impl Poller {
                 backoff: Duration::from_millis(500),
             },
             epoch: 0,
+            epochs: HashMap::new(),
+            revoking: None,
+            fatal: None,
             buffer: VecDeque::new(),
             pending_dead_letters: VecDeque::new(),
             dead_letter_in_flight: None,
@@ -149,6 +171,9 @@ impl Poller {
 impl Run {
     fn run(&mut self) -> Result<(), KafkaError> {
         loop {
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
+            }
             self.collect_done();
             self.collect_commits();
             self.send_dead_letters();
@@ -172,7 +197,7 @@ impl Run {
                 }
                 State::Running => self.run_once()?,
                 State::Draining { .. } => {
-                    if self.drain_once() {
+                    if self.drain_once()? {
                         return Ok(());
                     }
                 }
@@ -185,33 +210,19 @@ impl Run {
         match self.p.consumer.join() {
             Ok(assignment) => {
                 self.kafka_ok();
-                self.epoch += 1;
                 self.tracker.clear();
-                for (p, start) in &assignment.partitions {
-                    self.tracker.assign(*p, *start);
-                }
-                self.p.accepting.store(self.epoch, Ordering::Release);
+                self.epochs.clear();
+                self.revoking = None;
+                self.p.accepting.stop_all();
+                self.start_partitions(&assignment.partitions);
                 let partitions: Vec<Partition> =
                     assignment.partitions.iter().map(|(p, _)| *p).collect();
                 self.p.metrics.joined(&partitions);
-                // Without a committed offset a partition starts where KAFKA_AUTO_OFFSET_RESET
-                // says, which its leader resolves before the first fetch.
-                let reset = match self.p.consumer.settings().start_from {
-                    StartFrom::Earliest => "earliest",
-                    StartFrom::Latest => "latest",
-                };
-                let list: Vec<String> = assignment
-                    .partitions
-                    .iter()
-                    .map(|(p, o)| match o {
-                        Some(o) => format!("{p}@{o}"),
-                        None => format!("{p}@{reset}"),
-                    })
-                    .collect();
                 log::info!(
-                    "Partitions assigned: [{}] (topic {}, partition@start offset)",
-                    list.join(", "),
-                    self.p.settings.topic
+                    "Partitions assigned: [{}] (topic {}, partition@start offset; assignor {})",
+                    self.start_list(&assignment.partitions),
+                    self.p.settings.topic,
+                    assignment.protocol
                 );
                 if assignment.topic_partitions == 0 {
                     self.say_topic_missing(true);
@@ -234,7 +245,7 @@ impl Run {
                 self.commit(true);
                 Ok(())
             }
-            Err(e) if e.is_retriable() => {
+            Err(e) if e.is_retriable() && !e.is_fatal() => {
                 self.kafka_error(&e, "joining the consumer group");
                 self.state = State::Joining {
                     retry_at: Instant::now() + backoff,
@@ -259,11 +270,14 @@ impl Run {
                 self.begin_drain(Drain::Rebalance, why);
                 return Ok(());
             }
+            Ok(GroupSignal::Changed(change)) => self.change(change),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 self.p.metrics.heartbeat_failed(&e);
                 self.kafka_error(&e, "heartbeating");
             }
         }
+        self.revoke_step();
         self.commit(false);
         if self.p.metrics.log_end_refresh_due() {
             // For the lag metric; only while metrics are served. The log ends come with the
@@ -312,7 +326,7 @@ impl Run {
             self.buffer.push_back(Job {
                 partition: m.partition,
                 offset: m.offset,
-                epoch: self.epoch,
+                epoch: self.epochs.get(&m.partition).copied().unwrap_or_default(),
                 produced_ms: m.timestamp_ms,
                 work,
             });
@@ -404,9 +418,145 @@ impl Run {
         }
     }
 
+    /// Assigns `partitions` under a new epoch: tracked from their start offsets, their
+    /// jobs allowed to start.
+    fn start_partitions(&mut self, partitions: &[(Partition, Option<Offset>)]) {
+        self.epoch += 1;
+        let mut started = Vec::with_capacity(partitions.len());
+        for (p, start) in partitions {
+            self.tracker.assign(*p, *start);
+            self.epochs.insert(*p, self.epoch);
+            started.push(*p);
+        }
+        self.p.accepting.assign(&started, self.epoch);
+    }
+
+    /// "0@12, 1@earliest": each partition with the offset it starts from. Without a
+    /// committed offset a partition starts where KAFKA_AUTO_OFFSET_RESET says, which its
+    /// leader resolves before the first fetch.
+    fn start_list(&self, partitions: &[(Partition, Option<Offset>)]) -> String {
+        let reset = match self.p.consumer.settings().start_from {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        };
+        let list: Vec<String> = partitions
+            .iter()
+            .map(|(p, o)| match o {
+                Some(o) => format!("{p}@{o}"),
+                None => format!("{p}@{reset}"),
+            })
+            .collect();
+        list.join(", ")
+    }
+
+    /// A cooperative rebalance changed our share (KIP-429): partitions added start at once;
+    /// those taken away stop starting jobs and are revoked once their in-flight work is
+    /// done (`revoke_step`), while every other partition goes on as before.
+    fn change(&mut self, change: Change) {
+        let Change {
+            added,
+            revoked,
+            protocol,
+        } = change;
+        if !revoked.is_empty() {
+            self.p.accepting.stop(&revoked);
+            let buffered = std::mem::take(&mut self.buffer);
+            for job in buffered {
+                if revoked.contains(&job.partition) {
+                    self.tracker.dropped(job.partition, job.offset);
+                } else {
+                    self.buffer.push_back(job);
+                }
+            }
+            let keeping: Vec<String> = self
+                .p
+                .consumer
+                .assigned()
+                .iter()
+                .filter(|p| !revoked.contains(p))
+                .map(ToString::to_string)
+                .collect();
+            log::info!(
+                "Rebalance (cooperative, assignor {protocol}): finishing {} in-flight request(s) before revoking partitions [{}]; partitions [{}] go on",
+                self.tracker.in_flight_of(&revoked),
+                join(&revoked),
+                keeping.join(", ")
+            );
+            let deadline = Instant::now() + self.p.settings.rebalance_timeout * 3 / 4;
+            match &mut self.revoking {
+                Some(r) => {
+                    r.partitions.extend(revoked);
+                    r.deadline = r.deadline.max(deadline);
+                }
+                None => {
+                    self.revoking = Some(Revoking {
+                        partitions: revoked,
+                        deadline,
+                    });
+                }
+            }
+        }
+        if !added.is_empty() {
+            self.start_partitions(&added);
+            let partitions: Vec<Partition> = added.iter().map(|(p, _)| *p).collect();
+            self.p.metrics.partitions_added(&partitions);
+            log::info!(
+                "Partitions assigned: [{}] (topic {}, partition@start offset; cooperative rebalance, assignor {protocol}; now owning [{}])",
+                self.start_list(&added),
+                self.p.settings.topic,
+                join(&self.p.consumer.assigned())
+            );
+        }
+        // Something to do at once, if the revoked partitions had nothing in flight.
+        self.revoke_step();
+    }
+
+    /// Ends a cooperative revocation once the revoked partitions' in-flight work is done
+    /// (or its deadline passed): commits, forgets them, and lets the group thread rejoin.
+    fn revoke_step(&mut self) {
+        let Some(r) = &self.revoking else {
+            return;
+        };
+        let unfinished = self.tracker.in_flight_of(&r.partitions);
+        if unfinished > 0 && Instant::now() < r.deadline {
+            return;
+        }
+        let Some(Revoking { partitions, .. }) = self.revoking.take() else {
+            return;
+        };
+        if unfinished > 0 {
+            log::warn!(
+                "{unfinished} request(s) of revoked partitions [{}] still unfinished; their offsets stay uncommitted",
+                join(&partitions)
+            );
+        }
+        // Their last offsets go before anyone else may start on them.
+        self.commit(true);
+        self.tracker.remove(&partitions);
+        for p in &partitions {
+            self.epochs.remove(p);
+        }
+        // Their dead letters not produced yet are the next owner's (uncommitted); one being
+        // produced is forgotten, so its outcome is not taken for another's.
+        if self
+            .pending_dead_letters
+            .front()
+            .is_some_and(|dl| partitions.contains(&dl.partition))
+        {
+            self.dead_letter_in_flight = None;
+        }
+        self.pending_dead_letters
+            .retain(|dl| !partitions.contains(&dl.partition));
+        self.p.metrics.partitions_revoked(&partitions);
+        self.p.consumer.revoked(&partitions);
+        log::info!("Partitions revoked: [{}]", join(&partitions));
+    }
+
     fn begin_drain(&mut self, why: Drain, reason: &str) {
-        // Workers must start nothing more: queued jobs come back as dropped.
-        self.p.accepting.store(0, Ordering::Release);
+        // Workers must start nothing more: queued jobs come back as dropped. A cooperative
+        // revocation in progress is part of this one now.
+        self.p.accepting.stop_all();
+        self.revoking = None;
         self.p.metrics.leaving(match why {
             Drain::Rebalance => Leaving::Rebalance,
             Drain::Shutdown => Leaving::Shutdown,
@@ -460,14 +610,14 @@ impl Run {
     }
 
     /// One step of a drain; true when the worker may exit.
-    fn drain_once(&mut self) -> bool {
+    fn drain_once(&mut self) -> Result<bool, KafkaError> {
         let State::Draining {
             why,
             deadline,
             aborted_at,
         } = self.state
         else {
-            return false;
+            return Ok(false);
         };
         // Keep the session while in-flight work finishes, so nobody else takes over our
         // partitions and redoes it. During a rebalance the coordinator answers "rebalancing"
@@ -476,8 +626,10 @@ impl Run {
         // block for the request timeout, and the shutdown deadline is the operator's.
         let kafka_down = self.kafka_down.is_some();
         if !(why == Drain::Shutdown && kafka_down) {
-            if let Err(e) = self.p.consumer.heartbeat() {
-                self.kafka_error(&e, "heartbeating");
+            match self.p.consumer.heartbeat() {
+                Err(e) if e.is_fatal() && why == Drain::Rebalance => return Err(e),
+                Err(e) => self.kafka_error(&e, "heartbeating"),
+                Ok(_) => {}
             }
             self.commit(false);
         }
@@ -505,7 +657,7 @@ impl Run {
         };
         if !(finished || gave_up) {
             self.wait_until(self.next_tick());
-            return false;
+            return Ok(false);
         }
         if gave_up && !finished {
             log::warn!(
@@ -530,6 +682,7 @@ impl Run {
             .map(ToString::to_string)
             .collect();
         self.tracker.clear();
+        self.epochs.clear();
         self.pending_dead_letters.clear();
         self.dead_letter_in_flight = None;
         self.p.consumer.revoke();
@@ -548,14 +701,31 @@ impl Run {
                     retry_at: Instant::now(),
                     backoff: Duration::from_millis(500),
                 };
-                false
+                Ok(false)
             }
             Drain::Shutdown if self.kafka_down.is_some() => {
                 log::warn!(
                     "Not leaving consumer group {} (Kafka is unreachable); the broker will notice after the session timeout",
                     self.p.settings.group_id
                 );
-                true
+                Ok(true)
+            }
+            // A static member does not leave (as Kafka's own clients do): its place, and its
+            // partitions, wait for it for the session timeout, so a restart within that
+            // time causes no rebalance at all.
+            Drain::Shutdown if self.p.consumer.settings().group_instance_id.is_some() => {
+                log::info!(
+                    "Not leaving consumer group {} (static member {}): a restart within the session timeout ({} s) takes the same partitions back without a rebalance; otherwise the group gives them to the others then",
+                    self.p.settings.group_id,
+                    self.p
+                        .consumer
+                        .settings()
+                        .group_instance_id
+                        .as_deref()
+                        .unwrap_or_default(),
+                    crate::provision::format_seconds(self.p.consumer.settings().session_timeout)
+                );
+                Ok(true)
             }
             Drain::Shutdown => {
                 match self
@@ -569,13 +739,13 @@ impl Run {
                         self.p.settings.group_id
                     ),
                 }
-                true
+                Ok(true)
             }
         }
     }
 
     fn on_done(&mut self, d: Done) {
-        if d.epoch != self.epoch {
+        if self.epochs.get(&d.partition) != Some(&d.epoch) {
             // A report from before a revocation: that partition's offsets were settled then.
             return;
         }
@@ -652,7 +822,7 @@ impl Run {
         while self
             .pending_dead_letters
             .front()
-            .is_some_and(|dl| dl.epoch != self.epoch)
+            .is_some_and(|dl| self.epochs.get(&dl.partition) != Some(&dl.epoch))
         {
             self.pending_dead_letters.pop_front();
         }
@@ -843,6 +1013,13 @@ impl Run {
     /// Logs a Kafka error. Connection failures are an outage: logged once at its start,
     /// then reminded every half minute, and its end is logged by `kafka_ok`.
     fn kafka_error(&mut self, e: &KafkaError, during: &str) {
+        if e.is_fatal() {
+            // The error's words say what to do; the loop returns it.
+            if self.fatal.is_none() {
+                self.fatal = Some(clone_fatal(e));
+            }
+            return;
+        }
         if !e.is_connection() {
             log::warn!("Kafka error while {during}: {e}");
             return;
@@ -938,6 +1115,43 @@ impl Run {
         {
             self.p.consumer.handle(event);
         }
+    }
+}
+
+/// "0, 3, 5".
+fn join(partitions: &[Partition]) -> String {
+    let list: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+    list.join(", ")
+}
+
+/// The fatal errors hold only text: a copy for the loop to return.
+fn clone_fatal(e: &KafkaError) -> KafkaError {
+    match e {
+        KafkaError::FencedInstanceId { group, instance_id } => KafkaError::FencedInstanceId {
+            group: group.clone(),
+            instance_id: instance_id.clone(),
+        },
+        KafkaError::GroupProtocol {
+            group,
+            offered,
+            group_uses,
+            protocol_type,
+        } => KafkaError::GroupProtocol {
+            group: group.clone(),
+            offered: offered.clone(),
+            group_uses: group_uses.clone(),
+            protocol_type: protocol_type.clone(),
+        },
+        KafkaError::StaticMembershipUnsupported { broker, join_group } => {
+            KafkaError::StaticMembershipUnsupported {
+                broker: broker.clone(),
+                join_group: *join_group,
+            }
+        }
+        other => KafkaError::Protocol {
+            broker: String::new(),
+            detail: other.to_string(),
+        },
     }
 }
 

@@ -54,6 +54,13 @@ impl OffsetTracker {
         self.partitions.clear();
     }
 
+    /// Stops tracking `partitions` (after the commit that ends their revocation).
+    pub fn remove(&mut self, partitions: &[Partition]) {
+        for p in partitions {
+            self.partitions.remove(p);
+        }
+    }
+
     /// A message was fetched: it is in flight until finished or dropped.
     pub fn fetched(&mut self, partition: Partition, offset: Offset) {
         if let Some(t) = self.partitions.get_mut(&partition) {
@@ -124,6 +131,15 @@ impl OffsetTracker {
     /// How many messages are fetched and not finished or dropped, over all partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|t| t.in_flight.len()).sum()
+    }
+
+    /// Messages of `partitions` fetched and not finished.
+    pub fn in_flight_of(&self, partitions: &[Partition]) -> usize {
+        partitions
+            .iter()
+            .filter_map(|p| self.partitions.get(p))
+            .map(|t| t.in_flight.len())
+            .sum()
     }
 
     /// Whether the partition is tracked (assigned) now.

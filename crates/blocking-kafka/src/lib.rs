@@ -11,7 +11,7 @@
 //! checks that from the source), errors at the bottom.
 //!
 //! - `error`: [`KafkaError`], every variant saying what to do. `types`: [`Partition`],
-//!   [`Offset`], [`StartFrom`]. `backoff`: [`BackoffSettings`], exponential with jitter.
+//!   [`Offset`], [`StartFrom`], [`Assignor`]. `backoff`: [`BackoffSettings`], exponential with jitter.
 //! - `wire` (pure, no I/O): `message` ([`Message`]), `header` (a batch's framing),
 //!   `limits` ([`RecordLimits`], the per-fetch budget, the work bound), `codec` (streaming
 //!   decompression), `transactions` (aborted transactions, markers), `record` (one record),
@@ -25,8 +25,9 @@
 //! - `cluster`: bootstrap, metadata, a connection per broker ([`TopicState`]); `book`: the
 //!   brokers known, shared by a client's threads, healthy ones first.
 //! - `settings`: [`ConsumerSettings`], [`ProducerSettings`].
-//! - Client roles: `fetch` (read_committed fetch, ListOffsets), `group` (membership, range
-//!   assignment, commits: [`Generation`]), `producer` ([`Producer`]), [`admin`].
+//! - Client roles: `fetch` (read_committed fetch, ListOffsets), `group` (membership, static
+//!   members, commits: [`Generation`]; `assignor`: range and cooperative-sticky, pure),
+//!   `producer` ([`Producer`]), [`admin`].
 //! - `consumer`: [`Consumer`], the facade a caller drives; `events` ([`Event`]), `fetcher`
 //!   (a broker's fetch thread), `coordinator` (the group thread), `metadata` (the metadata
 //!   thread).
@@ -49,7 +50,7 @@ mod wire;
 pub use backoff::BackoffSettings;
 pub use cluster::TopicState;
 pub use consumer::events::Event;
-pub use consumer::{Assignment, CommitResult, Consumer, GroupSignal};
+pub use consumer::{Assignment, Change, CommitResult, Consumer, GroupSignal};
 pub use error::KafkaError;
 pub use group::{Generation, assign_range, encode_offset_commit};
 pub use net::security::Security;
@@ -59,7 +60,7 @@ pub use net::settings::{
 };
 pub use producer::{Delivery, ProduceError, Produced, Producer, ProducerThread};
 pub use settings::{ConsumerSettings, ProducerSettings};
-pub use types::{Offset, Partition, StartFrom};
+pub use types::{Assignor, Offset, Partition, StartFrom};
 pub use wire::batch::{BatchCompression, OutRecord, uncompressed_batch_len};
 pub use wire::limits::RecordLimits;
 pub use wire::message::{Message, Undecoded};

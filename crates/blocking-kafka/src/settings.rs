@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::backoff::BackoffSettings;
 use crate::net::security::Security;
 use crate::net::settings::Timeouts;
-use crate::types::StartFrom;
+use crate::types::{Assignor, StartFrom};
 use crate::wire::limits::RecordLimits;
 
 /// Where and how a consumer connects, the group it joins and the one topic it reads.
@@ -21,6 +21,14 @@ pub struct ConsumerSettings {
     pub client_id: String,
     /// The consumer group to join.
     pub group_id: String,
+    /// `group.instance.id`: set, the consumer is a static member (KIP-345): restarted
+    /// within the session timeout it takes its old place and partitions back without a
+    /// rebalance. Every process needs its own; a second one with the same id fences the
+    /// first (`KafkaError::FencedInstanceId`).
+    pub group_instance_id: Option<String>,
+    /// The partition assignment strategies offered, in order of preference
+    /// (`partition.assignment.strategy`; never empty): see [`Assignor::DEFAULT`].
+    pub assignors: Vec<Assignor>,
     /// The one topic to read.
     pub topic: String,
     /// How long the coordinator waits for a heartbeat before it drops the member.

@@ -612,6 +612,8 @@ fn settings(bootstrap: &str, group: &str, topic: &str, start_from: StartFrom) ->
         bootstrap: vec![bootstrap.to_owned()],
         client_id: format!("kafka-layer-test-{group}"),
         group_id: group.to_owned(),
+        group_instance_id: None,
+        assignors: blocking_kafka::Assignor::DEFAULT.to_vec(),
         topic: topic.to_owned(),
         session_timeout: SESSION_TIMEOUT,
         rebalance_timeout: REBALANCE_TIMEOUT,
@@ -899,7 +901,11 @@ impl TwoMembers {
         broker.create_topic(GROUP_TOPIC, 3);
         let placed = produce_per_partition(&broker, GROUP_TOPIC, &[RECORDS_PER_PARTITION; 3]);
         let view = Arc::new(GroupView::default());
-        let s = settings(&broker.addr(), group, GROUP_TOPIC, StartFrom::Earliest);
+        let mut s = settings(&broker.addr(), group, GROUP_TOPIC, StartFrom::Earliest);
+        // The eager protocol: every rebalance revokes everything and joins anew, which is
+        // what these tests check (start offsets at a join, fetched since it). The
+        // cooperative protocol has tests of its own (tests/group.rs).
+        s.assignors = vec![blocking_kafka::Assignor::Range];
         let a = Member::start("a", s.clone(), &view);
         let b = Member::start("b", s, &view);
 
@@ -1191,6 +1197,9 @@ fn member_loop(
             Ok(GroupSignal::Rejoin(_)) => {
                 must_join = true;
                 continue;
+            }
+            Ok(GroupSignal::Changed(change)) => {
+                panic!("member {name}: a cooperative change in an eager group: {change:?}")
             }
             Err(e) => view.error(name, "heartbeating", &e),
         }

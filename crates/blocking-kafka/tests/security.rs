@@ -320,6 +320,8 @@ fn consumer(sb: &SecureBroker, security: &Arc<Security>, group: &str) -> Consume
         bootstrap: vec![sb.addr()],
         client_id: "blocking-kafka-security-test".to_owned(),
         group_id: group.to_owned(),
+        group_instance_id: None,
+        assignors: blocking_kafka::Assignor::DEFAULT.to_vec(),
         topic: TOPIC.to_owned(),
         session_timeout: Duration::from_secs(6),
         rebalance_timeout: Duration::from_secs(6),

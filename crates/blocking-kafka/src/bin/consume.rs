@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    BackoffSettings, Consumer, ConsumerSettings, GroupSignal, Partition, RecordLimits, Security,
-    StartFrom,
+    Assignor, BackoffSettings, Consumer, ConsumerSettings, GroupSignal, Partition, RecordLimits,
+    Security, StartFrom,
 };
 
 /// What the command line asked for.
@@ -57,6 +57,8 @@ fn run(args: &Args) -> Result<(), String> {
         bootstrap: args.bootstrap.split(',').map(str::to_owned).collect(),
         client_id: "blocking-kafka-consume".to_owned(),
         group_id: args.group.clone(),
+        group_instance_id: None,
+        assignors: Assignor::DEFAULT.to_vec(),
         topic: args.topic.clone(),
         session_timeout: Duration::from_secs(6),
         rebalance_timeout: Duration::from_secs(6),
@@ -87,11 +89,17 @@ fn run(args: &Args) -> Result<(), String> {
                 args.count, args.topic, args.timeout
             ));
         }
-        if let GroupSignal::Rejoin(why) = consumer.heartbeat().map_err(|e| e.to_string())? {
-            eprintln!("blocking-kafka-consume: rejoining the group: {why}");
-            consumer.revoke();
-            consumer.join().map_err(|e| e.to_string())?;
-            continue;
+        match consumer.heartbeat().map_err(|e| e.to_string())? {
+            GroupSignal::Rejoin(why) => {
+                eprintln!("blocking-kafka-consume: rejoining the group: {why}");
+                consumer.revoke();
+                consumer.join().map_err(|e| e.to_string())?;
+                continue;
+            }
+            // Nothing of a partition is held between calls here: what was taken away can
+            // be let go at once.
+            GroupSignal::Changed(change) => consumer.revoked(&change.revoked),
+            GroupSignal::Fine | GroupSignal::NotDue => {}
         }
         let messages = consumer.fetch();
         if messages.is_empty() {

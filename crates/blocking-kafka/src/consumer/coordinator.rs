@@ -10,8 +10,13 @@
 //! and generation: when the new coordinator answers within the session, the membership
 //! goes on without a rebalance, and commits go there.
 //!
-//! Shaped for what comes next (static membership, cooperative rebalancing): the
-//! membership itself is `group::Group`; this thread only drives it.
+//! The membership itself is `group::Group`; this thread drives it through rebalances:
+//! with an eager assignor (range) it tells the facade to revoke everything and waits for
+//! the caller's `Join`; with a cooperative one (KIP-429) it rejoins at once by itself,
+//! keeping every partition, and tells the facade what the new plan adds and takes away
+//! ([`Inner::Assigned`]); after the caller has revoked what was taken away
+//! (`Command::Revoked`) it rejoins for the next round, in which those partitions reach
+//! their new owners. The caller's other partitions are processed throughout.
 //!
 //! [`BrokerBook`]: crate::cluster::book::BrokerBook
 use std::collections::{HashMap, VecDeque};
@@ -21,20 +26,24 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, TopicState};
 use crate::consumer::events::{Event, Inner};
 use crate::error::KafkaError;
 use crate::group::{Group, Heartbeat};
-use crate::types::{Offset, Partition};
+use crate::types::{Assignor, Offset, Partition};
 
 /// What the facade asks of the group thread. It stops when the sender is dropped.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Join (or rejoin) and fetch the committed offsets of our share.
+    /// Join (a first join, or after revoking everything) and fetch the committed offsets of
+    /// our share.
     Join {
         partitions: Vec<Partition>,
         reply: Sender<Result<Joined, KafkaError>>,
     },
+    /// The caller has finished revoking what a cooperative rebalance took away
+    /// ([`Inner::Assigned`]): rejoin for the next round.
+    Revoked { partitions: Vec<Partition> },
     /// Commit, for join `epoch`. Without `reply` the outcome comes as an event, and
     /// commits that queued up meanwhile go as one.
     Commit {
@@ -58,6 +67,8 @@ pub(crate) enum Command {
 pub(crate) struct Joined {
     pub(crate) mine: Vec<Partition>,
     pub(crate) committed: HashMap<Partition, Option<Offset>>,
+    /// The assignor of the generation joined.
+    pub(crate) protocol: Assignor,
     /// Which join this was (see [`Inner::Heartbeat`]).
     pub(crate) join: u64,
 }
@@ -98,6 +109,21 @@ impl Liveness {
     }
 }
 
+/// The cooperative side of our membership (KIP-429), between joins.
+#[derive(Debug, Default)]
+struct Rounds {
+    /// What the last plan gave us: what we say we own when we rejoin.
+    assigned: Vec<Partition>,
+    /// Taken away by the last plan and not revoked by the caller yet: no rejoin until
+    /// they are (the next round must not find them still ours).
+    revoking: Vec<Partition>,
+    /// Whether a rejoin is due once the revocation is done: after a cooperative round that
+    /// took something away, or a rebalance announced meanwhile.
+    rejoin_after_revoke: bool,
+    /// The topic's partitions as last seen, for a leader's plan when metadata fails.
+    partitions: Vec<Partition>,
+}
+
 /// Runs the group thread until `commands` is dropped.
 pub(crate) fn run(
     mut cluster: Cluster,
@@ -111,6 +137,7 @@ pub(crate) fn run(
     // Joins so far: heartbeat news carries it, so news from before a join (a rebalance
     // the caller has just rejoined for) is not taken for news of the new membership.
     let mut join = 0u64;
+    let mut rounds = Rounds::default();
     loop {
         let command = match queued.pop_front() {
             Some(c) => c,
@@ -118,14 +145,7 @@ pub(crate) fn run(
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(since) = liveness.overdue() {
-                        log::warn!(
-                            "The consumer of group {} was not polled for {:.1} s, longer than the rebalance timeout: leaving the group so that the others take its partitions",
-                            group.group_id(),
-                            since.as_secs_f64()
-                        );
-                        if let Err(e) = group.leave(&mut cluster) {
-                            log::warn!("Could not leave the group: {e}");
-                        }
+                        stall(&mut cluster, &mut group, since);
                         let news = Ok(Heartbeat::Rejoin(
                             "the consumer was not polled within the rebalance timeout",
                         ));
@@ -136,6 +156,22 @@ pub(crate) fn run(
                     }
                     let news = match group.heartbeat_if_due(&mut cluster) {
                         Ok(Heartbeat::NotDue) => continue,
+                        // Cooperative (KIP-429): a rebalance is joined at once, keeping every
+                        // partition; only a partition the new plan takes away is revoked.
+                        Ok(Heartbeat::Rejoin(_))
+                            if group.is_member()
+                                && group.protocol().is_some_and(Assignor::is_cooperative) =>
+                        {
+                            if rounds.revoking.is_empty() {
+                                join += 1;
+                                if !rejoin(&mut cluster, &mut group, &mut rounds, join, &send) {
+                                    return;
+                                }
+                            } else {
+                                rounds.rejoin_after_revoke = true;
+                            }
+                            continue;
+                        }
                         other => other,
                     };
                     if !send(Inner::Heartbeat { join, news }) {
@@ -154,19 +190,41 @@ pub(crate) fn run(
         match command {
             Command::Join { partitions, reply } => {
                 join += 1;
-                let result = group.join(&mut cluster, &partitions).and_then(|mine| {
-                    let committed = if mine.is_empty() {
-                        HashMap::new()
-                    } else {
-                        group.committed(&mut cluster, &mine)?
-                    };
-                    Ok(Joined {
-                        mine,
-                        committed,
-                        join,
-                    })
-                });
+                // Whatever the cooperative rounds were at, the caller revoked everything.
+                rounds = Rounds {
+                    partitions: partitions.clone(),
+                    ..Rounds::default()
+                };
+                let result = group
+                    .join(&mut cluster, &partitions, &[])
+                    .and_then(|joined| {
+                        let committed = if joined.assigned.is_empty() {
+                            HashMap::new()
+                        } else {
+                            group.committed(&mut cluster, &joined.assigned)?
+                        };
+                        rounds.assigned = joined.assigned.clone();
+                        Ok(Joined {
+                            mine: joined.assigned,
+                            committed,
+                            protocol: joined.protocol,
+                            join,
+                        })
+                    });
                 let _ = reply.send(result);
+                continue;
+            }
+            Command::Revoked { partitions } => {
+                rounds.revoking.retain(|p| !partitions.contains(p));
+                if rounds.revoking.is_empty()
+                    && std::mem::take(&mut rounds.rejoin_after_revoke)
+                    && group.is_member()
+                {
+                    join += 1;
+                    if !rejoin(&mut cluster, &mut group, &mut rounds, join, &send) {
+                        return;
+                    }
+                }
                 continue;
             }
             Command::Commit {
@@ -210,6 +268,7 @@ pub(crate) fn run(
             }
             Command::Leave { reply } => {
                 let _ = reply.send(group.leave(&mut cluster));
+                rounds = Rounds::default();
                 continue;
             }
         }
@@ -226,6 +285,110 @@ pub(crate) fn run(
         {
             return;
         }
+    }
+}
+
+/// A cooperative rebalance round, run by the group thread while the caller goes on with
+/// every partition: rejoin saying what we own, and tell the facade what the new plan adds
+/// and takes away ([`Inner::Assigned`]). A round that takes something away is followed by
+/// another once the caller has revoked it (`Command::Revoked`). If the round fails, the
+/// membership is given up as lost (the caller revokes everything and joins again). False
+/// when the facade is gone.
+fn rejoin(
+    cluster: &mut Cluster,
+    group: &mut Group,
+    rounds: &mut Rounds,
+    join: u64,
+    send: &impl Fn(Inner) -> bool,
+) -> bool {
+    // The leader plans over the topic as it is now.
+    let topic = group.topic().to_owned();
+    if let Ok(TopicState::Partitions(p)) = cluster.refresh(&topic) {
+        rounds.partitions = p;
+    }
+    let owned = rounds.assigned.clone();
+    let joined = group
+        .join(cluster, &rounds.partitions, &owned)
+        .and_then(|joined| {
+            let added: Vec<Partition> = joined
+                .assigned
+                .iter()
+                .filter(|p| !owned.contains(p))
+                .copied()
+                .collect();
+            let committed = if added.is_empty() {
+                HashMap::new()
+            } else {
+                group.committed(cluster, &added)?
+            };
+            Ok((joined, added, committed))
+        });
+    match joined {
+        Ok((joined, added, committed)) => {
+            let revoked: Vec<Partition> = owned
+                .iter()
+                .filter(|p| !joined.assigned.contains(p))
+                .copied()
+                .collect();
+            log::debug!(
+                "group {}: generation {} ({}): adds {added:?}, takes away {revoked:?}",
+                group.group_id(),
+                joined.generation.0,
+                joined.protocol
+            );
+            // Under an eager assignor (the group moved to one: a member that offers only
+            // range joined) nothing more comes after the revocation.
+            rounds.rejoin_after_revoke = !revoked.is_empty() && joined.protocol.is_cooperative();
+            rounds.revoking = revoked.clone();
+            rounds.assigned = joined.assigned;
+            send(Inner::Assigned {
+                join,
+                added: added
+                    .into_iter()
+                    .map(|p| (p, committed.get(&p).copied().flatten()))
+                    .collect(),
+                revoked,
+                protocol: joined.protocol,
+                topic_partitions: rounds.partitions.len(),
+            })
+        }
+        Err(e) if e.is_fatal() => send(Inner::Heartbeat { join, news: Err(e) }),
+        Err(e) => {
+            log::warn!(
+                "Rejoining consumer group {} failed: {e}; giving up the membership and joining again",
+                group.group_id()
+            );
+            group.forget();
+            *rounds = Rounds::default();
+            send(Inner::Heartbeat {
+                join,
+                news: Ok(Heartbeat::Rejoin("rejoining the group failed")),
+            })
+        }
+    }
+}
+
+/// The caller has not called for longer than the rebalance timeout: a dynamic member
+/// leaves the group, so that the others take its partitions at once; a static member only
+/// stops heartbeating (Kafka's clients send no LeaveGroup for one), and the coordinator
+/// gives its partitions away when its session times out.
+fn stall(cluster: &mut Cluster, group: &mut Group, since: Duration) {
+    if group.is_static() {
+        log::warn!(
+            "The consumer of group {} was not polled for {:.1} s, longer than the rebalance timeout: as a static member it stops heartbeating, and the group gives its partitions to the others when its session times out",
+            group.group_id(),
+            since.as_secs_f64()
+        );
+        group.forget();
+        return;
+    }
+    log::warn!(
+        "The consumer of group {} was not polled for {:.1} s, longer than the rebalance timeout: leaving the group so that the others take its partitions",
+        group.group_id(),
+        since.as_secs_f64()
+    );
+    if let Err(e) = group.leave(cluster) {
+        log::warn!("Could not leave the group: {e}");
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::error::KafkaError;
 use crate::group::Heartbeat;
-use crate::types::{Offset, Partition};
+use crate::types::{Assignor, Offset, Partition};
 use crate::wire::message::Message;
 
 /// Which assignment of a partition to a fetch thread a report is about. The facade makes a
@@ -52,6 +52,17 @@ pub(crate) enum Inner {
     Heartbeat {
         join: u64,
         news: Result<Heartbeat, KafkaError>,
+    },
+    /// A cooperative rebalance round the group thread went through by itself (in the
+    /// membership of its `join`th join): what the new plan adds (with committed offsets)
+    /// and takes away from us.
+    Assigned {
+        join: u64,
+        added: Vec<(Partition, Option<Offset>)>,
+        revoked: Vec<Partition>,
+        protocol: Assignor,
+        /// The topic's partition count the plan was made for.
+        topic_partitions: usize,
     },
     /// The outcome of a commit the facade asked for (in join `epoch`).
     Committed {

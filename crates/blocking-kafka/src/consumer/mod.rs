@@ -53,19 +53,26 @@ use crate::group::{Group, GroupSettings, Heartbeat};
 use crate::net::interrupt::Interrupt;
 use crate::net::settings::SessionInfo;
 use crate::settings::ConsumerSettings;
-use crate::types::{Offset, Partition, StartFrom};
+use crate::types::{Assignor, Offset, Partition, StartFrom};
 use crate::wire::message::Message;
 
 /// What the group side asks of the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupSignal {
     /// The coordinator confirmed our membership just now: keep going.
     Fine,
     /// Nothing new from the coordinator since the last call; keep going (says nothing
     /// about Kafka being reachable).
     NotDue,
-    /// Revoke every partition (finish or drop their work, commit), then call `join`.
+    /// Revoke every partition (finish or drop their work, commit), then call `join`: an
+    /// eager rebalance, or a membership that is lost (the partitions may be someone
+    /// else's already).
     Rejoin(&'static str),
+    /// A cooperative rebalance changed our share (KIP-429); every other partition stays
+    /// ours and is fetched throughout. Start on the partitions added (they are fetched
+    /// already); finish or drop the work of those revoked, commit it, then call
+    /// [`Consumer::revoked`] with them.
+    Changed(Change),
 }
 
 /// Our share of the topic after a join, with the offset each partition starts from.
@@ -77,6 +84,22 @@ pub struct Assignment {
     pub partitions: Vec<(Partition, Option<Offset>)>,
     /// How many partitions the topic had when we joined (0: the topic is missing).
     pub topic_partitions: usize,
+    /// The assignor the group uses in this generation: a cooperative one rebalances
+    /// incrementally ([`GroupSignal::Changed`]), an eager one with
+    /// [`GroupSignal::Rejoin`].
+    pub protocol: Assignor,
+}
+
+/// What a cooperative rebalance changed in our share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Partitions now ours, with their start offsets (as in [`Assignment`]).
+    pub added: Vec<(Partition, Option<Offset>)>,
+    /// Partitions the new plan gives to another member: no longer fetched; finish or drop
+    /// their work, commit it, then call [`Consumer::revoked`].
+    pub revoked: Vec<Partition>,
+    /// The assignor of the new generation.
+    pub protocol: Assignor,
 }
 
 /// The outcome of a commit asked for with [`Consumer::commit`].
@@ -126,6 +149,8 @@ pub struct Consumer {
     /// next join.
     group_news: Option<Result<(), KafkaError>>,
     rejoin: Option<&'static str>,
+    /// Cooperative rounds the caller has not heard of yet, oldest first.
+    changes: VecDeque<Change>,
     commit_results: Vec<CommitResult>,
     /// The topic's partitions and leaders as last seen.
     snapshot: Option<Snapshot>,
@@ -140,6 +165,9 @@ pub struct Consumer {
 /// One of our partitions.
 #[derive(Debug)]
 struct Owned {
+    /// A cooperative rebalance gave it to another member: no longer fetched, waiting for
+    /// the caller's `revoked`.
+    revoking: bool,
     /// Under which lease its fetch thread fetches it.
     lease: Lease,
     /// The broker whose thread fetches it; `None` while its leader is unknown.
@@ -239,6 +267,7 @@ impl Consumer {
             handed: None,
             group_news: None,
             rejoin: None,
+            changes: VecDeque::new(),
             commit_results: Vec::new(),
             snapshot: None,
             topic_partitions: 0,
@@ -331,6 +360,7 @@ impl Consumer {
         let Joined {
             mine,
             committed,
+            protocol,
             join,
         } = joined;
         self.epoch += 1;
@@ -345,6 +375,7 @@ impl Consumer {
             self.owned.insert(
                 p,
                 Owned {
+                    revoking: false,
                     lease,
                     broker: None,
                     fetched: start,
@@ -357,14 +388,17 @@ impl Consumer {
         Ok(Assignment {
             partitions: self.owned.iter().map(|(p, o)| (*p, o.delivered)).collect(),
             topic_partitions: self.topic_partitions,
+            protocol,
         })
     }
 
     /// What the group thread learned since the last call: `Fine` after an answered
-    /// heartbeat, `NotDue` when nothing came, `Rejoin` from a rebalance until the next
-    /// join, an error after a heartbeat that did not reach the coordinator (for the
-    /// caller to log; the group thread keeps trying, finding the coordinator again).
-    /// Never blocks: the group thread heartbeats on its own.
+    /// heartbeat, `NotDue` when nothing came, `Rejoin` from an eager rebalance (or a lost
+    /// membership) until the next join, `Changed` for each cooperative round, an error
+    /// after a heartbeat that did not reach the coordinator (for the caller to log; the
+    /// group thread keeps trying, finding the coordinator again) or one that ends the
+    /// consumer ([`KafkaError::is_fatal`]: FENCED_INSTANCE_ID, say). Never blocks: the
+    /// group thread heartbeats on its own.
     pub fn heartbeat(&mut self) -> Result<GroupSignal, KafkaError> {
         self.pump();
         if self.epoch == 0 {
@@ -372,6 +406,9 @@ impl Consumer {
         }
         if let Some(why) = self.rejoin {
             return Ok(GroupSignal::Rejoin(why));
+        }
+        if let Some(change) = self.changes.pop_front() {
+            return Ok(GroupSignal::Changed(change));
         }
         match self.group_news.take() {
             None => Ok(GroupSignal::NotDue),
@@ -498,9 +535,23 @@ impl Consumer {
         self.owned.keys().copied().collect()
     }
 
+    /// The caller has finished revoking `partitions` (taken away by a cooperative
+    /// rebalance, [`GroupSignal::Changed`]): they are forgotten, and the group thread
+    /// rejoins for the round that gives them to their new owners.
+    pub fn revoked(&mut self, partitions: &[Partition]) {
+        self.owned
+            .retain(|p, o| !(o.revoking && partitions.contains(p)));
+        if self.group.is_some() {
+            let _ = self.group_command(coordinator::Command::Revoked {
+                partitions: partitions.to_vec(),
+            });
+        }
+    }
+
     /// Forgets positions and stops fetching: called once the caller has finished revoking.
     /// Results not handed over yet are dropped.
     pub fn revoke(&mut self) {
+        self.changes.clear();
         let mut by_broker: HashMap<String, Vec<Partition>> = HashMap::new();
         for (p, o) in std::mem::take(&mut self.owned) {
             if let Some(b) = o.broker {
@@ -575,6 +626,12 @@ impl Consumer {
             let group = Group::new(GroupSettings {
                 group_id: self.settings.group_id.clone(),
                 topic: self.settings.topic.clone(),
+                instance_id: self.settings.group_instance_id.clone(),
+                assignors: if self.settings.assignors.is_empty() {
+                    Assignor::DEFAULT.to_vec()
+                } else {
+                    self.settings.assignors.clone()
+                },
                 session_timeout: self.settings.session_timeout,
                 rebalance_timeout: self.settings.rebalance_timeout,
                 heartbeat_interval: self.settings.heartbeat_interval,
@@ -758,6 +815,13 @@ impl Consumer {
                     Err(e) => self.group_news = Some(Err(e)),
                 }
             }
+            Inner::Assigned {
+                join,
+                added,
+                revoked,
+                protocol,
+                topic_partitions,
+            } => self.on_assigned(join, added, revoked, protocol, topic_partitions),
             Inner::Committed {
                 epoch,
                 offsets,
@@ -768,6 +832,81 @@ impl Consumer {
                 }
             }
             Inner::Metadata(result) => self.on_metadata(result),
+        }
+    }
+
+    /// A cooperative round: the partitions added are fetched at once, those taken away no
+    /// more (what was fetched of them and not handed over is dropped), and the caller hears
+    /// of both with its next `heartbeat`.
+    fn on_assigned(
+        &mut self,
+        join: u64,
+        added: Vec<(Partition, Option<Offset>)>,
+        revoked: Vec<Partition>,
+        protocol: Assignor,
+        topic_partitions: usize,
+    ) {
+        if self.epoch == 0 || self.rejoin.is_some() || join <= self.group_join {
+            return; // a membership the caller is leaving, or one before it
+        }
+        self.group_join = join;
+        self.topic_partitions = topic_partitions;
+        self.stop_fetching(&revoked);
+        let mut added_at = Vec::with_capacity(added.len());
+        for (p, start) in added {
+            let lease = self.lease();
+            self.owned.insert(
+                p,
+                Owned {
+                    revoking: false,
+                    lease,
+                    broker: None,
+                    fetched: start,
+                    delivered: start,
+                },
+            );
+            added_at.push((p, start));
+        }
+        self.route();
+        if added_at.is_empty() && revoked.is_empty() {
+            return;
+        }
+        self.changes.push_back(Change {
+            added: added_at,
+            revoked,
+            protocol,
+        });
+    }
+
+    /// Stops fetching `partitions` (being revoked): their fetch threads let them go, and
+    /// results not handed over yet lose their messages and positions, so nothing of them
+    /// reaches the caller after this.
+    fn stop_fetching(&mut self, partitions: &[Partition]) {
+        let mut by_broker: HashMap<String, Vec<Partition>> = HashMap::new();
+        for p in partitions {
+            if let Some(own) = self.owned.get_mut(p) {
+                own.revoking = true;
+                if let Some(b) = own.broker.take() {
+                    by_broker.entry(b).or_default().push(*p);
+                }
+            }
+            self.log_ends.remove(p);
+        }
+        for (broker, parts) in by_broker {
+            self.fetcher_command(&broker, fetcher::Command::Unassign(parts));
+        }
+        let mut emptied = Vec::new();
+        self.ready.retain_mut(|r| {
+            r.messages.retain(|m| !partitions.contains(&m.partition));
+            r.positions.retain(|(p, _)| !partitions.contains(p));
+            let keep = !r.messages.is_empty() || !r.positions.is_empty();
+            if !keep {
+                emptied.push(r.broker.clone());
+            }
+            keep
+        });
+        for broker in emptied {
+            self.credit(&broker);
         }
     }
 
@@ -867,7 +1006,7 @@ impl Consumer {
         }
         let now = Instant::now();
         let trouble = self.snapshot.is_none()
-            || self.owned.values().any(|o| {
+            || self.owned.values().filter(|o| !o.revoking).any(|o| {
                 o.broker
                     .as_deref()
                     .is_none_or(|b| self.failing.contains_key(b))
@@ -898,6 +1037,9 @@ impl Consumer {
         let mut assign: HashMap<String, Vec<Assigned>> = HashMap::new();
         let mut moves = Vec::new();
         for (p, own) in self.owned.iter_mut() {
+            if own.revoking {
+                continue;
+            }
             let leader = leaders.get(p).cloned().flatten();
             if own.broker.is_some() && own.broker == leader {
                 continue;
@@ -1124,6 +1266,8 @@ mod tests {
             bootstrap: vec!["127.0.0.1:9".into()],
             client_id: "unit".into(),
             group_id: "g".into(),
+            group_instance_id: None,
+            assignors: Assignor::DEFAULT.to_vec(),
             topic: "t".into(),
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(10),
@@ -1146,6 +1290,7 @@ mod tests {
         c.owned.insert(
             Partition(p),
             Owned {
+                revoking: false,
                 lease: Lease(lease),
                 broker: Some(broker.into()),
                 fetched: Some(Offset(at)),
@@ -1292,5 +1437,61 @@ mod tests {
                 GroupSignal::Rejoin("the group is rebalancing")
             );
         }
+    }
+    /// A cooperative round: the partition taken away hands nothing more over (not even
+    /// what was fetched of it before), the others go on, the one added starts from its
+    /// committed offset, and the caller hears of both once.
+    #[test]
+    fn a_cooperative_change_stops_only_the_revoked_partition() {
+        let mut c = consumer();
+        own(&mut c, 0, "b1:9092", 1, 5);
+        own(&mut c, 1, "b1:9092", 2, 0);
+        let Event(Inner::Fetched { mut batch, .. }) = fetched("b1:9092", 0, 1, 5..7) else {
+            unreachable!()
+        };
+        let Event(Inner::Fetched { batch: other, .. }) = fetched("b1:9092", 1, 2, 0..2) else {
+            unreachable!()
+        };
+        batch.messages.extend(other.messages);
+        batch.positions.extend(other.positions);
+        c.handle(Event(Inner::Fetched {
+            broker: "b1:9092".into(),
+            batch,
+        }));
+        c.handle(Event(Inner::Assigned {
+            join: 1,
+            added: vec![(Partition(2), Some(Offset(7)))],
+            revoked: vec![Partition(1)],
+            protocol: Assignor::CooperativeSticky,
+            topic_partitions: 3,
+        }));
+        assert_eq!(
+            c.heartbeat().unwrap(),
+            GroupSignal::Changed(Change {
+                added: vec![(Partition(2), Some(Offset(7)))],
+                revoked: vec![Partition(1)],
+                protocol: Assignor::CooperativeSticky,
+            })
+        );
+        assert_eq!(c.heartbeat().unwrap(), GroupSignal::NotDue, "told once");
+        assert_eq!(offsets(&c.fetch()), vec![(0, 5), (0, 6)], "only p0 goes on");
+        assert_eq!(c.position(Partition(1)), Some(Offset(0)));
+        assert_eq!(c.position(Partition(2)), Some(Offset(7)));
+        c.handle(fetched("b1:9092", 1, 2, 2..4));
+        assert!(
+            c.fetch().is_empty(),
+            "nothing of p1 after its revocation began"
+        );
+        c.revoked(&[Partition(1)]);
+        assert_eq!(c.assigned(), vec![Partition(0), Partition(2)]);
+        // A round of an earlier membership (the caller rejoined since) is ignored.
+        c.handle(Event(Inner::Assigned {
+            join: 1,
+            added: vec![(Partition(1), None)],
+            revoked: vec![],
+            protocol: Assignor::CooperativeSticky,
+            topic_partitions: 3,
+        }));
+        assert_eq!(c.heartbeat().unwrap(), GroupSignal::NotDue);
     }
 }
