@@ -10,7 +10,8 @@
 //!   processed twice, commits go on at the new coordinator;
 //! - a broker answering 8 s late, or throttling every answer: its partition is still served,
 //!   the others are not held back;
-//! - a broker bounce during a rebalance; partitions in message formats v0 and v1.
+//! - a broker bounce during a rebalance; partitions in message formats v0 and v1;
+//! - brokers that offer only Kafka 2.1's API versions (the oldest the worker supports).
 //!
 //! Each scenario produces one request to every partition every 100 ms straight to tansu (so
 //! producing never meets the faults), notes when each was sent, and reads when the worker
@@ -29,7 +30,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{TempDb, WorkerProcess, librdkafka_committed, wait_until};
-use kafka_testkit::cluster::Cluster;
+use kafka_testkit::cluster::{ApiKey, Cluster, KAFKA_2_1};
 use kafka_testkit::latency::Scenario;
 use kafka_testkit::legacy::{LegacyCodec, LegacyMessage, Magic};
 use rustfs_kafka::producer::{Producer, Record, RequiredAcks};
@@ -88,12 +89,17 @@ fn a_coordinator_move_causes_no_rebalance_repeats_nothing_and_commits_go_on() {
         "one join, no rebalance"
     );
     assert_eq!(run.worker.count_lines("Rebalance ("), 0, "no rebalance");
-    // Commits went on (at the new coordinator): the group's offsets reach the log end.
+    // Commits went on at the new coordinator while the old one was away (one every
+    // COMMIT_INTERVAL_MS, 200 ms, while requests flowed: ~100 in those 23 s), and the
+    // group's offsets reach the log end.
+    assert!(
+        run.commits_during[1] >= 10,
+        "commits answered by broker 2 before broker 1 came back: {:?}",
+        run.commits_during
+    );
     run.assert_committed_to_the_end();
     assert!(
-        run.cluster
-            .requests(2, kafka_testkit::cluster::ApiKey::Heartbeat)
-            > 0,
+        run.cluster.requests(2, ApiKey::Heartbeat) > 0,
         "the member heartbeated to the new coordinator"
     );
 }
@@ -252,6 +258,86 @@ fn requests_in_message_formats_v0_and_v1_are_provisioned_and_committed_past() {
     assert!(w.wait_exit(Duration::from_secs(30)).success());
 }
 
+#[test]
+fn a_cluster_of_kafka_2_1_brokers_is_joined_served_committed_and_dead_lettered_to() {
+    // The oldest broker the worker supports: every broker offers only what Kafka 2.1 did
+    // (JoinGroup up to v3, so no member-id round trip; Metadata 7, ListOffsets 4, Fetch 10,
+    // Produce 7). The worker joins, resets its new group's positions, provisions, commits
+    // and dead-letters at those versions.
+    let _serial = serial();
+    let cluster = Cluster::start(3);
+    cluster.cap_versions(KAFKA_2_1);
+    cluster.create_topic(TOPIC, PARTITIONS);
+    let dlq = "requests.dlq";
+    cluster.create_topic(dlq, 1);
+    let db = TempDb::new();
+    let mut producer = RequestProducer::new(&cluster);
+    for i in 0..9 {
+        producer.send(&format!("old-broker-{i}"), i % PARTITIONS);
+    }
+    producer.send_raw(b"not json", 1);
+    let mut w = worker(
+        &cluster.bootstrap(),
+        &db,
+        &[
+            ("KAFKA_DLQ_TOPIC", dlq),
+            ("KAFKA_AUTO_OFFSET_RESET", "earliest"),
+        ],
+    );
+    let assigned = w.wait_for_line("Partitions assigned", Duration::from_secs(60));
+    assert!(assigned.contains("0@earliest"), "{assigned}");
+    wait_until("every request completed", Duration::from_secs(60), || {
+        let done = db.count_by_status().get("completed").copied().unwrap_or(0);
+        (done == 9).then_some(())
+    });
+    w.wait_for_line(
+        &format!("Dead-lettered invalid message at partition 1 offset 3 to {dlq}"),
+        Duration::from_secs(30),
+    );
+    let ends = BTreeMap::from([(0, Some(3)), (1, Some(4)), (2, Some(3))]);
+    wait_until("commits to the log end", Duration::from_secs(30), || {
+        let committed = librdkafka_committed(cluster.tansu(), GROUP, TOPIC);
+        (committed == ends).then_some(())
+    });
+    wait_until("a heartbeat", Duration::from_secs(30), || {
+        (!cluster.versions(ApiKey::Heartbeat).is_empty()).then_some(())
+    });
+    for (api, cap) in KAFKA_2_1.caps {
+        let used = cluster.versions(*api);
+        assert!(
+            used.iter().all(|v| v <= cap),
+            "{api:?} sent at versions {used:?}, above Kafka 2.1's {cap}"
+        );
+    }
+    for api in [
+        ApiKey::Metadata,
+        ApiKey::FindCoordinator,
+        ApiKey::JoinGroup,
+        ApiKey::SyncGroup,
+        ApiKey::OffsetFetch,
+        ApiKey::ListOffsets,
+        ApiKey::Fetch,
+        ApiKey::OffsetCommit,
+        ApiKey::InitProducerId,
+        ApiKey::Produce,
+    ] {
+        assert!(!cluster.versions(api).is_empty(), "{api:?} never sent");
+    }
+    assert!(
+        cluster.versions(ApiKey::JoinGroup).iter().all(|v| *v >= 2),
+        "JoinGroup {:?}",
+        cluster.versions(ApiKey::JoinGroup)
+    );
+    assert!(cluster.errors().is_empty(), "{:?}", cluster.errors());
+    w.signal("TERM");
+    assert!(w.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        cluster.versions(ApiKey::LeaveGroup).iter().all(|v| *v <= 2),
+        "LeaveGroup {:?}",
+        cluster.versions(ApiKey::LeaveGroup)
+    );
+}
+
 // ------------------------------------------------------------------------------------
 // One scenario run
 
@@ -267,6 +353,9 @@ struct Run {
     sent: Vec<(String, i32, f64)>,
     /// When each request became `provisioning`, and how many times.
     provisioned: HashMap<String, (f64, usize)>,
+    /// OffsetCommit answers of brokers 1..=3 by the end of the timeline (the broker in
+    /// trouble restored at that moment).
+    commits_during: Vec<u64>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -294,6 +383,9 @@ impl Run {
         let producing = Producing::start(&cluster);
         let started_ms = now_ms();
         cluster.schedule(scenario.steps(TOPIC)).wait();
+        let commits_during = (1..=PARTITIONS)
+            .map(|b| cluster.answers(b, ApiKey::OffsetCommit))
+            .collect();
         let sent = producing.stop();
         let mut provisioned = HashMap::new();
         let deadline = Instant::now() + DRAIN;
@@ -312,6 +404,7 @@ impl Run {
             started_ms,
             sent,
             provisioned,
+            commits_during,
             _serial: serial,
         };
         eprintln!("{}", run.table_row());
@@ -519,6 +612,13 @@ impl RequestProducer {
             .send(&Record::from_value(TOPIC, value.as_bytes()).with_partition(partition))
             .unwrap_or_else(|e| panic!("produce {id} to p{partition}: {e}"));
         self.ids.push(id.to_owned());
+    }
+
+    /// A value that is not a request (for the worker to dead-letter).
+    fn send_raw(&mut self, value: &[u8], partition: i32) {
+        self.producer
+            .send(&Record::from_value(TOPIC, value).with_partition(partition))
+            .unwrap_or_else(|e| panic!("produce to p{partition}: {e}"));
     }
 
     fn ids(&self) -> Vec<String> {

@@ -25,7 +25,9 @@
 //!   4-12, Produce 3-12 (tansu 0.6 stops at 11), OffsetCommit 2-9, OffsetFetch 1-9 (topics by name, not id), the
 //!   other rewritten APIs to what kafka-protocol decodes; KIP-848's ConsumerGroupHeartbeat
 //!   and ConsumerGroupDescribe are not offered. Kafka 2.1+ clients (librdkafka included)
-//!   work within these ranges.
+//!   work within these ranges. [`Cluster::cap_versions`] narrows them further, to what an
+//!   older broker offers ([`KAFKA_2_1`]: the APIs Kafka 2.1 had, at its highest versions),
+//!   and [`Cluster::versions`] says which versions clients then used.
 //! - **Fetch sessions** are refused (session id 0 in every answer), so clients send full
 //!   fetch requests that the proxy can route partition by partition.
 //!
@@ -56,7 +58,7 @@
 //! not offer it, so clients skip KIP-320 validation), TLS and SASL (plaintext only), and
 //! transactions' coordinator routing (InitProducerId, AddPartitionsToTxn, EndTxn go to
 //! tansu from any broker).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
@@ -99,6 +101,46 @@ pub struct BrokerFaults {
     /// The `throttle_time_ms` put into answers, and how long the connection is then muted.
     pub throttle: Duration,
 }
+
+/// The ApiVersions answer of an older broker, for [`Cluster::cap_versions`]: no API with a
+/// key above `highest_key` is offered (it came later), and each API in `caps` is offered up
+/// to that version at most. Within that, the cluster's own ranges hold (tansu's, and the
+/// floors the rewriting needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionCaps {
+    pub highest_key: i16,
+    pub caps: &'static [(ApiKey, i16)],
+}
+
+/// Apache Kafka 2.1.0, the oldest broker the worker supports: API keys up to 42
+/// (DeleteGroups; ElectPreferredLeaders came in 2.2), and the highest version of each API a
+/// consumer, a producer and the worker's tools use, as 2.1.0's ApiVersions answer lists
+/// them. JoinGroup stops at 3 (v4, with the member-id round trip, came in 2.2), Metadata at
+/// 7, ListOffsets at 4, Fetch at 10, Produce at 7, SaslAuthenticate at 0.
+pub const KAFKA_2_1: VersionCaps = VersionCaps {
+    highest_key: 42,
+    caps: &[
+        (ApiKey::Produce, 7),
+        (ApiKey::Fetch, 10),
+        (ApiKey::ListOffsets, 4),
+        (ApiKey::Metadata, 7),
+        (ApiKey::OffsetCommit, 6),
+        (ApiKey::OffsetFetch, 5),
+        (ApiKey::FindCoordinator, 2),
+        (ApiKey::JoinGroup, 3),
+        (ApiKey::Heartbeat, 2),
+        (ApiKey::LeaveGroup, 2),
+        (ApiKey::SyncGroup, 2),
+        (ApiKey::DescribeGroups, 2),
+        (ApiKey::ListGroups, 2),
+        (ApiKey::SaslHandshake, 1),
+        (ApiKey::ApiVersions, 2),
+        (ApiKey::CreateTopics, 3),
+        (ApiKey::DeleteTopics, 3),
+        (ApiKey::InitProducerId, 1),
+        (ApiKey::SaslAuthenticate, 0),
+    ],
+};
 
 /// One step of a [`Cluster::schedule`] timeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -317,6 +359,25 @@ impl Cluster {
         }
     }
 
+    /// From now on every broker answers ApiVersions as an older broker would (`caps`);
+    /// clients that connect after this negotiate within it.
+    pub fn cap_versions(&self, caps: VersionCaps) {
+        self.shared.lock().caps = Some(caps);
+    }
+
+    /// Every version of `api` that any broker has been sent, lowest first.
+    pub fn versions(&self, api: ApiKey) -> Vec<i16> {
+        let state = self.shared.lock();
+        let mut seen: Vec<i16> = state
+            .versions
+            .iter()
+            .filter(|(key, _)| *key == api as i16)
+            .map(|(_, v)| *v)
+            .collect();
+        seen.sort_unstable();
+        seen
+    }
+
     /// Requests broker `id` has read for `api` (including those it then refused).
     pub fn requests(&self, id: BrokerId, api: ApiKey) -> u64 {
         let state = self.shared.lock();
@@ -478,6 +539,10 @@ struct State {
     threads: Vec<JoinHandle<()>>,
     stopping: bool,
     requests: HashMap<(BrokerId, i16), u64>,
+    /// (API key, version) of every request read, by any broker.
+    versions: HashSet<(i16, i16)>,
+    /// What ApiVersions answers offer at most, if narrowed.
+    caps: Option<VersionCaps>,
     answers: HashMap<(BrokerId, i16), u64>,
     injected: HashMap<(BrokerId, i16, i16), u64>,
     throttled: Vec<u64>,
@@ -533,6 +598,8 @@ impl State {
             threads: Vec::new(),
             stopping: false,
             requests: HashMap::new(),
+            versions: HashSet::new(),
+            caps: None,
             answers: HashMap::new(),
             injected: HashMap::new(),
             throttled: vec![0; n],
@@ -567,6 +634,7 @@ impl State {
             coordinator: self.coordinator,
             legacy: self.legacy.clone(),
             throttle_ms: i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX),
+            caps: self.caps,
         }
     }
 }
@@ -804,10 +872,14 @@ fn read_requests(
 ) {
     while let Some(request) = read_frame(&mut client) {
         let read_at = Instant::now();
-        let Some((key, _)) = rewrite::api_of(&request) else {
+        let Some((key, version)) = rewrite::api_of(&request) else {
             break;
         };
-        *shared.lock().requests.entry((id, key)).or_default() += 1;
+        {
+            let mut state = shared.lock();
+            *state.requests.entry((id, key)).or_default() += 1;
+            state.versions.insert((key, version));
+        }
         if !shared.hold_request(link, id) {
             break;
         }
