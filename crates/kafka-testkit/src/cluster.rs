@@ -72,7 +72,10 @@ use crate::Broker;
 use crate::hostile_batch::{self, Codec, Piece};
 use crate::legacy::{LegacyCodec, LegacyMessage, Magic, MessageSet};
 
+mod groups;
 mod rewrite;
+
+pub use groups::{GroupState, INITIAL_REBALANCE_DELAY, Rebalance};
 
 pub use rewrite::{
     FENCED_LEADER_EPOCH, NOT_COORDINATOR, NOT_LEADER_OR_FOLLOWER, UNKNOWN_LEADER_EPOCH,
@@ -187,7 +190,25 @@ impl Placement {
 
 impl Cluster {
     /// Starts tansu and `brokers` proxy ports in front of it (broker ids 1..=`brokers`).
+    /// Consumer groups are tansu's.
     pub fn start(brokers: usize) -> Cluster {
+        Cluster::launch(brokers, None)
+    }
+
+    /// Like [`Cluster::start`], but the cluster's coordinator keeps consumer groups by
+    /// Kafka's rules (`cluster/groups.rs`: the join barrier, protocol selection by vote,
+    /// static members that are fenced, no rebalance for a static member's restart), where
+    /// tansu's own ways differ; offsets are still stored by tansu. `initial_delay` is
+    /// Kafka's `group.initial.rebalance.delay.ms` ([`INITIAL_REBALANCE_DELAY`] is its
+    /// default).
+    pub fn start_with_kafka_groups(brokers: usize, initial_delay: Duration) -> Cluster {
+        Cluster::launch(
+            brokers,
+            Some(Arc::new(groups::Coordinator::new(initial_delay))),
+        )
+    }
+
+    fn launch(brokers: usize, groups: Option<Arc<groups::Coordinator>>) -> Cluster {
         assert!(brokers >= 1, "a cluster needs at least one broker");
         let listeners: Vec<TcpListener> = (0..brokers)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a broker port on 127.0.0.1"))
@@ -202,8 +223,9 @@ impl Cluster {
             state: Mutex::new(State::new(ports)),
             changed: Condvar::new(),
             upstream,
+            groups,
         });
-        let acceptors = listeners
+        let mut acceptors: Vec<JoinHandle<()>> = listeners
             .into_iter()
             .enumerate()
             .map(|(i, listener)| {
@@ -215,6 +237,24 @@ impl Cluster {
                     .expect("spawn a broker's accept thread")
             })
             .collect();
+        if shared.groups.is_some() {
+            // Sessions that expire and rebalance timeouts that pass, without a request to
+            // notice them.
+            let shared = Arc::clone(&shared);
+            acceptors.push(
+                thread::Builder::new()
+                    .name("cluster-group-coordinator".into())
+                    .spawn(move || {
+                        while !shared.lock().stopping {
+                            if let Some(g) = &shared.groups {
+                                g.tick();
+                            }
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    })
+                    .expect("spawn the group coordinator's ticker"),
+            );
+        }
         Cluster {
             tansu,
             shared,
@@ -378,6 +418,25 @@ impl Cluster {
         seen
     }
 
+    /// The generation and state of consumer group `group` in the cluster's own
+    /// coordinator ([`Cluster::start_with_kafka_groups`]); `None` for a group never joined.
+    pub fn group(&self, group: &str) -> Option<(i32, GroupState)> {
+        self.kafka_groups().group(group)
+    }
+
+    /// Every rebalance of `group` that completed, oldest first (the cluster's own
+    /// coordinator).
+    pub fn rebalances(&self, group: &str) -> Vec<Rebalance> {
+        self.kafka_groups().rebalances(group)
+    }
+
+    fn kafka_groups(&self) -> &groups::Coordinator {
+        self.shared
+            .groups
+            .as_deref()
+            .expect("the cluster keeps no groups of its own: start it with Cluster::start_with_kafka_groups")
+    }
+
     /// Requests broker `id` has read for `api` (including those it then refused).
     pub fn requests(&self, id: BrokerId, api: ApiKey) -> u64 {
         let state = self.shared.lock();
@@ -524,6 +583,9 @@ struct Shared {
     /// re-check whether they may go.
     changed: Condvar,
     upstream: SocketAddr,
+    /// Kafka's group coordinator in tansu's place, when the cluster plays it
+    /// ([`Cluster::start_with_kafka_groups`]).
+    groups: Option<Arc<groups::Coordinator>>,
 }
 
 struct State {
@@ -884,6 +946,43 @@ fn read_requests(
             break;
         }
         let snap = shared.lock().snapshot(id);
+        if let Some(groups) = &shared.groups
+            && snap.me == snap.coordinator
+            && groups::Coordinator::handles(key)
+        {
+            let alive = || {
+                let state = shared.lock();
+                !state.stopping && state.links.contains_key(&link)
+            };
+            let answer = match groups.handle(&request, key, version, snap.throttle_ms, &alive) {
+                Ok(groups::Handled::Answer(frame)) => Answer::Local(frame, snap.throttle_ms),
+                Ok(groups::Handled::Forward) => {
+                    if upstream.write_all(&request).is_err() {
+                        break;
+                    }
+                    Answer::Upstream(rewrite::Pending::forwarded(key, version))
+                }
+                Err(e) => {
+                    shared.error(id, e);
+                    break;
+                }
+            };
+            match shared.lock().links.get_mut(&link) {
+                Some(l) => l.outstanding += 1,
+                None => break,
+            }
+            if queue
+                .send(Entry {
+                    key,
+                    read_at,
+                    answer,
+                })
+                .is_err()
+            {
+                break;
+            }
+            continue;
+        }
         let routed = match rewrite::route(&request, &snap) {
             Ok(routed) => routed,
             Err(e) => {

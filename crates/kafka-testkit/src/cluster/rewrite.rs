@@ -154,6 +154,11 @@ impl Pending {
         }
     }
 
+    /// A request forwarded as it is (nothing refused in it).
+    pub fn forwarded(key: i16, version: i16) -> Pending {
+        Pending::new(key, version)
+    }
+
     fn injected(&self) -> Vec<i16> {
         self.refused.iter().map(|r| r.2).collect()
     }
@@ -788,7 +793,7 @@ fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
 }
 
-fn decode_request<R: Decodable + HeaderVersion>(
+pub(super) fn decode_request<R: Decodable + HeaderVersion>(
     frame: &[u8],
     version: i16,
 ) -> Result<(RequestHeader, R), String> {
@@ -847,7 +852,7 @@ fn edit<R: Decodable + Encodable + HeaderVersion>(
     Ok(sized(buf))
 }
 
-fn encode_answer<R: Encodable + HeaderVersion>(
+pub(super) fn encode_answer<R: Encodable + HeaderVersion>(
     correlation_id: i32,
     answer: &R,
     version: i16,
