@@ -451,7 +451,12 @@ impl Group {
                     code: MEMBER_ID_REQUIRED,
                 });
             }
-            INCONSISTENT_GROUP_PROTOCOL => return Err(self.inconsistent_protocol(cluster)),
+            INCONSISTENT_GROUP_PROTOCOL => {
+                // Kafka names no protocol here; tansu names the group's. Either way the
+                // coordinator is asked (DescribeGroups) first.
+                let hint = response.protocol_name.as_ref().map(|p| p.to_string());
+                return Err(self.inconsistent_protocol(cluster, hint));
+            }
             code => {
                 self.check_coordinator_code(cluster, "JoinGroup", code)?;
                 return self.membership_error(cluster, "JoinGroup", code).and(Err(
@@ -507,7 +512,7 @@ impl Group {
         )?;
         match response.error_code {
             0 => {}
-            INCONSISTENT_GROUP_PROTOCOL => return Err(self.inconsistent_protocol(cluster)),
+            INCONSISTENT_GROUP_PROTOCOL => return Err(self.inconsistent_protocol(cluster, None)),
             code => {
                 self.check_coordinator_code(cluster, "SyncGroup", code)?;
                 return self.membership_error(cluster, "SyncGroup", code).and(Err(
@@ -575,7 +580,7 @@ impl Group {
     /// INCONSISTENT_GROUP_PROTOCOL: the group uses something we do not offer. Asks the
     /// coordinator what (DescribeGroups: Kafka names the protocol of a stable group), so
     /// that the error names both sides.
-    fn inconsistent_protocol(&mut self, cluster: &mut Cluster) -> KafkaError {
+    fn inconsistent_protocol(&mut self, cluster: &mut Cluster, hint: Option<String>) -> KafkaError {
         let request = DescribeGroupsRequest::default()
             .with_groups(vec![GroupId(str_bytes(&self.settings.group_id))]);
         let described: Result<DescribeGroupsResponse, KafkaError> = self.coordinator_call(
@@ -591,7 +596,10 @@ impl Group {
             .as_ref()
             .and_then(|g| nonempty(&g.protocol_type))
             .filter(|t| t != "consumer");
-        let group_uses = group.as_ref().and_then(|g| nonempty(&g.protocol_data));
+        let group_uses = group
+            .as_ref()
+            .and_then(|g| nonempty(&g.protocol_data))
+            .or(hint.filter(|h| !h.is_empty()));
         KafkaError::GroupProtocol {
             group: self.settings.group_id.clone(),
             offered: self
