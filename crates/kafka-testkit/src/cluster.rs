@@ -956,8 +956,8 @@ fn read_requests(
             };
             let answer = match groups.handle(&request, key, version, snap.throttle_ms, &alive) {
                 Ok(groups::Handled::Answer(frame)) => Answer::Local(frame, snap.throttle_ms),
-                Ok(groups::Handled::Forward) => {
-                    if upstream.write_all(&request).is_err() {
+                Ok(groups::Handled::Forward(frame)) => {
+                    if upstream.write_all(&frame).is_err() {
                         break;
                     }
                     Answer::Upstream(rewrite::Pending::forwarded(key, version))

@@ -149,8 +149,8 @@ impl LibrdkafkaMember {
     }
 
     /// Tells it to stop (commit, close the consumer: a dynamic member leaves the group)
-    /// and waits for it to exit, at most `deadline`.
-    pub fn stop(mut self, deadline: Duration) -> ExitStatus {
+    /// and waits for it to exit, at most `deadline`. Its events stay readable.
+    pub fn stop(&mut self, deadline: Duration) -> ExitStatus {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(b"stop\n");
         }

@@ -82,7 +82,7 @@ fn cooperative_librdkafka_members_hand_partitions_over_incrementally() {
             .iter()
             .all(|r| r.protocol.as_deref() == Some("cooperative-sticky"))
     );
-    for m in [a, b, c] {
+    for mut m in [a, b, c] {
         assert!(m.stop(Duration::from_secs(20)).success());
     }
 }
@@ -109,7 +109,7 @@ fn a_static_librdkafka_member_restarted_within_its_session_causes_no_rebalance()
     let b_events = b.events().len();
 
     a.kill();
-    let a = start("a again", &cluster, "static", &config_a);
+    let mut a = start("a again", &cluster, "static", &config_a);
     a.wait_for("its old partitions", SETTLE, |m| m.owned() == owned[0]);
     assert_eq!(
         cluster.group("static"),

@@ -20,7 +20,9 @@
 //!
 //! This module answers JoinGroup, SyncGroup, Heartbeat, LeaveGroup and DescribeGroups by
 //! Kafka's rules (the classic `GroupCoordinator` of Kafka 2.4-3.x), and checks OffsetCommit
-//! against them before tansu stores the offsets (OffsetFetch goes to tansu as it is). What
+//! against them before tansu stores the offsets (sent on as a commit from outside the
+//! group, which tansu takes for a group it thinks empty; OffsetFetch goes to tansu as it
+//! is). What
 //! it emulates:
 //!
 //! - states Empty, PreparingRebalance, CompletingRebalance, Stable, and the generation;
@@ -58,7 +60,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::rewrite::{decode_request, encode_answer};
+use super::rewrite::{decode_request, encode_answer, encode_request};
 
 const ILLEGAL_GENERATION: i16 = 22;
 const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
@@ -96,8 +98,11 @@ pub struct Rebalance {
 pub(super) enum Handled {
     /// The answer frame.
     Answer(Vec<u8>),
-    /// Forward the request to tansu (an OffsetCommit that passed the checks).
-    Forward,
+    /// Forward this frame to tansu in the request's place: an OffsetCommit that passed
+    /// the checks, made anonymous (generation -1, no member), since tansu knows nothing of
+    /// the members this coordinator keeps, and stores offsets from outside a group it
+    /// thinks empty.
+    Forward(Vec<u8>),
 }
 
 /// Every group of the cluster, by Kafka's rules. Shared by every broker port (the
@@ -258,7 +263,13 @@ impl Coordinator {
                 let (header, r) = decode_request::<OffsetCommitRequest>(frame, version)?;
                 let code = self.may_commit(&r);
                 if code == 0 {
-                    return Ok(Handled::Forward);
+                    let mut anonymous = r.clone();
+                    anonymous.generation_id_or_member_epoch = -1;
+                    anonymous.member_id = StrBytes::default();
+                    anonymous.group_instance_id = None;
+                    return Ok(Handled::Forward(encode_request(
+                        &header, &anonymous, version,
+                    )?));
                 }
                 let topics = r
                     .topics

@@ -809,7 +809,7 @@ pub(super) fn decode_request<R: Decodable + HeaderVersion>(
     Ok((header, request))
 }
 
-fn encode_request<R: Encodable + HeaderVersion>(
+pub(super) fn encode_request<R: Encodable + HeaderVersion>(
     header: &RequestHeader,
     request: &R,
     version: i16,
