@@ -352,7 +352,12 @@ fn rejoin(
                 topic_partitions: rounds.partitions.len(),
             })
         }
-        Err(e) if e.is_fatal() => send(Inner::Heartbeat { join, news: Err(e) }),
+        // News of the membership the facade knows (the one before this round: a round that
+        // failed never became one), or it would take it for news of a later membership.
+        Err(e) if e.is_fatal() => send(Inner::Heartbeat {
+            join: join - 1,
+            news: Err(e),
+        }),
         Err(e) => {
             log::warn!(
                 "Rejoining consumer group {} failed: {e}; giving up the membership and joining again",
@@ -361,7 +366,7 @@ fn rejoin(
             group.forget();
             *rounds = Rounds::default();
             send(Inner::Heartbeat {
-                join,
+                join: join - 1,
                 news: Ok(Heartbeat::Rejoin("rejoining the group failed")),
             })
         }
