@@ -263,17 +263,35 @@ impl Metrics {
 
     // ---- the poller
 
-    /// The poller joined the group and owns `partitions` (each with its start offset).
-    pub fn joined(&self, partitions: &[(Partition, Offset)]) {
+    /// The poller joined the group and owns `partitions`.
+    pub fn joined(&self, partitions: &[Partition]) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         *lock(&self.partitions) = partitions
             .iter()
-            .map(|(p, _)| (*p, PartitionOffsets::default()))
+            .map(|p| (*p, PartitionOffsets::default()))
             .collect();
         self.next_log_end_ms.store(0, Ordering::Relaxed);
         self.group
             .store(GroupState::Member as u8, Ordering::Relaxed);
         self.group_fine();
+    }
+
+    /// A cooperative rebalance gave us `partitions` (the others stay).
+    pub fn partitions_added(&self, partitions: &[Partition]) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        let mut map = lock(&self.partitions);
+        for p in partitions {
+            map.insert(*p, PartitionOffsets::default());
+        }
+        self.next_log_end_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// A cooperative revocation of `partitions` ended.
+    pub fn partitions_revoked(&self, partitions: &[Partition]) {
+        let mut map = lock(&self.partitions);
+        for p in partitions {
+            map.remove(p);
+        }
     }
 
     /// The poller checked its membership (a heartbeat answered, or none was due yet).
@@ -1004,7 +1022,7 @@ mod tests {
     #[test]
     fn lag_is_log_end_minus_committed_for_owned_partitions_only() {
         let m = metrics();
-        m.joined(&[(Partition(0), Offset(3)), (Partition(2), Offset(0))]);
+        m.joined(&[Partition(0), Partition(2)]);
         m.committed(&[(Partition(0), Offset(5)), (Partition(1), Offset(9))]);
         m.log_ends(&HashMap::from([
             (Partition(0), Offset(8)),
@@ -1022,7 +1040,7 @@ mod tests {
         assert!(!text.contains(&format!("provision_consumer_lag{labels}\"2\"")));
         assert!(!text.contains(&format!("{labels}\"1\"")));
         // A new assignment forgets the old partitions.
-        m.joined(&[(Partition(1), Offset(0))]);
+        m.joined(&[Partition(1)]);
         assert!(!m.render().contains(&format!("{labels}\"0\"")));
         assert!(m.render().contains("provision_rebalances_total 2\n"));
     }
@@ -1030,7 +1048,7 @@ mod tests {
     #[test]
     fn every_metric_has_help_and_type_and_a_numeric_value() {
         let m = metrics();
-        m.joined(&[(Partition(0), Offset(0))]);
+        m.joined(&[Partition(0)]);
         m.committed(&[(Partition(0), Offset(1))]);
         let text = m.render();
         let mut typed = std::collections::HashSet::new();
@@ -1080,7 +1098,7 @@ mod tests {
             "{why}"
         );
 
-        m.joined(&[(Partition(0), Offset(0))]);
+        m.joined(&[Partition(0)]);
         assert!(m.health(&db_ok).unwrap().contains("partitions [0]"));
         let why = m.health(&db_down).unwrap_err();
         assert!(

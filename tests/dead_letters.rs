@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use blocking_kafka::partition_for_key;
 use serde_json::Value;
 
-use common::produce_faults::{Fault, MESSAGE_TOO_LARGE, ProduceFaults, REQUEST_TIMED_OUT};
+use common::produce_faults::{
+    Fault, MESSAGE_TOO_LARGE, POLICY_VIOLATION, ProduceFaults, REQUEST_TIMED_OUT,
+};
 use common::proxy::broker_behind_faulty_proxy;
 use common::{
     Broker, OutMessage, TempDb, WorkerProcess, batch_headers, java_partitions, json_i64,
@@ -293,6 +295,66 @@ fn a_dead_letter_refused_for_good_is_retried_cut_down_then_logged_counted_and_sk
         codecs,
         ["none", "gzip"],
         "the cut-down form goes uncompressed"
+    );
+    worker.signal("TERM");
+    assert!(worker.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn a_dead_letter_refused_policy_violation_with_a_throttle_time_is_retried_not_dropped() {
+    // Azure Event Hubs over its quota answers POLICY_VIOLATION with a throttle time: the
+    // dead letter waits and goes again; it is neither cut down nor given up on.
+    let faults = ProduceFaults::new(DLQ);
+    let (broker, proxy) = broker_behind_faulty_proxy(&faults);
+    broker.create_topic(TOPIC, 1);
+    broker.create_topic(DLQ, 1);
+    let db = TempDb::new();
+    librdkafka_produce(
+        &broker,
+        TOPIC,
+        "none",
+        &[OutMessage {
+            partition: Some(0),
+            value: Some(b"not json".to_vec()),
+            ..OutMessage::default()
+        }],
+    );
+    faults.plan(&[
+        Fault::RefuseThrottled(POLICY_VIOLATION, 1_000),
+        Fault::RefuseThrottled(POLICY_VIOLATION, 1_000),
+    ]);
+    let mut worker = spawn_worker(&proxy.addr(), &db, &[]);
+    let failed = worker.wait_for_line("Could not dead-letter the message", JOIN_AND_WORK);
+    assert!(failed.contains("POLICY_VIOLATION"), "{failed}");
+    assert!(failed.contains("its offset stays uncommitted"), "{failed}");
+    worker.wait_for_line(
+        &format!("Dead-lettered invalid message at partition 0 offset 0 to {DLQ}: "),
+        JOIN_AND_WORK,
+    );
+    wait_until("the offset committed past it", JOIN_AND_WORK, || {
+        (librdkafka_committed(&broker, GROUP, TOPIC).get(&0) == Some(&Some(1))).then_some(())
+    });
+    assert_eq!(
+        faults.seen().iter().map(|(f, _)| *f).collect::<Vec<_>>(),
+        [
+            Fault::RefuseThrottled(POLICY_VIOLATION, 1_000),
+            Fault::RefuseThrottled(POLICY_VIOLATION, 1_000),
+            Fault::Pass,
+        ],
+        "refused twice over the quota, then taken whole"
+    );
+    assert_eq!(worker.count_lines("Giving up on the dead letter"), 0);
+    assert_eq!(
+        worker.count_lines("for good"),
+        0,
+        "never taken for a refusal"
+    );
+    let read = librdkafka_read(&proxy.addr(), "dlq-readers", DLQ, 1);
+    assert_eq!(read[0].value.as_deref(), Some(&b"not json"[..]));
+    assert_eq!(
+        batch_headers(&proxy.addr(), DLQ).len(),
+        1,
+        "one dead letter"
     );
     worker.signal("TERM");
     assert!(worker.wait_exit(Duration::from_secs(30)).success());

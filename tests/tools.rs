@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use blocking_kafka::admin::{Admin, OutsideCommitError};
-use blocking_kafka::{ConsumerSettings, Offset, Partition, StartFrom};
+use blocking_kafka::{BackoffSettings, ConsumerSettings, Offset, Partition, StartFrom};
 
 use common::{Broker, TempDb, WorkerProcess, librdkafka_committed, produce, wait_until};
 
@@ -238,12 +238,17 @@ fn offsets_show_lag_and_reset_only_when_the_group_is_empty() {
         bootstrap: vec![broker.addr()],
         client_id: "tools-test".into(),
         group_id: GROUP.into(),
+        group_instance_id: None,
+        assignors: blocking_kafka::Assignor::DEFAULT.to_vec(),
         topic: TOPIC.into(),
         session_timeout: Duration::from_secs(6),
         rebalance_timeout: Duration::from_secs(6),
         heartbeat_interval: Duration::from_secs(1),
         fetch_max_wait: Duration::from_millis(100),
         request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        retry_backoff: BackoffSettings::RETRY,
+        reconnect_backoff: BackoffSettings::RECONNECT,
         start_from: StartFrom::Earliest,
         security: Default::default(),
         record_limits: Default::default(),

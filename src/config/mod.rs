@@ -32,6 +32,11 @@ pub struct Config {
     pub bootstrap_servers: Vec<String>,
     pub topic: String,
     pub group_id: String,
+    /// `KAFKA_GROUP_INSTANCE_ID`: static membership (KIP-345) when set; `None` when empty.
+    pub group_instance_id: Option<String>,
+    /// `KAFKA_PARTITION_ASSIGNMENT_STRATEGY`, in order of preference; never empty, no
+    /// strategy twice.
+    pub assignment_strategy: Vec<AssignmentStrategy>,
     pub provision_delay: Duration,
     pub worker_threads: usize,
     pub shutdown_timeout: Duration,
@@ -46,6 +51,14 @@ pub struct Config {
     pub rebalance_timeout: Duration,
     pub commit_interval: Duration,
     pub fetch_max_wait: Duration,
+    /// Deadline of every Kafka request (`KAFKA_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
+    /// Deadline of a TCP connect and TLS handshake (`KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS`).
+    pub connect_timeout: Duration,
+    /// `KAFKA_RETRY_BACKOFF_MS` → `KAFKA_RETRY_BACKOFF_MAX_MS`; the maximum is never below the first.
+    pub retry_backoff: (Duration, Duration),
+    /// `KAFKA_RECONNECT_BACKOFF_MS` → `KAFKA_RECONNECT_BACKOFF_MAX_MS`; likewise.
+    pub reconnect_backoff: (Duration, Duration),
     pub client_id: String,
     /// `None` when `METRICS_ADDR` is empty or unset.
     pub metrics_addr: Option<SocketAddr>,
@@ -127,6 +140,15 @@ pub struct ClientIdentity {
     pub key_location: PathBuf,
 }
 
+/// A partition assignment strategy, as librdkafka's `partition.assignment.strategy` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignmentStrategy {
+    /// `cooperative-sticky`: cooperative rebalancing (KIP-429), only moving partitions stop.
+    CooperativeSticky,
+    /// `range`: eager rebalancing, every partition of every member stops.
+    Range,
+}
+
 /// Where a consumer group starts on a partition that has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetReset {
@@ -166,6 +188,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     KAFKA_BOOTSTRAP_SERVERS,
     KAFKA_TOPIC,
     KAFKA_GROUP_ID,
+    KAFKA_GROUP_INSTANCE_ID,
+    KAFKA_PARTITION_ASSIGNMENT_STRATEGY,
     MOCK_PROVISION_DELAY_SECONDS,
     WORKER_THREADS,
     SHUTDOWN_TIMEOUT_SECONDS,
@@ -178,6 +202,12 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     KAFKA_REBALANCE_TIMEOUT_MS,
     COMMIT_INTERVAL_MS,
     KAFKA_FETCH_MAX_WAIT_MS,
+    KAFKA_REQUEST_TIMEOUT_MS,
+    KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS,
+    KAFKA_RETRY_BACKOFF_MS,
+    KAFKA_RETRY_BACKOFF_MAX_MS,
+    KAFKA_RECONNECT_BACKOFF_MS,
+    KAFKA_RECONNECT_BACKOFF_MAX_MS,
     KAFKA_CLIENT_ID,
     METRICS_ADDR,
     KAFKA_SECURITY_PROTOCOL,
@@ -236,6 +266,9 @@ impl Config {
         let bootstrap_servers = parse_bootstrap_servers(&sources.value(KAFKA_BOOTSTRAP_SERVERS))?;
         let topic = parse_topic(KAFKA_TOPIC, &sources.value(KAFKA_TOPIC))?;
         let group_id = sources.value(KAFKA_GROUP_ID);
+        let group_instance_id = parse_group_instance_id(&sources.value(KAFKA_GROUP_INSTANCE_ID))?;
+        let assignment_strategy =
+            parse_assignment_strategy(&sources.value(KAFKA_PARTITION_ASSIGNMENT_STRATEGY))?;
         let provision_delay = parse_seconds(
             MOCK_PROVISION_DELAY_SECONDS,
             &sources.value(MOCK_PROVISION_DELAY_SECONDS),
@@ -284,6 +317,25 @@ impl Config {
             1,
             10_000,
         )?;
+        let request_timeout_ms = parse_ms(
+            KAFKA_REQUEST_TIMEOUT_MS,
+            &sources.value(KAFKA_REQUEST_TIMEOUT_MS),
+            1000,
+            MAX_REQUEST_TIMEOUT_MS,
+        )?;
+        let connect_timeout_ms = parse_ms(
+            KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS,
+            &sources.value(KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS),
+            100,
+            MAX_REQUEST_TIMEOUT_MS,
+        )?;
+        let retry_backoff =
+            parse_backoff(&sources, KAFKA_RETRY_BACKOFF_MS, KAFKA_RETRY_BACKOFF_MAX_MS)?;
+        let reconnect_backoff = parse_backoff(
+            &sources,
+            KAFKA_RECONNECT_BACKOFF_MS,
+            KAFKA_RECONNECT_BACKOFF_MAX_MS,
+        )?;
         let client_id = sources.value(KAFKA_CLIENT_ID);
         let metrics_addr = parse_metrics_addr(&sources.value(METRICS_ADDR))?;
         let security = parse_security(&sources)?;
@@ -301,6 +353,8 @@ impl Config {
             bootstrap_servers,
             topic,
             group_id,
+            group_instance_id,
+            assignment_strategy,
             provision_delay,
             // Invariant: at most 1024, so the conversion cannot truncate.
             worker_threads: worker_threads as usize,
@@ -314,6 +368,10 @@ impl Config {
             rebalance_timeout: Duration::from_millis(rebalance_ms),
             commit_interval: Duration::from_millis(commit_ms),
             fetch_max_wait: Duration::from_millis(fetch_max_wait_ms),
+            request_timeout: Duration::from_millis(request_timeout_ms),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            retry_backoff,
+            reconnect_backoff,
             client_id,
             metrics_addr,
             security,
@@ -456,6 +514,11 @@ const MAX_SECONDS: f64 = 86_400.0;
 /// Kafka's protocol carries timeouts as signed 32-bit milliseconds.
 const MAX_WIRE_MS: u64 = i32::MAX as u64;
 
+/// An hour: a request that takes longer is a hung broker, whatever the link.
+const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+/// A minute between attempts at most: longer, and an outage's end goes unnoticed too long.
+const MAX_BACKOFF_MS: u64 = 60_000;
+
 /// Kafka refuses topic names longer than this.
 const MAX_TOPIC_CHARS: usize = 249;
 
@@ -487,6 +550,16 @@ const KAFKA_GROUP_ID: Var = (
     "KAFKA_GROUP_ID",
     "provision-worker-group",
     "consumer group shared by all workers",
+);
+const KAFKA_GROUP_INSTANCE_ID: Var = (
+    "KAFKA_GROUP_INSTANCE_ID",
+    "",
+    "static group membership: this worker's own stable id in the group (its host name, say; letters, digits, '.', '_', '-', at most 249); restarted within the session timeout it gets its partitions back without a rebalance; empty: dynamic membership",
+);
+const KAFKA_PARTITION_ASSIGNMENT_STRATEGY: Var = (
+    "KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+    "cooperative-sticky,range",
+    "partition assignment strategies offered to the group, in order of preference: cooperative-sticky (only partitions that move stop in a rebalance) and/or range (every partition stops)",
 );
 const MOCK_PROVISION_DELAY_SECONDS: Var = (
     "MOCK_PROVISION_DELAY_SECONDS",
@@ -547,6 +620,36 @@ const KAFKA_FETCH_MAX_WAIT_MS: Var = (
     "KAFKA_FETCH_MAX_WAIT_MS",
     "40",
     "how long the broker may hold a fetch open waiting for data, in milliseconds (1 to 10000)",
+);
+const KAFKA_REQUEST_TIMEOUT_MS: Var = (
+    "KAFKA_REQUEST_TIMEOUT_MS",
+    "30000",
+    "deadline of every Kafka request, in milliseconds (1000 to 3600000); produce requests give the broker a little less",
+);
+const KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS: Var = (
+    "KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS",
+    "10000",
+    "deadline of a TCP connect and TLS handshake to a broker, in milliseconds (100 to 3600000)",
+);
+const KAFKA_RETRY_BACKOFF_MS: Var = (
+    "KAFKA_RETRY_BACKOFF_MS",
+    "100",
+    "first wait before a failed request is tried again (metadata, finding the coordinator), in milliseconds (1 to 60000)",
+);
+const KAFKA_RETRY_BACKOFF_MAX_MS: Var = (
+    "KAFKA_RETRY_BACKOFF_MAX_MS",
+    "1000",
+    "the wait doubles up to this, in milliseconds (at least KAFKA_RETRY_BACKOFF_MS, at most 60000)",
+);
+const KAFKA_RECONNECT_BACKOFF_MS: Var = (
+    "KAFKA_RECONNECT_BACKOFF_MS",
+    "50",
+    "first wait before a broker that could not be reached is tried again, in milliseconds (1 to 60000)",
+);
+const KAFKA_RECONNECT_BACKOFF_MAX_MS: Var = (
+    "KAFKA_RECONNECT_BACKOFF_MAX_MS",
+    "1000",
+    "the wait doubles up to this, in milliseconds (at least KAFKA_RECONNECT_BACKOFF_MS, at most 60000)",
 );
 const KAFKA_CLIENT_ID: Var = (
     "KAFKA_CLIENT_ID",
@@ -827,6 +930,34 @@ fn parse_ms(var: Var, value: &str, min: u64, max: u64) -> Result<u64, ConfigErro
     parse_whole(var, value, min, max, "a whole number of milliseconds")
 }
 
+/// A backoff's first wait and its maximum, which is never below the first (librdkafka and
+/// the Java client raise it silently; a typo there is better said).
+fn parse_backoff(
+    sources: &Sources<'_>,
+    first: Var,
+    max: Var,
+) -> Result<(Duration, Duration), ConfigError> {
+    let first_ms = parse_ms(first, &sources.value(first), 1, MAX_BACKOFF_MS)?;
+    let value = sources.value(max);
+    let max_ms = match value.parse::<u64>() {
+        Ok(ms) if (first_ms..=MAX_BACKOFF_MS).contains(&ms) => ms,
+        _ => {
+            return Err(invalid(
+                max,
+                &value,
+                format!(
+                    "a whole number of milliseconds from {first_ms} (no less than {}={first_ms}) to {MAX_BACKOFF_MS}",
+                    first.0
+                ),
+            ));
+        }
+    };
+    Ok((
+        Duration::from_millis(first_ms),
+        Duration::from_millis(max_ms),
+    ))
+}
+
 /// The heartbeat must be shorter than the session, or the coordinator expires the member
 /// between two heartbeats.
 fn parse_heartbeat_ms(value: &str, session_ms: u64) -> Result<u64, ConfigError> {
@@ -841,6 +972,57 @@ fn parse_heartbeat_ms(value: &str, session_ms: u64) -> Result<u64, ConfigError> 
             ),
         )),
     }
+}
+
+/// Kafka's rule for a `group.instance.id` (the same as for a topic name): 1 to 249 of
+/// ASCII letters, digits, '.', '_' and '-', not "." or "..". Empty: dynamic membership.
+fn parse_group_instance_id(value: &str) -> Result<Option<String>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let legal = value.len() <= 249
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !legal {
+        return Err(invalid(
+            KAFKA_GROUP_INSTANCE_ID,
+            value,
+            "at most 249 ASCII letters, digits, '.', '_' or '-' (Kafka's rule for group.instance.id), unique to this worker, such as its host name; or empty for dynamic membership",
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// A comma-separated list of `cooperative-sticky` and `range`, in order of preference,
+/// each at most once (spaces around the names and any case allowed).
+fn parse_assignment_strategy(value: &str) -> Result<Vec<AssignmentStrategy>, ConfigError> {
+    let expected = "a comma-separated list of cooperative-sticky and range, in order of preference, each at most once (default cooperative-sticky,range)";
+    let mut out = Vec::new();
+    for name in value.split(',') {
+        let strategy = match name.trim().to_ascii_lowercase().as_str() {
+            "cooperative-sticky" => AssignmentStrategy::CooperativeSticky,
+            "range" => AssignmentStrategy::Range,
+            _ => {
+                return Err(invalid(
+                    KAFKA_PARTITION_ASSIGNMENT_STRATEGY,
+                    value,
+                    expected,
+                ));
+            }
+        };
+        if out.contains(&strategy) {
+            return Err(invalid(
+                KAFKA_PARTITION_ASSIGNMENT_STRATEGY,
+                value,
+                expected,
+            ));
+        }
+        out.push(strategy);
+    }
+    Ok(out)
 }
 
 fn parse_offset_reset(value: &str) -> Result<OffsetReset, ConfigError> {
@@ -1176,6 +1358,14 @@ mod tests {
         assert_eq!(config.bootstrap_servers, vec!["localhost:9092"]);
         assert_eq!(config.topic, "provision-requests");
         assert_eq!(config.group_id, "provision-worker-group");
+        assert_eq!(config.group_instance_id, None);
+        assert_eq!(
+            config.assignment_strategy,
+            [
+                AssignmentStrategy::CooperativeSticky,
+                AssignmentStrategy::Range
+            ]
+        );
         assert_eq!(config.provision_delay, Duration::from_secs(5));
         assert_eq!(config.worker_threads, 8);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
@@ -1494,6 +1684,11 @@ mod tests {
             ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
             ("KAFKA_TOPIC", "provision-requests"),
             ("KAFKA_GROUP_ID", "provision-worker-group"),
+            ("KAFKA_GROUP_INSTANCE_ID", ""),
+            (
+                "KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+                "cooperative-sticky,range",
+            ),
             ("MOCK_PROVISION_DELAY_SECONDS", "5"),
             ("WORKER_THREADS", "8"),
             ("SHUTDOWN_TIMEOUT_SECONDS", "30"),
@@ -1506,6 +1701,12 @@ mod tests {
             ("KAFKA_REBALANCE_TIMEOUT_MS", "60000"),
             ("COMMIT_INTERVAL_MS", "1000"),
             ("KAFKA_FETCH_MAX_WAIT_MS", "40"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "30000"),
+            ("KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS", "10000"),
+            ("KAFKA_RETRY_BACKOFF_MS", "100"),
+            ("KAFKA_RETRY_BACKOFF_MAX_MS", "1000"),
+            ("KAFKA_RECONNECT_BACKOFF_MS", "50"),
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "1000"),
             ("KAFKA_CLIENT_ID", "provision-worker"),
             ("METRICS_ADDR", ""),
             ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -1536,6 +1737,11 @@ mod tests {
             ("KAFKA_BOOTSTRAP_SERVERS", " a:1 , b , [::1]:9093 "),
             ("KAFKA_TOPIC", "t.1"),
             ("KAFKA_GROUP_ID", "g"),
+            ("KAFKA_GROUP_INSTANCE_ID", "edge-host_07.example"),
+            (
+                "KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+                " Range , cooperative-sticky",
+            ),
             ("MOCK_PROVISION_DELAY_SECONDS", "0.25"),
             ("WORKER_THREADS", "1024"),
             ("SHUTDOWN_TIMEOUT_SECONDS", "0"),
@@ -1548,10 +1754,26 @@ mod tests {
             ("KAFKA_REBALANCE_TIMEOUT_MS", "1000"),
             ("COMMIT_INTERVAL_MS", "10"),
             ("KAFKA_FETCH_MAX_WAIT_MS", "10000"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "60000"),
+            ("KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS", "100"),
+            ("KAFKA_RETRY_BACKOFF_MS", "250"),
+            ("KAFKA_RETRY_BACKOFF_MAX_MS", "250"),
+            ("KAFKA_RECONNECT_BACKOFF_MS", "1"),
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "60000"),
             ("KAFKA_CLIENT_ID", "me"),
             ("METRICS_ADDR", "127.0.0.1:9464"),
         ])
         .unwrap();
+        assert_eq!(config.request_timeout, Duration::from_secs(60));
+        assert_eq!(config.connect_timeout, Duration::from_millis(100));
+        assert_eq!(
+            config.retry_backoff,
+            (Duration::from_millis(250), Duration::from_millis(250))
+        );
+        assert_eq!(
+            config.reconnect_backoff,
+            (Duration::from_millis(1), Duration::from_secs(60))
+        );
         assert_eq!(
             config.database,
             Database::Sqlite(PathBuf::from("/var/lib/poc.db"))
@@ -1559,6 +1781,17 @@ mod tests {
         assert_eq!(config.bootstrap_servers, ["a:1", "b:9092", "[::1]:9093"]);
         assert_eq!(config.topic, "t.1");
         assert_eq!(config.group_id, "g");
+        assert_eq!(
+            config.group_instance_id.as_deref(),
+            Some("edge-host_07.example")
+        );
+        assert_eq!(
+            config.assignment_strategy,
+            [
+                AssignmentStrategy::Range,
+                AssignmentStrategy::CooperativeSticky
+            ]
+        );
         assert_eq!(config.provision_delay, Duration::from_millis(250));
         assert_eq!(config.worker_threads, 1024);
         assert_eq!(config.shutdown_timeout, Duration::ZERO);
@@ -1592,6 +1825,13 @@ mod tests {
             ("KAFKA_BOOTSTRAP_SERVERS", "[nonsense]:9092"),
             ("KAFKA_TOPIC", "bad topic"),
             ("KAFKA_TOPIC", ".."),
+            ("KAFKA_GROUP_INSTANCE_ID", "host 1"),
+            ("KAFKA_GROUP_INSTANCE_ID", "worker@host"),
+            ("KAFKA_GROUP_INSTANCE_ID", ".."),
+            ("KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "roundrobin"),
+            ("KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "range,range"),
+            ("KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "range,"),
+            ("KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "sticky"),
             ("MOCK_PROVISION_DELAY_SECONDS", "abc"),
             ("MOCK_PROVISION_DELAY_SECONDS", "-1"),
             ("MOCK_PROVISION_DELAY_SECONDS", "NaN"),
@@ -1617,6 +1857,17 @@ mod tests {
             ("COMMIT_INTERVAL_MS", "60001"),
             ("KAFKA_FETCH_MAX_WAIT_MS", "0"),
             ("KAFKA_FETCH_MAX_WAIT_MS", "10001"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "999"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "3600001"),
+            ("KAFKA_REQUEST_TIMEOUT_MS", "30s"),
+            ("KAFKA_SOCKET_CONNECTION_SETUP_TIMEOUT_MS", "99"),
+            ("KAFKA_RETRY_BACKOFF_MS", "0"),
+            ("KAFKA_RETRY_BACKOFF_MS", "60001"),
+            // Below the first wait (100 by default).
+            ("KAFKA_RETRY_BACKOFF_MAX_MS", "99"),
+            ("KAFKA_RETRY_BACKOFF_MAX_MS", "60001"),
+            ("KAFKA_RECONNECT_BACKOFF_MS", "-1"),
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "49"),
             ("METRICS_ADDR", "localhost:9464"),
         ];
         for &(name, value) in cases {
@@ -1724,6 +1975,35 @@ mod tests {
         assert_eq!(config.topic, "quoted");
         assert_eq!(config.dlq_topic, None);
         assert_eq!(config.database, Database::Sqlite(PathBuf::from("x.db")));
+    }
+
+    /// Azure Event Hubs' SASL user name is the literal `$ConnectionString`. In `.env`, as in
+    /// a shell, only single quotes keep it: dotenvy expands `$ConnectionString` unquoted or
+    /// in double quotes (to nothing, as no such variable is set). README's example quotes it.
+    #[test]
+    fn event_hubs_user_name_survives_dotenv_only_in_single_quotes() {
+        let user = |line: &str| {
+            let contents = format!(
+                "KAFKA_SECURITY_PROTOCOL=SASL_SSL\nKAFKA_SASL_MECHANISM=PLAIN\nKAFKA_SASL_PASSWORD='Endpoint=sb://x/;SharedAccessKey=k'\n{line}\n"
+            );
+            let (config, _dir) = load_with_dotenv(&[], &contents);
+            config.map(|c| c.security.sasl.map(|s| s.username))
+        };
+        assert_eq!(
+            user("KAFKA_SASL_USERNAME='$ConnectionString'").unwrap(),
+            Some("$ConnectionString".to_owned())
+        );
+        // Unquoted, dotenvy expands it to an empty name, which is refused (SASL needs a
+        // user name) instead of failing at the broker; in double quotes dotenvy refuses the
+        // line. Either way the worker stops at start and says where.
+        let err = user("KAFKA_SASL_USERNAME=$ConnectionString")
+            .expect_err("an empty user name")
+            .to_string();
+        assert!(err.contains("KAFKA_SASL_USERNAME"), "{err}");
+        let err = user("KAFKA_SASL_USERNAME=\"$ConnectionString\"")
+            .expect_err("a line dotenvy refuses")
+            .to_string();
+        assert!(err.contains(".env"), "{err}");
     }
 
     #[test]

@@ -14,21 +14,23 @@ mod workers;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password, Producer, ProducerSettings,
-    RecordLimits, SaslSettings, Security, SecurityError, StartFrom, TlsSettings, TopicState,
+    Assignor, BackoffSettings, ClientIdentity, Consumer, ConsumerSettings, KafkaError, Password,
+    Producer, ProducerSettings, RecordLimits, SaslSettings, Security, SecurityError, StartFrom,
+    TlsSettings, TopicState,
 };
 use crossbeam_channel::Receiver;
 
-use crate::config::{Config, Database, OffsetReset, PasswordSource, SaslMechanism};
+use crate::config::{
+    AssignmentStrategy, Config, Database, OffsetReset, PasswordSource, SaslMechanism,
+};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::provision::Provisioner;
 use crate::store::{PostgresOptions, Store, StoreError};
 use poller::{Poller, PollerSettings};
-use workers::WorkerPool;
+use workers::{Accepting, WorkerPool};
 
 /// Why the worker stopped with an error.
 #[derive(Debug)]
@@ -80,9 +82,11 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-/// Deadline of ordinary Kafka requests. Shorter than any sane session timeout, so a broker
-/// that stops answering never keeps the poller from heartbeating for long.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most the last commit before a revocation or an exit (and leaving the group) waits
+/// for the coordinator, when the request timeout is longer: a shutdown has the operator's
+/// deadline, and a commit that does not land in time only means the next owner redoes that
+/// work (nothing is lost).
+const LAST_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the worker until `shutdown` receives (or its sender is dropped), then drains,
 /// commits, leaves the group and returns. `security` comes from [`security`], built once at
@@ -156,6 +160,12 @@ pub fn run(
     if let Some(producer) = dead_letters.as_mut() {
         check_dead_letter_topic(producer, &config.bootstrap_servers.join(","));
     }
+    // From here on the dead-letter producer runs on a thread of its own: a slow or absent
+    // broker holds up its dead letters, not the poller.
+    let dead_letters = match dead_letters {
+        Some(p) => Some(p.spawn("kafka-dead-letters").map_err(RunError::Thread)?),
+        None => None,
+    };
     log::info!("Kafka consumer started successfully");
 
     // Twice the workers: enough that a worker finishing a job finds the next one waiting,
@@ -163,7 +173,7 @@ pub fn run(
     let (job_tx, job_rx) = crossbeam_channel::bounded(config.worker_threads * 2);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let (abort_tx, abort_rx) = crossbeam_channel::bounded::<()>(0);
-    let accepting = Arc::new(AtomicU64::new(0));
+    let accepting = Arc::new(Accepting::default());
     let provisioner = Arc::new(Provisioner {
         store: store.clone(),
         delay: config.provision_delay,
@@ -188,6 +198,7 @@ pub fn run(
             commit_interval: config.commit_interval,
             shutdown_timeout: config.shutdown_timeout,
             rebalance_timeout: config.rebalance_timeout,
+            last_commit_wait: config.request_timeout.min(LAST_COMMIT_WAIT),
         },
         consumer,
         store,
@@ -316,12 +327,30 @@ pub fn consumer_settings(config: &Config, security: &Arc<Security>) -> ConsumerS
         bootstrap: config.bootstrap_servers.clone(),
         client_id: config.client_id.clone(),
         group_id: config.group_id.clone(),
+        group_instance_id: config.group_instance_id.clone(),
+        assignors: config
+            .assignment_strategy
+            .iter()
+            .map(|s| match s {
+                AssignmentStrategy::CooperativeSticky => Assignor::CooperativeSticky,
+                AssignmentStrategy::Range => Assignor::Range,
+            })
+            .collect(),
         topic: config.topic.clone(),
         session_timeout: config.session_timeout,
         rebalance_timeout: config.rebalance_timeout,
         heartbeat_interval: config.heartbeat_interval,
         fetch_max_wait: config.fetch_max_wait,
-        request_timeout: REQUEST_TIMEOUT,
+        request_timeout: config.request_timeout,
+        connect_timeout: config.connect_timeout,
+        retry_backoff: BackoffSettings {
+            initial: config.retry_backoff.0,
+            max: config.retry_backoff.1,
+        },
+        reconnect_backoff: BackoffSettings {
+            initial: config.reconnect_backoff.0,
+            max: config.reconnect_backoff.1,
+        },
         start_from: match config.auto_offset_reset {
             OffsetReset::Earliest => StartFrom::Earliest,
             OffsetReset::Latest => StartFrom::Latest,

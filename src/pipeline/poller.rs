@@ -4,19 +4,19 @@
 //! happens here, so it needs no locks. Offsets are committed only from the tracker's
 //! committable position, and only after a sync of the store (`Store::start_sync`) that began
 //! after their work was done has succeeded. The sync runs on the store's thread while this
-//! one goes on heartbeating; a failed sync stops the worker (DESIGN invariant 12).
+//! one goes on (heartbeats are the Kafka client's group thread's); a failed sync stops the
+//! worker (DESIGN invariant 12).
 //!
 //! The loop never blocks for longer than the next heartbeat: when the job channel is full
 //! it stops fetching but keeps heartbeating and committing (a full channel pauses the
 //! consumer, never the group session).
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    BatchCompression, Consumer, GroupSignal, KafkaError, Message, Offset, Partition, Producer,
-    Undecoded,
+    BatchCompression, Change, CommitResult, Consumer, GroupSignal, KafkaError, Message, Offset,
+    Partition, Produced, ProducerThread, StartFrom, Undecoded,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use super::RunError;
 use super::dead_letter::{Cause, DeadLetter};
 use super::tracker::OffsetTracker;
-use super::workers::{Done, Job, JobResult, Work};
+use super::workers::{Accepting, Done, Job, JobResult, Work};
 use crate::metrics::{Leaving, Metrics};
 use crate::request::{MAX_MESSAGE_BYTES, ProvisionRequest, Rejected, RequestError};
 use crate::store::{Store, StoreError, Syncing};
@@ -39,6 +39,9 @@ pub struct PollerSettings {
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
     pub rebalance_timeout: Duration,
+    /// How long the last commit before a revocation or an exit, and leaving the group,
+    /// may wait for the coordinator.
+    pub last_commit_wait: Duration,
 }
 
 /// Everything the poller owns. Lifecycles: `jobs` is the only job sender; when the poller
@@ -52,12 +55,15 @@ pub struct Poller {
     pub done: Receiver<Done>,
     pub shutdown: Receiver<()>,
     pub abort: Option<Sender<()>>,
-    /// The assignment epoch workers may start jobs of; 0 while revoking or shutting down.
-    pub accepting: Arc<AtomicU64>,
+    /// The partitions (and their assignment epochs) workers may start jobs of: none while
+    /// an eager revocation or a shutdown drains, all but the revoked ones during a
+    /// cooperative revocation.
+    pub accepting: Arc<Accepting>,
     /// Written here (membership, commits, queue depth, lag); read by the metrics listener.
     pub metrics: Arc<Metrics>,
-    /// Produces to the dead-letter topic; `None` when dead-lettering is off.
-    pub dead_letters: Option<Producer>,
+    /// Produces to the dead-letter topic, on a thread of its own; `None` when
+    /// dead-lettering is off.
+    pub dead_letters: Option<ProducerThread>,
 }
 
 /// Longest the loop waits without looking at the group.
@@ -93,15 +99,38 @@ enum Drain {
     Shutdown,
 }
 
+/// The partitions a cooperative rebalance took away, being revoked.
+struct Revoking {
+    partitions: Vec<Partition>,
+    /// When to give up waiting for their in-flight work (three quarters of the rebalance
+    /// timeout, as for an eager revocation).
+    deadline: Instant,
+}
+
 /// The loop's own state, separate from what it was given.
 struct Run {
     p: Poller,
     tracker: OffsetTracker,
     state: State,
-    /// The current assignment's epoch (jobs and reports carry it).
+    /// The last assignment epoch handed out: each assignment of partitions (a join, or the
+    /// partitions a cooperative rebalance adds) takes the next.
     epoch: u64,
+    /// The epoch each partition we own was assigned in (jobs, reports and dead letters
+    /// carry it; those of another epoch are settled already).
+    epochs: HashMap<Partition, u64>,
+    /// A cooperative revocation in progress: the partitions a rebalance took away, whose
+    /// in-flight work finishes (by the deadline) while every other partition goes on.
+    revoking: Option<Revoking>,
+    /// An error that ends the worker (FENCED_INSTANCE_ID on a commit, say), returned at
+    /// the top of the loop.
+    fatal: Option<KafkaError>,
     buffer: VecDeque<Job>,
     pending_dead_letters: VecDeque<DeadLetter>,
+    /// The dead letter at the front of the queue, sent and not answered yet: its number
+    /// and the bytes of value sent.
+    dead_letter_in_flight: Option<(u64, usize)>,
+    /// The number of the last dead letter sent.
+    dead_letter_id: u64,
     dead_letter_retry_at: Instant,
     dead_letter_backoff: Duration,
     last_commit: Instant,
@@ -109,7 +138,6 @@ struct Run {
     topic_missing_said: Option<Instant>,
     kafka_down: Option<(Instant, Instant)>,
     shutdown_seen: bool,
-    fetch_retry_at: Instant,
     /// Set when the topic's partitions changed: the next rejoin first leaves the group.
     /// A coordinator may answer a member that rejoins with unchanged metadata with the old
     /// generation and assignment (tansu does); a fresh member forces a real rebalance.
@@ -127,6 +155,9 @@ struct Run {
 struct Pending {
     offsets: Vec<(Partition, Offset)>,
     sync: Syncing,
+    /// The last commit before partitions are let go (`commit_and_wait`): the coordinator's
+    /// answer is waited for, so the next owner starts from it.
+    last: bool,
 }
 
 impl Poller {
@@ -142,8 +173,13 @@ impl Poller {
                 backoff: Duration::from_millis(500),
             },
             epoch: 0,
+            epochs: HashMap::new(),
+            revoking: None,
+            fatal: None,
             buffer: VecDeque::new(),
             pending_dead_letters: VecDeque::new(),
+            dead_letter_in_flight: None,
+            dead_letter_id: 0,
             dead_letter_retry_at: now,
             dead_letter_backoff: Duration::from_millis(500),
             last_commit: now,
@@ -151,7 +187,6 @@ impl Poller {
             topic_missing_said: None,
             kafka_down: None,
             shutdown_seen: false,
-            fetch_retry_at: now,
             leave_before_join: false,
             syncing: None,
             durability_lost: None,
@@ -166,7 +201,11 @@ impl Run {
             if let Some(e) = self.durability_lost.take() {
                 return Err(self.stop_for_durability(e, true));
             }
+            if let Some(e) = self.fatal.take() {
+                return Err(RunError::Kafka(e));
+            }
             self.collect_done();
+            self.collect_commits();
             self.send_dead_letters();
             // Every pass, and a pass is at most a tick apart: a cheap store keeps it current.
             self.p
@@ -188,7 +227,7 @@ impl Run {
                 }
                 State::Running => self.run_once().map_err(RunError::Kafka)?,
                 State::Draining { .. } => {
-                    if self.drain_once() {
+                    if self.drain_once().map_err(RunError::Kafka)? {
                         // The drain has left the group already.
                         return match self.durability_lost.take() {
                             Some(e) => Err(self.stop_for_durability(e, false)),
@@ -205,22 +244,19 @@ impl Run {
         match self.p.consumer.join() {
             Ok(assignment) => {
                 self.kafka_ok();
-                self.epoch += 1;
                 self.tracker.clear();
-                for (p, start) in &assignment.partitions {
-                    self.tracker.assign(*p, *start);
-                }
-                self.p.accepting.store(self.epoch, Ordering::Release);
-                self.p.metrics.joined(&assignment.partitions);
-                let list: Vec<String> = assignment
-                    .partitions
-                    .iter()
-                    .map(|(p, o)| format!("{p}@{o}"))
-                    .collect();
+                self.epochs.clear();
+                self.revoking = None;
+                self.p.accepting.stop_all();
+                self.start_partitions(&assignment.partitions);
+                let partitions: Vec<Partition> =
+                    assignment.partitions.iter().map(|(p, _)| *p).collect();
+                self.p.metrics.joined(&partitions);
                 log::info!(
-                    "Partitions assigned: [{}] (topic {}, partition@start offset)",
-                    list.join(", "),
-                    self.p.settings.topic
+                    "Partitions assigned: [{}] (topic {}, partition@start offset; assignor {})",
+                    self.start_list(&assignment.partitions),
+                    self.p.settings.topic,
+                    assignment.protocol
                 );
                 if assignment.topic_partitions == 0 {
                     self.say_topic_missing(true);
@@ -243,7 +279,7 @@ impl Run {
                 self.commit(true);
                 Ok(())
             }
-            Err(e) if e.is_retriable() => {
+            Err(e) if e.is_retriable() && !e.is_fatal() => {
                 self.kafka_error(&e, "joining the consumer group");
                 self.state = State::Joining {
                     retry_at: Instant::now() + backoff,
@@ -268,60 +304,45 @@ impl Run {
                 self.begin_drain(Drain::Rebalance, why);
                 return Ok(());
             }
+            Ok(GroupSignal::Changed(change)) => self.change(change),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 self.p.metrics.heartbeat_failed(&e);
                 self.kafka_error(&e, "heartbeating");
             }
         }
+        self.revoke_step();
         self.commit(false);
-        if self.kafka_down.is_none() && self.p.metrics.log_end_refresh_due() {
-            // For the lag metric; only while metrics are served, every few seconds.
-            let assigned = self.p.consumer.assigned();
-            match self
-                .p
-                .consumer
-                .log_offsets(&assigned, blocking_kafka::StartFrom::Latest)
-            {
-                Ok(ends) => self.p.metrics.log_ends(&ends),
-                Err(e) => log::debug!("reading log-end offsets for the lag metric: {e}"),
-            }
+        if self.p.metrics.log_end_refresh_due() {
+            // For the lag metric; only while metrics are served. The log ends come with the
+            // fetch answers: nothing is asked of Kafka here.
+            self.p.metrics.log_ends(&self.p.consumer.log_ends());
         }
         let now = Instant::now();
         if now >= self.next_topic_check {
             self.next_topic_check = now + TOPIC_CHECK;
-            match self.p.consumer.topic_changed() {
-                Ok(true) => {
-                    self.leave_before_join = true;
-                    self.begin_drain(Drain::Rebalance, "the topic's partitions changed");
-                    return Ok(());
-                }
-                Ok(false) => {
-                    if self.owns_nothing() {
-                        self.next_topic_check = now + TOPIC_CHECK_WHILE_EMPTY;
-                        self.say_topic_missing(false);
-                    }
-                }
-                Err(e) => self.kafka_error(&e, "reading topic metadata"),
+            if self.p.consumer.topic_changed() {
+                self.leave_before_join = true;
+                self.begin_drain(Drain::Rebalance, "the topic's partitions changed");
+                return Ok(());
+            }
+            if self.owns_nothing() {
+                self.next_topic_check = now + TOPIC_CHECK_WHILE_EMPTY;
+                self.say_topic_missing(false);
             }
         }
 
         let room = self.p.jobs.capacity().unwrap_or(usize::MAX) > self.p.jobs.len();
         if self.buffer.is_empty() && room && !self.owns_nothing() {
-            if Instant::now() < self.fetch_retry_at {
-                self.wait_until(self.fetch_retry_at);
+            // Never blocks: the brokers' fetch threads have fetched ahead, one result each.
+            let messages = self.p.consumer.fetch();
+            if messages.is_empty() {
+                // Nothing fetched yet: wait for a fetch thread's result (or a report, a
+                // shutdown request, the next tick).
+                self.wait_until(self.next_tick());
                 return Ok(());
             }
-            match self.p.consumer.fetch(&[]) {
-                Ok(messages) => {
-                    self.kafka_ok();
-                    self.accept(messages);
-                }
-                Err(e) => {
-                    self.kafka_error(&e, "fetching");
-                    self.fetch_retry_at = Instant::now() + Duration::from_millis(500);
-                    return Ok(());
-                }
-            }
+            self.accept(messages);
         }
         if self.owns_nothing() {
             self.wait_until(Instant::now() + TICK);
@@ -346,7 +367,7 @@ impl Run {
             self.buffer.push_back(Job {
                 partition: m.partition,
                 offset: m.offset,
-                epoch: self.epoch,
+                epoch: self.epochs.get(&m.partition).copied().unwrap_or_default(),
                 produced_ms: m.timestamp_ms,
                 work,
             });
@@ -449,9 +470,145 @@ impl Run {
         }
     }
 
+    /// Assigns `partitions` under a new epoch: tracked from their start offsets, their
+    /// jobs allowed to start.
+    fn start_partitions(&mut self, partitions: &[(Partition, Option<Offset>)]) {
+        self.epoch += 1;
+        let mut started = Vec::with_capacity(partitions.len());
+        for (p, start) in partitions {
+            self.tracker.assign(*p, *start);
+            self.epochs.insert(*p, self.epoch);
+            started.push(*p);
+        }
+        self.p.accepting.assign(&started, self.epoch);
+    }
+
+    /// "0@12, 1@earliest": each partition with the offset it starts from. Without a
+    /// committed offset a partition starts where KAFKA_AUTO_OFFSET_RESET says, which its
+    /// leader resolves before the first fetch.
+    fn start_list(&self, partitions: &[(Partition, Option<Offset>)]) -> String {
+        let reset = match self.p.consumer.settings().start_from {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        };
+        let list: Vec<String> = partitions
+            .iter()
+            .map(|(p, o)| match o {
+                Some(o) => format!("{p}@{o}"),
+                None => format!("{p}@{reset}"),
+            })
+            .collect();
+        list.join(", ")
+    }
+
+    /// A cooperative rebalance changed our share (KIP-429): partitions added start at once;
+    /// those taken away stop starting jobs and are revoked once their in-flight work is
+    /// done (`revoke_step`), while every other partition goes on as before.
+    fn change(&mut self, change: Change) {
+        let Change {
+            added,
+            revoked,
+            protocol,
+        } = change;
+        if !revoked.is_empty() {
+            self.p.accepting.stop(&revoked);
+            let buffered = std::mem::take(&mut self.buffer);
+            for job in buffered {
+                if revoked.contains(&job.partition) {
+                    self.tracker.dropped(job.partition, job.offset);
+                } else {
+                    self.buffer.push_back(job);
+                }
+            }
+            let keeping: Vec<String> = self
+                .p
+                .consumer
+                .assigned()
+                .iter()
+                .filter(|p| !revoked.contains(p))
+                .map(ToString::to_string)
+                .collect();
+            log::info!(
+                "Rebalance (cooperative, assignor {protocol}): finishing {} in-flight request(s) before revoking partitions [{}]; partitions [{}] go on",
+                self.tracker.in_flight_of(&revoked),
+                join(&revoked),
+                keeping.join(", ")
+            );
+            let deadline = Instant::now() + self.p.settings.rebalance_timeout * 3 / 4;
+            match &mut self.revoking {
+                Some(r) => {
+                    r.partitions.extend(revoked);
+                    r.deadline = r.deadline.max(deadline);
+                }
+                None => {
+                    self.revoking = Some(Revoking {
+                        partitions: revoked,
+                        deadline,
+                    });
+                }
+            }
+        }
+        if !added.is_empty() {
+            self.start_partitions(&added);
+            let partitions: Vec<Partition> = added.iter().map(|(p, _)| *p).collect();
+            self.p.metrics.partitions_added(&partitions);
+            log::info!(
+                "Partitions assigned: [{}] (topic {}, partition@start offset; cooperative rebalance, assignor {protocol}; now owning [{}])",
+                self.start_list(&added),
+                self.p.settings.topic,
+                join(&self.p.consumer.assigned())
+            );
+        }
+        // Something to do at once, if the revoked partitions had nothing in flight.
+        self.revoke_step();
+    }
+
+    /// Ends a cooperative revocation once the revoked partitions' in-flight work is done
+    /// (or its deadline passed): commits, forgets them, and lets the group thread rejoin.
+    fn revoke_step(&mut self) {
+        let Some(r) = &self.revoking else {
+            return;
+        };
+        let unfinished = self.tracker.in_flight_of(&r.partitions);
+        if unfinished > 0 && Instant::now() < r.deadline {
+            return;
+        }
+        let Some(Revoking { partitions, .. }) = self.revoking.take() else {
+            return;
+        };
+        if unfinished > 0 {
+            log::warn!(
+                "{unfinished} request(s) of revoked partitions [{}] still unfinished; their offsets stay uncommitted",
+                join(&partitions)
+            );
+        }
+        // Their last offsets go before anyone else may start on them.
+        self.commit_and_wait();
+        self.tracker.remove(&partitions);
+        for p in &partitions {
+            self.epochs.remove(p);
+        }
+        // Their dead letters not produced yet are the next owner's (uncommitted); one being
+        // produced is forgotten, so its outcome is not taken for another's.
+        if self
+            .pending_dead_letters
+            .front()
+            .is_some_and(|dl| partitions.contains(&dl.partition))
+        {
+            self.dead_letter_in_flight = None;
+        }
+        self.pending_dead_letters
+            .retain(|dl| !partitions.contains(&dl.partition));
+        self.p.metrics.partitions_revoked(&partitions);
+        self.p.consumer.revoked(&partitions);
+        log::info!("Partitions revoked: [{}]", join(&partitions));
+    }
+
     fn begin_drain(&mut self, why: Drain, reason: &str) {
-        // Workers must start nothing more: queued jobs come back as dropped.
-        self.p.accepting.store(0, Ordering::Release);
+        // Workers must start nothing more: queued jobs come back as dropped. A cooperative
+        // revocation in progress is part of this one now.
+        self.p.accepting.stop_all();
+        self.revoking = None;
         self.p.metrics.leaving(match why {
             Drain::Rebalance => Leaving::Rebalance,
             Drain::Shutdown => Leaving::Shutdown,
@@ -505,14 +662,14 @@ impl Run {
     }
 
     /// One step of a drain; true when the worker may exit.
-    fn drain_once(&mut self) -> bool {
+    fn drain_once(&mut self) -> Result<bool, KafkaError> {
         let State::Draining {
             why,
             deadline,
             aborted_at,
         } = self.state
         else {
-            return false;
+            return Ok(false);
         };
         // Keep the session while in-flight work finishes, so nobody else takes over our
         // partitions and redoes it. During a rebalance the coordinator answers "rebalancing"
@@ -521,8 +678,10 @@ impl Run {
         // block for the request timeout, and the shutdown deadline is the operator's.
         let kafka_down = self.kafka_down.is_some();
         if !(why == Drain::Shutdown && kafka_down) {
-            if let Err(e) = self.p.consumer.heartbeat() {
-                self.kafka_error(&e, "heartbeating");
+            match self.p.consumer.heartbeat() {
+                Err(e) if e.is_fatal() && why == Drain::Rebalance => return Err(e),
+                Err(e) => self.kafka_error(&e, "heartbeating"),
+                Ok(_) => {}
             }
             self.commit(false);
         }
@@ -550,7 +709,7 @@ impl Run {
         };
         if !(finished || gave_up) {
             self.wait_until(self.next_tick());
-            return false;
+            return Ok(false);
         }
         if gave_up && !finished {
             log::warn!(
@@ -565,7 +724,7 @@ impl Run {
             && self.kafka_down.is_some()
             && self.tracker.to_commit().is_empty())
         {
-            self.commit_and_wait(!(why == Drain::Shutdown && kafka_down));
+            self.commit_and_wait();
         }
         let revoked: Vec<String> = self
             .p
@@ -575,13 +734,18 @@ impl Run {
             .map(ToString::to_string)
             .collect();
         self.tracker.clear();
+        self.epochs.clear();
         self.pending_dead_letters.clear();
+        self.dead_letter_in_flight = None;
         self.p.consumer.revoke();
         match why {
             Drain::Rebalance => {
                 log::info!("Partitions revoked: [{}]", revoked.join(", "));
                 if std::mem::take(&mut self.leave_before_join)
-                    && let Err(e) = self.p.consumer.leave()
+                    && let Err(e) = self
+                        .p
+                        .consumer
+                        .leave_within(self.p.settings.last_commit_wait)
                 {
                     log::warn!("Could not leave the group before rejoining: {e}");
                 }
@@ -589,24 +753,45 @@ impl Run {
                     retry_at: Instant::now(),
                     backoff: Duration::from_millis(500),
                 };
-                false
+                Ok(false)
             }
             Drain::Shutdown if self.kafka_down.is_some() => {
                 log::warn!(
                     "Not leaving consumer group {} (Kafka is unreachable); the broker will notice after the session timeout",
                     self.p.settings.group_id
                 );
-                true
+                Ok(true)
+            }
+            // A static member does not leave (as Kafka's own clients do): its place, and its
+            // partitions, wait for it for the session timeout, so a restart within that
+            // time causes no rebalance at all.
+            Drain::Shutdown if self.p.consumer.settings().group_instance_id.is_some() => {
+                log::info!(
+                    "Not leaving consumer group {} (static member {}): a restart within the session timeout ({} s) takes the same partitions back without a rebalance; otherwise the group gives them to the others then",
+                    self.p.settings.group_id,
+                    self.p
+                        .consumer
+                        .settings()
+                        .group_instance_id
+                        .as_deref()
+                        .unwrap_or_default(),
+                    crate::provision::format_seconds(self.p.consumer.settings().session_timeout)
+                );
+                Ok(true)
             }
             Drain::Shutdown => {
-                match self.p.consumer.leave() {
+                match self
+                    .p
+                    .consumer
+                    .leave_within(self.p.settings.last_commit_wait)
+                {
                     Ok(()) => log::info!("Left consumer group {}", self.p.settings.group_id),
                     Err(e) => log::warn!(
                         "Could not leave consumer group {} ({e}); the broker will notice after the session timeout",
                         self.p.settings.group_id
                     ),
                 }
-                true
+                Ok(true)
             }
         }
     }
@@ -617,7 +802,7 @@ impl Run {
             self.storage_failed(reason);
             return;
         }
-        if d.epoch != self.epoch {
+        if self.epochs.get(&d.partition) != Some(&d.epoch) {
             // A report from before a revocation: that partition's offsets were settled then.
             return;
         }
@@ -689,116 +874,146 @@ impl Run {
         }
     }
 
-    /// Produces pending dead letters in order. A transient failure (outage, missing topic,
-    /// leader election) is retried later with backoff, the offset held meanwhile. A permanent
-    /// refusal (too large, invalid, not authorized) gets one more try in the cut-down form;
-    /// if that is refused too, the message is logged, counted and skipped, so that one
-    /// record the broker will never take cannot stall its partition forever.
+    /// Produces pending dead letters in order, one at a time, on the dead-letter producer's
+    /// own thread (a slow or unreachable broker never holds up this loop): takes the outcome
+    /// of the one sent before, then sends the next. A transient failure (outage, missing
+    /// topic, leader election, a throttled broker) is retried later with backoff, the offset
+    /// held meanwhile. A permanent refusal (too large, invalid, not authorized) gets one
+    /// more try in the cut-down form; if that is refused too, the message is logged,
+    /// counted and skipped, so that one record the broker will never take cannot stall its
+    /// partition forever.
     fn send_dead_letters(&mut self) {
         let (Some(topic), Some(producer)) = (
             self.p.settings.dlq_topic.clone(),
-            self.p.dead_letters.as_mut(),
+            self.p.dead_letters.as_ref(),
         ) else {
             return;
         };
-        if self.pending_dead_letters.is_empty() {
-            self.p.metrics.dead_letters_flowing();
+        let outcomes: Vec<Produced> = producer.results().try_iter().collect();
+        for produced in outcomes {
+            self.dead_letter_produced(&topic, produced);
+        }
+        if self.dead_letter_in_flight.is_some() {
             return;
         }
+        while self
+            .pending_dead_letters
+            .front()
+            .is_some_and(|dl| self.epochs.get(&dl.partition) != Some(&dl.epoch))
+        {
+            self.pending_dead_letters.pop_front();
+        }
+        let Some(dl) = self.pending_dead_letters.front() else {
+            self.p.metrics.dead_letters_flowing();
+            return;
+        };
         if Instant::now() < self.dead_letter_retry_at {
             return;
         }
-        let source = self.p.settings.topic.clone();
-        let max_bytes = self.p.settings.dlq_max_bytes;
-        while let Some(dl) = self.pending_dead_letters.front_mut() {
-            if dl.epoch != self.epoch {
-                self.pending_dead_letters.pop_front();
-                continue;
-            }
-            let record = dl.record(&source, max_bytes);
-            // The cut-down form goes uncompressed: the one retry should depend on as little
-            // as possible (a broker or topic refusing the codec, say).
-            let compression = if dl.cut_down {
-                BatchCompression::None
-            } else {
-                BatchCompression::Gzip
-            };
-            let sent = record.value.as_ref().map_or(0, bytes::Bytes::len);
-            match producer.send(&record, compression) {
-                Ok(delivery) => {
-                    let cut = if sent < dl.original_len {
-                        format!(
-                            " (cut to {sent} of {} bytes{})",
-                            dl.original_len,
-                            if dl.cut_down { ", cut-down form" } else { "" }
-                        )
-                    } else {
-                        String::new()
-                    };
-                    log::warn!(
-                        "Dead-lettered {} at partition {} offset {} to {topic}{cut}: {}",
-                        dl.cause.describe(),
-                        dl.partition,
-                        dl.offset,
-                        dl.reason
-                    );
-                    log::debug!(
-                        "dead letter of partition {} offset {} is at {topic} partition {} offset {}",
-                        dl.partition,
-                        dl.offset,
-                        delivery.partition,
-                        delivery
-                            .offset
-                            .map_or_else(|| "(written before)".to_owned(), |o| o.to_string())
-                    );
-                    self.tracker.finished(dl.partition, dl.offset);
-                    self.p.metrics.dead_lettered();
-                    self.pending_dead_letters.pop_front();
-                    self.dead_letter_backoff = Duration::from_millis(500);
-                }
-                Err(e) if e.is_permanent() && !dl.cut_down => {
-                    log::error!(
-                        "Kafka refused the dead letter of partition {} offset {} ({sent} bytes of value) for good: {e}; trying once more with the value cut to {} bytes",
-                        dl.partition,
-                        dl.offset,
-                        super::dead_letter::CUT_DOWN_VALUE_BYTES
-                    );
-                    dl.cut_down = true;
-                }
-                Err(e) if e.is_permanent() => {
-                    log::error!(
-                        "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; {} ({}), its value starts {}; skipping it, so its partition moves on",
-                        dl.partition,
-                        dl.offset,
-                        dl.cause.what_it_was(),
-                        dl.reason.escape_debug(),
-                        dl.first_bytes()
-                    );
-                    self.tracker.finished(dl.partition, dl.offset);
-                    self.p.metrics.dead_letter_dropped();
-                    self.pending_dead_letters.pop_front();
-                    self.dead_letter_backoff = Duration::from_millis(500);
-                }
-                Err(e) => {
-                    log::error!(
-                        "Could not dead-letter the message at partition {} offset {} ({} bytes): {e}; retrying in {:?} (its offset stays uncommitted)",
-                        dl.partition,
-                        dl.offset,
+        let record = dl.record(&self.p.settings.topic, self.p.settings.dlq_max_bytes);
+        // The cut-down form goes uncompressed: the one retry should depend on as little as
+        // possible (a broker or topic refusing the codec, say).
+        let compression = if dl.cut_down {
+            BatchCompression::None
+        } else {
+            BatchCompression::Gzip
+        };
+        let sent = record.value.as_ref().map_or(0, bytes::Bytes::len);
+        self.dead_letter_id += 1;
+        let id = self.dead_letter_id;
+        if let Some(producer) = self.p.dead_letters.as_ref()
+            && producer.send(id, record, compression)
+        {
+            self.dead_letter_in_flight = Some((id, sent));
+        } else {
+            log::error!("the dead-letter producer's thread is gone; dead letters wait");
+        }
+    }
+
+    /// The outcome of the dead letter at the front of the queue.
+    fn dead_letter_produced(&mut self, topic: &str, produced: Produced) {
+        let Some((id, sent)) = self.dead_letter_in_flight else {
+            return;
+        };
+        if produced.id != id {
+            return; // sent before a revocation cleared the queue
+        }
+        self.dead_letter_in_flight = None;
+        let Some(dl) = self.pending_dead_letters.front_mut() else {
+            return;
+        };
+        match produced.result {
+            Ok(delivery) => {
+                let cut = if sent < dl.original_len {
+                    format!(
+                        " (cut to {sent} of {} bytes{})",
                         dl.original_len,
-                        self.dead_letter_backoff
-                    );
-                    self.p.metrics.dead_letter_waiting(format!(
-                        "dead letter for partition {} offset {} waiting: {e}",
-                        dl.partition, dl.offset
-                    ));
-                    self.dead_letter_retry_at = Instant::now() + self.dead_letter_backoff;
-                    self.dead_letter_backoff =
-                        (self.dead_letter_backoff * 2).min(Duration::from_secs(10));
-                    return;
-                }
+                        if dl.cut_down { ", cut-down form" } else { "" }
+                    )
+                } else {
+                    String::new()
+                };
+                log::warn!(
+                    "Dead-lettered {} at partition {} offset {} to {topic}{cut}: {}",
+                    dl.cause.describe(),
+                    dl.partition,
+                    dl.offset,
+                    dl.reason
+                );
+                log::debug!(
+                    "dead letter of partition {} offset {} is at {topic} partition {} offset {}",
+                    dl.partition,
+                    dl.offset,
+                    delivery.partition,
+                    delivery
+                        .offset
+                        .map_or_else(|| "(written before)".to_owned(), |o| o.to_string())
+                );
+                self.tracker.finished(dl.partition, dl.offset);
+                self.p.metrics.dead_lettered();
+                self.pending_dead_letters.pop_front();
+                self.dead_letter_backoff = Duration::from_millis(500);
+            }
+            Err(e) if e.is_permanent() && !dl.cut_down => {
+                log::error!(
+                    "Kafka refused the dead letter of partition {} offset {} ({sent} bytes of value) for good: {e}; trying once more with the value cut to {} bytes",
+                    dl.partition,
+                    dl.offset,
+                    super::dead_letter::CUT_DOWN_VALUE_BYTES
+                );
+                dl.cut_down = true;
+            }
+            Err(e) if e.is_permanent() => {
+                log::error!(
+                    "Giving up on the dead letter of partition {} offset {}: Kafka refused even its cut-down form: {e}; {} ({}), its value starts {}; skipping it, so its partition moves on",
+                    dl.partition,
+                    dl.offset,
+                    dl.cause.what_it_was(),
+                    dl.reason.escape_debug(),
+                    dl.first_bytes()
+                );
+                self.tracker.finished(dl.partition, dl.offset);
+                self.p.metrics.dead_letter_dropped();
+                self.pending_dead_letters.pop_front();
+                self.dead_letter_backoff = Duration::from_millis(500);
+            }
+            Err(e) => {
+                log::error!(
+                    "Could not dead-letter the message at partition {} offset {} ({} bytes): {e}; retrying in {:?} (its offset stays uncommitted)",
+                    dl.partition,
+                    dl.offset,
+                    dl.original_len,
+                    self.dead_letter_backoff
+                );
+                self.p.metrics.dead_letter_waiting(format!(
+                    "dead letter for partition {} offset {} waiting: {e}",
+                    dl.partition, dl.offset
+                ));
+                self.dead_letter_retry_at = Instant::now() + self.dead_letter_backoff;
+                self.dead_letter_backoff =
+                    (self.dead_letter_backoff * 2).min(Duration::from_secs(10));
             }
         }
-        self.p.metrics.dead_letters_flowing();
     }
 
     /// Commits what the tracker allows, when due (or now, when `force`). Durability first:
@@ -807,6 +1022,11 @@ impl Run {
     /// read now once it has succeeded (see `sync_answered`), so a stalled disk never stops
     /// the heartbeats.
     fn commit(&mut self, force: bool) {
+        self.start_commit(force, false);
+    }
+
+    /// [`Self::commit`]; `last` marks the commit before partitions are let go.
+    fn start_commit(&mut self, force: bool, last: bool) {
         self.check_sync();
         if self.syncing.is_some() || self.durability_lost.is_some() {
             // One sync at a time; the next one covers whatever finishes meanwhile.
@@ -826,6 +1046,7 @@ impl Run {
         self.syncing = Some(Pending {
             offsets,
             sync: self.p.store.start_sync(),
+            last,
         });
     }
 
@@ -864,8 +1085,36 @@ impl Run {
             self.durability_lost = Some(RunError::Durability(e));
             return;
         }
-        let offsets = pending.offsets;
-        match self.p.consumer.commit(&offsets) {
+        let Pending { offsets, last, .. } = pending;
+        if last {
+            // Before a revocation or an exit: wait for the outcome (within the request
+            // timeout), so the next owner starts from it.
+            let wait = self.p.settings.last_commit_wait;
+            let result = self.p.consumer.commit_sync(&offsets, wait);
+            self.on_committed(CommitResult { offsets, result });
+            return;
+        }
+        // The group thread commits; the outcome comes back later (`collect_commits`), so a
+        // slow coordinator never holds up dispatching and acknowledging jobs.
+        if let Err(e) = self.p.consumer.commit(&offsets) {
+            self.on_committed(CommitResult {
+                offsets,
+                result: Err(e),
+            });
+        }
+    }
+
+    /// Takes the outcomes of the commits the group thread made since the last pass.
+    fn collect_commits(&mut self) {
+        for result in self.p.consumer.commit_results() {
+            self.on_committed(result);
+        }
+    }
+
+    fn on_committed(&mut self, c: CommitResult) {
+        let CommitResult { offsets, result } = c;
+        let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}@{o}")).collect();
+        match result {
             Ok(()) => {
                 self.tracker.committed(&offsets);
                 self.p.metrics.committed(&offsets);
@@ -880,13 +1129,14 @@ impl Run {
     }
 
     /// The last commit before the partitions are let go: waits for a sync in flight, then
-    /// syncs and commits what is finished now, heartbeating (when `heartbeat`) while it
-    /// waits, for at most [`LAST_SYNC_WAIT`].
-    fn commit_and_wait(&mut self, heartbeat: bool) {
+    /// syncs what is finished now, for at most [`LAST_SYNC_WAIT`], and commits it waiting
+    /// for the coordinator's answer (within `last_commit_wait`). The group thread goes on
+    /// heartbeating meanwhile, and what it learns waits in the consumer's channel.
+    fn commit_and_wait(&mut self) {
         let deadline = Instant::now() + LAST_SYNC_WAIT;
-        self.wait_for_sync(deadline, heartbeat);
-        self.commit(true);
-        self.wait_for_sync(deadline, heartbeat);
+        self.wait_for_sync(deadline);
+        self.start_commit(true, true);
+        self.wait_for_sync(deadline);
         if self.syncing.take().is_some() {
             log::warn!(
                 "The database sync did not finish within {} s; the partitions are let go without this commit (their next owner redoes the unfinished part)",
@@ -896,25 +1146,9 @@ impl Run {
     }
 
     /// Waits for the pending sync (if any) to answer, until `deadline`.
-    fn wait_for_sync(&mut self, deadline: Instant, heartbeat: bool) {
+    fn wait_for_sync(&mut self, deadline: Instant) {
         while let Some(pending) = &self.syncing {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            // Never a deadline already past: a heartbeat that is due but not sent (Kafka
-            // down, say) would make this loop spin.
-            let until = if heartbeat {
-                deadline.min(
-                    self.p
-                        .consumer
-                        .next_heartbeat()
-                        .max(now + Duration::from_millis(10)),
-                )
-            } else {
-                deadline
-            };
-            match pending.sync.receiver().recv_deadline(until) {
+            match pending.sync.receiver().recv_deadline(deadline) {
                 Ok(()) => {
                     let answer = pending.sync.result(Ok(()));
                     self.sync_answered(answer);
@@ -922,11 +1156,7 @@ impl Run {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     self.sync_answered(Err(StoreError::SyncThreadGone));
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if heartbeat && let Err(e) = self.p.consumer.heartbeat() {
-                        self.kafka_error(&e, "heartbeating");
-                    }
-                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return,
             }
         }
     }
@@ -953,11 +1183,16 @@ impl Run {
     /// group is left (when `leave`) so that the partitions move on from their last commit,
     /// and `/healthz` says why until the process exits. Nothing is committed.
     fn stop_for_durability(&mut self, e: RunError, leave: bool) -> RunError {
-        self.p.accepting.store(0, Ordering::Release);
+        self.p.accepting.stop_all();
         self.p.abort = None;
         self.buffer.clear();
         self.pending_dead_letters.clear();
-        if leave && let Err(leave) = self.p.consumer.leave() {
+        if leave
+            && let Err(leave) = self
+                .p
+                .consumer
+                .leave_within(self.p.settings.last_commit_wait)
+        {
             log::warn!(
                 "Could not leave consumer group {} ({leave}); the broker will notice after the session timeout",
                 self.p.settings.group_id
@@ -973,10 +1208,7 @@ impl Run {
         }
         self.topic_missing_said = Some(now);
         let topic = &self.p.settings.topic;
-        if matches!(
-            self.p.consumer.topic_state(),
-            Ok(blocking_kafka::TopicState::Missing)
-        ) {
+        if self.p.consumer.topic_partitions() == Some(0) {
             log::warn!(
                 "Topic {topic} does not exist yet; waiting for it. Create it, e.g. `kafka-topics.sh --bootstrap-server {} --create --topic {topic} --partitions 3`, or set KAFKA_TOPIC to the backend's topic",
                 self.p.consumer.settings().bootstrap.join(",")
@@ -987,6 +1219,13 @@ impl Run {
     /// Logs a Kafka error. Connection failures are an outage: logged once at its start,
     /// then reminded every half minute, and its end is logged by `kafka_ok`.
     fn kafka_error(&mut self, e: &KafkaError, during: &str) {
+        if e.is_fatal() {
+            // The error's words say what to do; the loop returns it.
+            if self.fatal.is_none() {
+                self.fatal = Some(clone_fatal(e));
+            }
+            return;
+        }
         if !e.is_connection() {
             log::warn!("Kafka error while {during}: {e}");
             return;
@@ -1054,25 +1293,38 @@ impl Run {
             self.next_tick()
                 .max(Instant::now() + Duration::from_millis(1)),
         );
+        // The consumer's threads report here: a fetched result wakes the loop at once; so
+        // does a dead letter's outcome (taken by `send_dead_letters`, next pass) and the
+        // pending sync's answer.
+        let kafka_events = self.p.consumer.events().clone();
+        let produced = self.p.dead_letters.as_ref().map(|p| p.results().clone());
         let sync = self.sync_receiver();
         let mut sel = Select::new();
         let done = sel.recv(&self.p.done);
         let shutdown = sel.recv(&self.p.shutdown);
+        let kafka = sel.recv(&kafka_events);
+        if let Some(r) = &produced {
+            sel.recv(r);
+        }
         let synced = sync.as_ref().map(|r| sel.recv(r));
-        let Ok(op) = sel.select_deadline(until) else {
+        let Ok(op) = sel.ready_deadline(until) else {
             return;
         };
-        if op.index() == done {
-            if let Ok(d) = op.recv(&self.p.done) {
+        if op == done {
+            if let Ok(d) = self.p.done.try_recv() {
                 self.on_done(d);
             }
-        } else if op.index() == shutdown {
-            let _ = op.recv(&self.p.shutdown);
-            self.shutdown_seen = true;
-        } else if let Some(r) = &sync {
-            debug_assert_eq!(Some(op.index()), synced);
-            let received = op.recv(r);
-            self.sync_received(received);
+        } else if op == shutdown {
+            // (Readiness may be spurious: the channel itself says.)
+            if self.shutdown_requested() {
+                self.shutdown_seen = true;
+            }
+        } else if op == kafka {
+            if let Ok(event) = kafka_events.try_recv() {
+                self.p.consumer.handle(event);
+            }
+        } else if Some(op) == synced {
+            self.check_sync();
         }
     }
 
@@ -1090,6 +1342,43 @@ impl Run {
         self.syncing
             .as_ref()
             .map(|pending| pending.sync.receiver().clone())
+    }
+}
+
+/// "0, 3, 5".
+fn join(partitions: &[Partition]) -> String {
+    let list: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+    list.join(", ")
+}
+
+/// The fatal errors hold only text: a copy for the loop to return.
+fn clone_fatal(e: &KafkaError) -> KafkaError {
+    match e {
+        KafkaError::FencedInstanceId { group, instance_id } => KafkaError::FencedInstanceId {
+            group: group.clone(),
+            instance_id: instance_id.clone(),
+        },
+        KafkaError::GroupProtocol {
+            group,
+            offered,
+            group_uses,
+            protocol_type,
+        } => KafkaError::GroupProtocol {
+            group: group.clone(),
+            offered: offered.clone(),
+            group_uses: group_uses.clone(),
+            protocol_type: protocol_type.clone(),
+        },
+        KafkaError::StaticMembershipUnsupported { broker, join_group } => {
+            KafkaError::StaticMembershipUnsupported {
+                broker: broker.clone(),
+                join_group: *join_group,
+            }
+        }
+        other => KafkaError::Protocol {
+            broker: String::new(),
+            detail: other.to_string(),
+        },
     }
 }
 

@@ -23,8 +23,9 @@ struct Track {
     in_flight: BTreeSet<i64>,
     /// The lowest offset dropped unfinished, if any.
     dropped_floor: Option<i64>,
-    /// The next offset the consumer will fetch.
-    next_fetch: i64,
+    /// The next offset the consumer will fetch; `None` until known (a partition without a
+    /// committed offset, until its leader has reset it): nothing is committable before.
+    next_fetch: Option<i64>,
     /// What the group has committed for us, as far as we know.
     committed: Option<i64>,
 }
@@ -34,14 +35,15 @@ impl OffsetTracker {
         OffsetTracker::default()
     }
 
-    /// Starts tracking a newly assigned partition whose first fetch is at `start`.
-    pub fn assign(&mut self, partition: Partition, start: Offset) {
+    /// Starts tracking a newly assigned partition whose first fetch is at `start` (`None`:
+    /// not known yet; see `position`).
+    pub fn assign(&mut self, partition: Partition, start: Option<Offset>) {
         self.partitions.insert(
             partition,
             Track {
                 in_flight: BTreeSet::new(),
                 dropped_floor: None,
-                next_fetch: start.0,
+                next_fetch: start.map(|o| o.0),
                 committed: None,
             },
         );
@@ -52,18 +54,25 @@ impl OffsetTracker {
         self.partitions.clear();
     }
 
+    /// Stops tracking `partitions` (after the commit that ends their revocation).
+    pub fn remove(&mut self, partitions: &[Partition]) {
+        for p in partitions {
+            self.partitions.remove(p);
+        }
+    }
+
     /// A message was fetched: it is in flight until finished or dropped.
     pub fn fetched(&mut self, partition: Partition, offset: Offset) {
         if let Some(t) = self.partitions.get_mut(&partition) {
             t.in_flight.insert(offset.0);
-            t.next_fetch = t.next_fetch.max(offset.0 + 1);
+            t.next_fetch = Some(t.next_fetch.map_or(offset.0 + 1, |n| n.max(offset.0 + 1)));
         }
     }
 
     /// The consumer's position moved (possibly past a gap with no message).
     pub fn position(&mut self, partition: Partition, next: Offset) {
         if let Some(t) = self.partitions.get_mut(&partition) {
-            t.next_fetch = t.next_fetch.max(next.0);
+            t.next_fetch = Some(t.next_fetch.map_or(next.0, |n| n.max(next.0)));
         }
     }
 
@@ -86,7 +95,7 @@ impl OffsetTracker {
     /// The offset that is safe to commit for `partition` (the next one to read).
     pub fn committable(&self, partition: Partition) -> Option<Offset> {
         let t = self.partitions.get(&partition)?;
-        let mut at = t.next_fetch;
+        let mut at = t.next_fetch?;
         if let Some(first) = t.in_flight.first() {
             at = at.min(*first);
         }
@@ -124,6 +133,15 @@ impl OffsetTracker {
         self.partitions.values().map(|t| t.in_flight.len()).sum()
     }
 
+    /// Messages of `partitions` fetched and not finished.
+    pub fn in_flight_of(&self, partitions: &[Partition]) -> usize {
+        partitions
+            .iter()
+            .filter_map(|p| self.partitions.get(p))
+            .map(|t| t.in_flight.len())
+            .sum()
+    }
+
     /// Whether the partition is tracked (assigned) now.
     pub fn owns(&self, partition: Partition) -> bool {
         self.partitions.contains_key(&partition)
@@ -140,16 +158,26 @@ mod tests {
     #[test]
     fn nothing_in_flight_commits_the_next_fetch_position() {
         let mut t = OffsetTracker::new();
-        t.assign(P, Offset(10));
+        t.assign(P, Some(Offset(10)));
         assert_eq!(t.committable(P), Some(Offset(10)));
         t.position(P, Offset(14)); // a gap: transaction markers, compaction
         assert_eq!(t.committable(P), Some(Offset(14)));
     }
 
     #[test]
+    fn a_partition_whose_start_is_not_known_yet_is_not_committed() {
+        let mut t = OffsetTracker::new();
+        t.assign(P, None);
+        assert_eq!(t.committable(P), None);
+        assert!(t.to_commit().is_empty());
+        t.position(P, Offset(42)); // its leader reset it (earliest or latest)
+        assert_eq!(t.to_commit(), vec![(P, Offset(42))]);
+    }
+
+    #[test]
     fn the_lowest_unfinished_offset_holds_the_commit() {
         let mut t = OffsetTracker::new();
-        t.assign(P, Offset(0));
+        t.assign(P, Some(Offset(0)));
         for o in 0..5 {
             t.fetched(P, Offset(o));
         }
@@ -166,7 +194,7 @@ mod tests {
     #[test]
     fn a_dropped_offset_is_never_committed_past() {
         let mut t = OffsetTracker::new();
-        t.assign(P, Offset(0));
+        t.assign(P, Some(Offset(0)));
         for o in 0..3 {
             t.fetched(P, Offset(o));
         }
@@ -180,8 +208,8 @@ mod tests {
     #[test]
     fn to_commit_lists_only_moved_partitions() {
         let mut t = OffsetTracker::new();
-        t.assign(P, Offset(0));
-        t.assign(Partition(1), Offset(7));
+        t.assign(P, Some(Offset(0)));
+        t.assign(Partition(1), Some(Offset(7)));
         assert_eq!(
             t.to_commit(),
             vec![(P, Offset(0)), (Partition(1), Offset(7))]
@@ -212,7 +240,7 @@ mod tests {
             drops in proptest::collection::vec(any::<bool>(), 60),
         ) {
             let mut t = OffsetTracker::new();
-            t.assign(P, Offset(0));
+            t.assign(P, Some(Offset(0)));
             let mut offsets = Vec::new();
             let mut o = 0;
             for g in gaps {

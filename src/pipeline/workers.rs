@@ -3,8 +3,8 @@
 //! Architecture Invariant: workers never touch Kafka. They take jobs from the bounded job
 //! channel, do the database work and the delay, and report every job back exactly once on
 //! the done channel: finished, or dropped because its partition was revoked meanwhile.
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use blocking_kafka::{Offset, Partition};
@@ -21,7 +21,8 @@ use crate::store::{Claim, StoreError};
 pub struct Job {
     pub partition: Partition,
     pub offset: Offset,
-    /// The assignment epoch the job was fetched in; a job from an older epoch is dropped.
+    /// The assignment of its partition (an epoch) the job was fetched in; a job whose
+    /// partition was revoked since (or assigned anew) is dropped.
     pub epoch: u64,
     /// The message's Kafka timestamp (ms since the Unix epoch), for the end-to-end latency.
     pub produced_ms: i64,
@@ -85,6 +86,52 @@ pub enum JobResult {
 /// (vm.overcommit_memory=2) or a `ulimit -v` refuses, and 256 MiB at this size.
 const WORKER_STACK_BYTES: usize = 256 * 1024;
 
+/// Which partitions workers may start jobs of, and under which assignment: the poller's
+/// word, read by a worker before it starts each job. A partition missing here (revoked, or
+/// being revoked), or assigned anew since the job was fetched (another epoch), has its
+/// queued jobs dropped, while jobs of every other partition go on: a cooperative
+/// rebalance stops only the partitions that move.
+///
+/// A lock rather than an atomic: it maps partitions, and it is read once or twice per job
+/// (uncontended reads of an `RwLock` cost tens of nanoseconds; a job costs tens of
+/// microseconds). Written by the poller only, at assignments and revocations.
+#[derive(Debug, Default)]
+pub struct Accepting {
+    epochs: RwLock<HashMap<Partition, u64>>,
+}
+
+impl Accepting {
+    /// True when a job of `partition` fetched in `epoch` may start.
+    pub fn allows(&self, partition: Partition, epoch: u64) -> bool {
+        let epochs = self.epochs.read().unwrap_or_else(PoisonError::into_inner);
+        epochs.get(&partition) == Some(&epoch)
+    }
+
+    /// `partitions` are ours from `epoch` on.
+    pub fn assign(&self, partitions: &[Partition], epoch: u64) {
+        let mut epochs = self.epochs.write().unwrap_or_else(PoisonError::into_inner);
+        for p in partitions {
+            epochs.insert(*p, epoch);
+        }
+    }
+
+    /// No job of `partitions` starts any more.
+    pub fn stop(&self, partitions: &[Partition]) {
+        let mut epochs = self.epochs.write().unwrap_or_else(PoisonError::into_inner);
+        for p in partitions {
+            epochs.remove(p);
+        }
+    }
+
+    /// No job starts any more (an eager revocation, a shutdown).
+    pub fn stop_all(&self) {
+        self.epochs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
 /// Owns the worker threads. Dropping every job sender tells them to finish; `join` waits.
 pub struct WorkerPool {
     handles: Vec<JoinHandle<()>>,
@@ -96,20 +143,20 @@ impl WorkerPool {
         provisioner: Arc<Provisioner>,
         jobs: Receiver<Job>,
         done: Sender<Done>,
-        epoch: Arc<AtomicU64>,
+        accepting: Arc<Accepting>,
     ) -> std::io::Result<WorkerPool> {
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (provisioner, jobs, done, epoch) = (
+            let (provisioner, jobs, done, accepting) = (
                 provisioner.clone(),
                 jobs.clone(),
                 done.clone(),
-                epoch.clone(),
+                accepting.clone(),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .stack_size(WORKER_STACK_BYTES)
-                .spawn(move || work(&provisioner, &jobs, &done, &epoch))?;
+                .spawn(move || work(&provisioner, &jobs, &done, &accepting))?;
             handles.push(handle);
         }
         Ok(WorkerPool { handles })
@@ -125,7 +172,12 @@ impl WorkerPool {
     }
 }
 
-fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, epoch: &AtomicU64) {
+fn work(
+    provisioner: &Provisioner,
+    jobs: &Receiver<Job>,
+    done: &Sender<Done>,
+    accepting: &Accepting,
+) {
     let mut carried: Option<Taken<'_>> = None;
     loop {
         let Taken {
@@ -144,11 +196,11 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
                 Err(_) => return,
             },
         };
-        // Acquire pairs with the poller's release when it bumps the epoch at revocation, so
-        // a job fetched before the revocation is never started after it. A job whose claim
-        // is written was started when it was taken (the epoch checked then) and is carried
-        // through like any job in progress.
-        let result = if claimed.is_none() && job.epoch != epoch.load(Ordering::Acquire) {
+        // The lock orders this read after the poller's revocation, so a job fetched before
+        // its partition was revoked is never started after it. A job whose claim is written
+        // was started when it was taken (checked then) and is carried through like any job
+        // in progress.
+        let result = if claimed.is_none() && !accepting.allows(job.partition, job.epoch) {
             JobResult::Dropped
         } else {
             match job.work {
@@ -157,7 +209,7 @@ fn work(provisioner: &Provisioner, jobs: &Receiver<Job>, done: &Sender<Done>, ep
                         Started::Finished(outcome) => outcome,
                         Started::Rendered(kubeconfig) => {
                             let (outcome, next) =
-                                finish(provisioner, &req, &kubeconfig, jobs, epoch);
+                                finish(provisioner, &req, &kubeconfig, jobs, accepting);
                             carried = next;
                             outcome
                         }
@@ -213,14 +265,14 @@ fn finish<'m>(
     req: &ProvisionRequest,
     kubeconfig: &str,
     jobs: &Receiver<Job>,
-    epoch: &AtomicU64,
+    accepting: &Accepting,
 ) -> (Outcome, Option<Taken<'m>>) {
     let Ok(job) = jobs.try_recv() else {
         return (provisioner.finish(req, kubeconfig, None), None);
     };
     let timer = provisioner.metrics.job_started();
     match &job.work {
-        Work::Provision(next) if job.epoch == epoch.load(Ordering::Acquire) => {
+        Work::Provision(next) if accepting.allows(job.partition, job.epoch) => {
             let (outcome, claimed) = provisioner.finish_and_claim(req, kubeconfig, next);
             let taken = Taken {
                 job,

@@ -378,6 +378,17 @@ impl WorkerProcess {
         self.lines.lock().expect("output lines lock").clone()
     }
 
+    /// The output lines so far that contain `substr` (cheaper than `lines` for a worker
+    /// that has logged a lot).
+    pub fn lines_with(&self, substr: &str) -> Vec<String> {
+        let lines = self.lines.lock().expect("output lines lock");
+        lines
+            .iter()
+            .filter(|l| l.contains(substr))
+            .cloned()
+            .collect()
+    }
+
     /// How many output lines so far contain `substr`.
     pub fn count_lines(&self, substr: &str) -> usize {
         let lines = self.lines.lock().expect("output lines lock");

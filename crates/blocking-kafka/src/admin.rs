@@ -15,6 +15,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
+use crate::net::throttle::Throttled;
 use crate::settings::ConsumerSettings;
 use crate::types::{Offset, Partition};
 
@@ -79,7 +80,7 @@ impl Admin {
             cluster: Cluster::new(
                 settings.bootstrap.clone(),
                 &settings.client_id,
-                settings.request_timeout,
+                settings.timeouts(),
                 settings.security.clone(),
             ),
             group_id: settings.group_id.clone(),
@@ -203,7 +204,7 @@ impl Admin {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         let addr = self.coordinator()?;
         let result = self

@@ -106,6 +106,35 @@ pub enum KafkaError {
         /// A sentence that suggests the right setting.
         reason: String,
     },
+    /// The coordinator fenced us (FENCED_INSTANCE_ID): another consumer joined the group
+    /// with our `group.instance.id` (KIP-345), so two processes share one static identity.
+    /// Fatal: whichever of the two goes on, this one must stop.
+    FencedInstanceId {
+        /// The consumer group.
+        group: String,
+        /// The instance id both processes use.
+        instance_id: String,
+    },
+    /// The group uses a partition assignment strategy (or a protocol type) that we do not
+    /// offer, so the coordinator will not let us in (INCONSISTENT_GROUP_PROTOCOL).
+    GroupProtocol {
+        /// The consumer group.
+        group: String,
+        /// The strategies we offer, in our order of preference.
+        offered: Vec<String>,
+        /// The strategy the group uses, when the coordinator said (DescribeGroups).
+        group_uses: Option<String>,
+        /// The group's protocol type, when it is not "consumer" (a Connect cluster's group).
+        protocol_type: Option<String>,
+    },
+    /// Static membership (`group.instance.id`) asked of a broker too old for it (JoinGroup
+    /// below version 5: Kafka before 2.3).
+    StaticMembershipUnsupported {
+        /// The coordinator.
+        broker: String,
+        /// The highest JoinGroup version it speaks.
+        join_group: i16,
+    },
 }
 
 impl KafkaError {
@@ -183,6 +212,19 @@ impl KafkaError {
         )
     }
 
+    /// True when the consumer cannot go on as it is: another process took its static
+    /// identity (FENCED_INSTANCE_ID), the group will not have it (INCONSISTENT_GROUP_PROTOCOL),
+    /// or the broker cannot do what it is configured for (static membership on a broker
+    /// before Kafka 2.3). A program stops with the error's words, which say what to change.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            KafkaError::FencedInstanceId { .. }
+                | KafkaError::GroupProtocol { .. }
+                | KafkaError::StaticMembershipUnsupported { .. }
+        )
+    }
+
     /// True when the same call may succeed later (broker restart, leader move, rebalance):
     /// callers retry these with backoff instead of giving up.
     pub fn is_retriable(&self) -> bool {
@@ -201,7 +243,10 @@ impl KafkaError {
             }
             KafkaError::Protocol { .. }
             | KafkaError::UnsupportedVersion { .. }
-            | KafkaError::Codec { .. } => false,
+            | KafkaError::Codec { .. }
+            | KafkaError::FencedInstanceId { .. }
+            | KafkaError::GroupProtocol { .. }
+            | KafkaError::StaticMembershipUnsupported { .. } => false,
         }
     }
 }
@@ -309,6 +354,45 @@ impl fmt::Display for Unescaped<'_> {
             }
             KafkaError::Tls { reason, .. } => write!(f, "TLS: {reason}"),
             KafkaError::WrongProtocol { reason, .. } => write!(f, "{reason}"),
+            KafkaError::FencedInstanceId { group, instance_id } => write!(
+                f,
+                "another consumer joined group {group} with this worker's group instance id \"{instance_id}\" (KAFKA_GROUP_INSTANCE_ID), and the coordinator fenced this one (FENCED_INSTANCE_ID): give every worker an id of its own (its host name, say) and stop the other process if it is a stray copy of this one"
+            ),
+            KafkaError::GroupProtocol {
+                group,
+                offered,
+                group_uses,
+                protocol_type,
+            } => {
+                let offered = offered.join(",");
+                match (protocol_type, group_uses) {
+                    (Some(t), _) => write!(
+                        f,
+                        "group {group} belongs to clients of protocol type {t}, not to consumers (INCONSISTENT_GROUP_PROTOCOL): set KAFKA_GROUP_ID to a group of the worker's own"
+                    ),
+                    // One this crate has (`types::Assignor`), only not configured.
+                    (None, Some(theirs))
+                        if matches!(theirs.as_str(), "cooperative-sticky" | "range") =>
+                    {
+                        write!(
+                            f,
+                            "group {group} uses the partition assignment strategy {theirs}, which this worker does not offer (KAFKA_PARTITION_ASSIGNMENT_STRATEGY={offered}; INCONSISTENT_GROUP_PROTOCOL): add {theirs} to KAFKA_PARTITION_ASSIGNMENT_STRATEGY, or move the group's other members to one of {offered}"
+                        )
+                    }
+                    (None, Some(theirs)) => write!(
+                        f,
+                        "group {group} uses the partition assignment strategy {theirs}, which this worker does not offer (KAFKA_PARTITION_ASSIGNMENT_STRATEGY={offered}; it knows cooperative-sticky and range; INCONSISTENT_GROUP_PROTOCOL): configure the group's other members to offer one of {offered} too (their partition.assignment.strategy), or give the worker a group of its own (KAFKA_GROUP_ID)"
+                    ),
+                    (None, None) => write!(
+                        f,
+                        "group {group} uses a partition assignment strategy this worker does not offer (KAFKA_PARTITION_ASSIGNMENT_STRATEGY={offered}; INCONSISTENT_GROUP_PROTOCOL; the coordinator did not say which, `kafka-consumer-groups.sh --describe --group {group} --state` shows it): configure the group's members to offer one of {offered}, or give the worker a group of its own (KAFKA_GROUP_ID)"
+                    ),
+                }
+            }
+            KafkaError::StaticMembershipUnsupported { broker, join_group } => write!(
+                f,
+                "Kafka broker {broker} speaks JoinGroup only up to version {join_group}; static membership (KAFKA_GROUP_INSTANCE_ID) needs version 5 (Kafka 2.3 or later): upgrade the broker, or leave KAFKA_GROUP_INSTANCE_ID empty"
+            ),
         }
     }
 }
@@ -394,5 +478,62 @@ mod tests {
             enabled: vec!["X\rY".into()],
         };
         assert!(e.to_string().contains("it enables X\\rY:"), "{e}");
+    }
+
+    /// The group's fatal errors name what clashed and what to change, and end the consumer.
+    #[test]
+    fn fatal_group_errors_name_both_sides_and_what_to_change() {
+        let fenced = KafkaError::FencedInstanceId {
+            group: "g".into(),
+            instance_id: "edge-7".into(),
+        }
+        .to_string();
+        assert!(
+            fenced.contains("\"edge-7\"") && fenced.contains("group g"),
+            "{fenced}"
+        );
+        assert!(
+            fenced.contains("FENCED_INSTANCE_ID") && fenced.contains("KAFKA_GROUP_INSTANCE_ID")
+        );
+        let protocol = |uses: Option<&str>, kind: Option<&str>| {
+            KafkaError::GroupProtocol {
+                group: "g".into(),
+                offered: vec!["cooperative-sticky".into()],
+                group_uses: uses.map(str::to_owned),
+                protocol_type: kind.map(str::to_owned),
+            }
+            .to_string()
+        };
+        let ours = protocol(Some("range"), None);
+        assert!(
+            ours.contains("uses the partition assignment strategy range")
+                && ours.contains("KAFKA_PARTITION_ASSIGNMENT_STRATEGY=cooperative-sticky")
+                && ours.contains("add range"),
+            "{ours}"
+        );
+        let foreign = protocol(Some("roundrobin"), None);
+        assert!(
+            foreign.contains("roundrobin") && foreign.contains("cooperative-sticky"),
+            "{foreign}"
+        );
+        let unnamed = protocol(None, None);
+        assert!(unnamed.contains("did not say which"), "{unnamed}");
+        let connect = protocol(Some("default"), Some("connect"));
+        assert!(connect.contains("protocol type connect"), "{connect}");
+        for e in [
+            KafkaError::FencedInstanceId {
+                group: "g".into(),
+                instance_id: "i".into(),
+            },
+            KafkaError::StaticMembershipUnsupported {
+                broker: "b:9092".into(),
+                join_group: 3,
+            },
+        ] {
+            assert!(
+                e.is_fatal() && !e.is_retriable() && !e.is_connection(),
+                "{e}"
+            );
+        }
     }
 }

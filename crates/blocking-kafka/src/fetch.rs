@@ -26,14 +26,18 @@ use kafka_protocol::protocol::{HeaderVersion, StrBytes};
 use crate::cluster::Cluster;
 use crate::error::{KafkaError, check_code};
 use crate::net::body::Body;
+use crate::net::conn::Connection;
 use crate::types::{Offset, Partition, StartFrom};
 use crate::wire::decoder::{Failure, PartitionDecoder};
 use crate::wire::header::{BATCH_HEADER_LEN, be_i32, corrupt};
+use crate::wire::legacy;
 use crate::wire::limits::{Budget, RecordLimits};
 use crate::wire::message::Message;
 
 const FETCH_VERSIONS: (i16, i16) = (4, 12);
-const LIST_OFFSETS_VERSIONS: (i16, i16) = (1, 7);
+/// From 2: the first version with the isolation level (read_committed: the latest offset
+/// is the last stable one).
+const LIST_OFFSETS_VERSIONS: (i16, i16) = (2, 7);
 const READ_COMMITTED: i8 = 1;
 /// Per-partition byte budget of one fetch; a larger batch still comes whole (KIP-74).
 /// A quarter MiB is a few thousand requests, more than the job channel holds, while it
@@ -51,7 +55,7 @@ const ANSWER_IN_MEMORY: usize = RECORDS_IN_MEMORY + 64 * 1024;
 /// few MiB over the fetch size, so a fetch of ordinary records is never cut short.
 const DECODE_BUDGET: usize = FETCH_MAX_BYTES as usize + 4 * 1024 * 1024;
 
-/// The result of one round of fetches.
+/// What one Fetch from one broker brought.
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub messages: Vec<Message>,
@@ -59,63 +63,64 @@ pub struct Fetched {
     pub positions: HashMap<Partition, Offset>,
     /// Partitions whose position is outside the log: reset them.
     pub out_of_range: Vec<Partition>,
-    /// A partition's leader moved or is unknown: refresh metadata.
-    pub stale_metadata: bool,
+    /// Partitions this broker does not lead (any more), with the error code that said so:
+    /// UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+    /// FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH. The metadata is stale.
+    pub stale: Vec<(Partition, i16)>,
     /// Per-partition errors worth a log line (code, partition).
+    pub errors: Vec<(Partition, KafkaError)>,
+    /// The end of each answered partition's log as a read_committed consumer sees it (the
+    /// last stable offset), for the lag.
+    pub log_ends: Vec<(Partition, Offset)>,
+}
+
+/// What ListOffsets said, partition by partition.
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub offsets: HashMap<Partition, Offset>,
+    /// Partitions this broker does not lead (any more), as in [`Fetched::stale`].
+    pub stale: Vec<(Partition, i16)>,
     pub errors: Vec<(Partition, KafkaError)>,
 }
 
-/// Fetches from each partition's leader, at the given positions. Decoding stops where the
-/// fetch's budget runs out; partitions not reached keep their positions.
+/// Error codes that mean the metadata is stale: the partition's leader is elsewhere.
+pub fn is_stale_code(code: i16) -> bool {
+    // UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+    // FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH.
+    matches!(code, 3 | 5 | 6 | 74 | 75)
+}
+
+/// One Fetch from `conn`, the leader of the partitions in `positions`, at those positions.
+/// Decoding stops where the fetch's budget runs out; partitions not reached keep their
+/// positions. On an error the connection may be out of step: drop it.
 pub fn fetch(
-    cluster: &mut Cluster,
+    conn: &mut Connection,
     topic: &str,
     positions: &[(Partition, Offset)],
     max_wait: Duration,
     limits: RecordLimits,
 ) -> Result<Fetched, KafkaError> {
     let mut out = Fetched::default();
-    let mut by_leader: BTreeMap<String, Vec<(Partition, Offset)>> = BTreeMap::new();
-    for (p, o) in positions {
-        match cluster.leader(*p) {
-            Some(addr) => by_leader.entry(addr).or_default().push((*p, *o)),
-            None => out.stale_metadata = true,
-        }
-    }
-    let wait = max_wait / u32::try_from(by_leader.len().max(1)).unwrap_or(1);
     let mut decoding = Decoding {
         limits,
         budget: Budget::new(DECODE_BUDGET),
         in_memory: RECORDS_IN_MEMORY,
     };
-    for (addr, parts) in by_leader {
-        if decoding.budget.exhausted() {
-            break;
-        }
-        let wanted: HashMap<Partition, Offset> = parts.iter().copied().collect();
-        let result = fetch_from(cluster, &addr, topic, &parts, wait, |body, version| {
-            read_response(body, version, &wanted, &mut decoding, &mut out)
-        });
-        if let Err(e) = result {
-            // The answer may be half read: the connection is out of step.
-            cluster.drop_conn(&addr);
-            return Err(e);
-        }
-    }
+    let wanted: HashMap<Partition, Offset> = positions.iter().copied().collect();
+    fetch_from(conn, topic, positions, max_wait, |body, version| {
+        read_response(body, version, &wanted, &mut decoding, &mut out)
+    })?;
     Ok(out)
 }
 
-/// The earliest or latest offset of each partition (latest = the last stable offset).
+/// The earliest or latest offset of each partition (latest = the last stable offset),
+/// asked of each partition's leader; for tools (the consumer asks its leaders itself).
 pub fn list_offsets(
     cluster: &mut Cluster,
     topic: &str,
     partitions: &[Partition],
     from: StartFrom,
 ) -> Result<HashMap<Partition, Offset>, KafkaError> {
-    let timestamp = match from {
-        StartFrom::Earliest => -2,
-        StartFrom::Latest => -1,
-    };
     let mut by_leader: BTreeMap<String, Vec<Partition>> = BTreeMap::new();
     for p in partitions {
         let addr = cluster.leader(*p).ok_or(KafkaError::Broker {
@@ -126,57 +131,69 @@ pub fn list_offsets(
     }
     let mut out = HashMap::new();
     for (addr, parts) in by_leader {
-        let result = cluster.to(&addr).and_then(|conn| {
-            let version = conn.version(ApiKey::ListOffsets, LIST_OFFSETS_VERSIONS)?;
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_isolation_level(READ_COMMITTED)
-                .with_topics(vec![
-                    ListOffsetsTopic::default()
-                        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                        .with_partitions(
-                            parts
-                                .iter()
-                                .map(|p| {
-                                    ListOffsetsPartition::default()
-                                        .with_partition_index(p.0)
-                                        .with_current_leader_epoch(-1)
-                                        .with_timestamp(timestamp)
-                                })
-                                .collect(),
-                        ),
-                ]);
-            conn.call::<_, ListOffsetsResponse>(ApiKey::ListOffsets, version, &request)
-        });
-        let response = match result {
-            Ok(r) => r,
+        let listed = match cluster
+            .to(&addr)
+            .and_then(|conn| list_offsets_on(conn, topic, &parts, from))
+        {
+            Ok(l) => l,
             Err(e) => {
-                cluster.drop_conn(&addr);
+                cluster.failed(&addr, &e);
                 return Err(e);
             }
         };
-        for t in &response.topics {
-            for p in &t.partitions {
-                check_code("ListOffsets", p.error_code)?;
-                out.insert(Partition(p.partition_index), Offset(p.offset));
+        if let Some((_, code)) = listed.stale.first() {
+            return Err(KafkaError::Broker {
+                what: "ListOffsets",
+                code: *code,
+            });
+        }
+        if let Some((_, e)) = listed.errors.into_iter().next() {
+            return Err(e);
+        }
+        out.extend(listed.offsets);
+    }
+    Ok(out)
+}
+
+/// The earliest or latest offset of each partition, asked of `conn`, their leader.
+pub fn list_offsets_on(
+    conn: &mut Connection,
+    topic: &str,
+    partitions: &[Partition],
+    from: StartFrom,
+) -> Result<Listed, KafkaError> {
+    let timestamp = match from {
+        StartFrom::Earliest => -2,
+        StartFrom::Latest => -1,
+    };
+    let version = conn.version(ApiKey::ListOffsets, LIST_OFFSETS_VERSIONS)?;
+    let request = list_offsets_request(topic, partitions, timestamp);
+    let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, version, &request)?;
+    let mut out = Listed::default();
+    for t in &response.topics {
+        for p in &t.partitions {
+            let partition = Partition(p.partition_index);
+            match p.error_code {
+                0 => {
+                    out.offsets.insert(partition, Offset(p.offset));
+                }
+                code if is_stale_code(code) => out.stale.push((partition, code)),
+                code => out.errors.push((
+                    partition,
+                    KafkaError::Broker {
+                        what: "ListOffsets",
+                        code,
+                    },
+                )),
             }
         }
     }
     Ok(out)
 }
 
-fn fetch_from(
-    cluster: &mut Cluster,
-    addr: &str,
-    topic: &str,
-    parts: &[(Partition, Offset)],
-    wait: Duration,
-    read: impl FnOnce(&mut Body<'_>, i16) -> Result<(), KafkaError>,
-) -> Result<(), KafkaError> {
-    let request_timeout = cluster.timeout();
-    let conn = cluster.to(addr)?;
-    let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
-    let request = FetchRequest::default()
+/// A read_committed Fetch of `parts` from their positions, held by the broker up to `wait`.
+fn fetch_request(topic: &str, parts: &[(Partition, Offset)], wait: Duration) -> FetchRequest {
+    FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(i32::try_from(wait.as_millis()).unwrap_or(i32::MAX))
         .with_min_bytes(1)
@@ -202,8 +219,42 @@ fn fetch_from(
                         })
                         .collect(),
                 ),
-        ]);
-    conn.call_streaming(
+        ])
+}
+
+/// ListOffsets for `timestamp` (-2 earliest, -1 latest), read_committed.
+fn list_offsets_request(topic: &str, parts: &[Partition], timestamp: i64) -> ListOffsetsRequest {
+    ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(READ_COMMITTED)
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(
+                    parts
+                        .iter()
+                        .map(|p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p.0)
+                                .with_current_leader_epoch(-1)
+                                .with_timestamp(timestamp)
+                        })
+                        .collect(),
+                ),
+        ])
+}
+
+fn fetch_from(
+    conn: &mut Connection,
+    topic: &str,
+    parts: &[(Partition, Offset)],
+    wait: Duration,
+    read: impl FnOnce(&mut Body<'_>, i16) -> Result<i32, KafkaError>,
+) -> Result<(), KafkaError> {
+    let request_timeout = conn.request_timeout();
+    let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
+    let request = fetch_request(topic, parts, wait);
+    let throttle_ms = conn.call_streaming(
         ApiKey::Fetch,
         version,
         &request,
@@ -211,7 +262,9 @@ fn fetch_from(
         wait + request_timeout,
         ANSWER_IN_MEMORY,
         |body| read(body, version),
-    )
+    )?;
+    conn.note_throttle(throttle_ms);
+    Ok(())
 }
 
 /// What one fetch may still decode, across the answers of its brokers.
@@ -224,18 +277,19 @@ struct Decoding {
 }
 
 /// Reads a Fetch answer (versions 4 to 12) as it arrives, decoding the records of the
-/// partitions in `wanted` into `out`. The layout is Kafka's FetchResponse schema; from
-/// version 12 on ("flexible") arrays and strings carry varint lengths and every structure
-/// ends in tagged fields, none of which we need.
+/// partitions in `wanted` into `out`; returns the answer's throttle time (KIP-219). The
+/// layout is Kafka's FetchResponse schema; from version 12 on ("flexible") arrays and
+/// strings carry varint lengths and every structure ends in tagged fields, none of which
+/// we need.
 fn read_response(
     body: &mut Body<'_>,
     version: i16,
     wanted: &HashMap<Partition, Offset>,
     decoding: &mut Decoding,
     out: &mut Fetched,
-) -> Result<(), KafkaError> {
+) -> Result<i32, KafkaError> {
     let flexible = version >= 12;
-    let _throttle_time_ms = body.i32()?;
+    let throttle_time_ms = body.i32()?;
     if version >= 7 {
         let code = body.i16()?;
         let _session_id = body.i32()?;
@@ -259,7 +313,7 @@ fn read_response(
     if flexible {
         body.skip_tagged_fields()?;
     }
-    Ok(())
+    Ok(throttle_time_ms)
 }
 
 fn read_partition(
@@ -272,8 +326,8 @@ fn read_partition(
     let flexible = version >= 12;
     let p = Partition(body.i32()?);
     let code = body.i16()?;
-    let _high_watermark = body.i64()?;
-    let _last_stable_offset = body.i64()?;
+    let high_watermark = body.i64()?;
+    let last_stable_offset = body.i64()?;
     if version >= 5 {
         let _log_start_offset = body.i64()?;
     }
@@ -301,9 +355,8 @@ fn read_partition(
             out.out_of_range.push(p);
             None
         }
-        // Unknown partition, no leader, not the leader, fenced or unknown epoch.
-        (Some(_), 3 | 5 | 6 | 74 | 75) => {
-            out.stale_metadata = true;
+        (Some(_), code) if is_stale_code(code) => {
+            out.stale.push((p, code));
             None
         }
         (Some(_), code) => {
@@ -317,6 +370,15 @@ fn read_partition(
             None
         }
     };
+    if code == 0 && wanted.contains_key(&p) {
+        // Brokers before 0.11 answer -1 for the last stable offset: the high watermark then.
+        let end = if last_stable_offset >= 0 {
+            last_stable_offset
+        } else {
+            high_watermark
+        };
+        out.log_ends.push((p, Offset(end)));
+    }
     match from {
         Some(from) if !decoding.budget.exhausted() => {
             let next = read_records(body, p, from, aborted, len, decoding, &mut out.messages)?;
@@ -362,14 +424,15 @@ fn read_records(
     // Too much to hold: batch by batch, each held if it fits, else decoded as it arrives.
     let mut left = len;
     let mut header = [0u8; BATCH_HEADER_LEN];
-    while left >= BATCH_HEADER_LEN as u64 && !decoder.stopped() {
+    // A batch, or a message of format v0/v1 (which may be shorter than a batch's header).
+    while left >= legacy::MIN_MESSAGE as u64 && !decoder.stopped() {
         body.exact(&mut header[..12])?;
         left -= 12;
         let batch_len = be_i32(&header[8..12]);
         let total = u64::try_from(batch_len)
             .ok()
             .map(|l| l + 12)
-            .filter(|t| *t >= BATCH_HEADER_LEN as u64)
+            .filter(|t| *t >= legacy::MIN_MESSAGE as u64)
             .ok_or_else(|| corrupt(partition, format!("batch length {batch_len}")))?;
         let rest = total - 12;
         if rest > left {
@@ -521,14 +584,14 @@ mod tests {
                     &a.messages,
                     &a.positions,
                     &a.out_of_range,
-                    a.stale_metadata,
+                    &a.stale,
                     a.errors.len()
                 ),
                 (
                     &b.messages,
                     &b.positions,
                     &b.out_of_range,
-                    b.stale_metadata,
+                    &b.stale,
                     b.errors.len()
                 ),
                 "v{version}: held whole and streamed differ"
@@ -601,10 +664,105 @@ mod tests {
                 f.positions.iter().map(|(p, o)| (p.0, o.0)).collect();
             assert_eq!(positions, BTreeMap::from([(0, 7), (5, 7)]), "v{version}");
             assert_eq!(f.out_of_range, vec![Partition(1)], "v{version}");
-            assert!(f.stale_metadata, "v{version}");
+            assert_eq!(f.stale, vec![(Partition(3), 6)], "v{version}");
+            assert_eq!(
+                f.log_ends,
+                vec![(Partition(0), Offset(100)), (Partition(5), Offset(100))],
+                "v{version}: the partitions answered without error"
+            );
             assert_eq!(f.errors.len(), 1, "v{version}");
             assert_eq!(f.errors[0].0, Partition(4));
         }
+    }
+
+    #[test]
+    fn the_fetch_request_encodes_at_every_version_we_negotiate() {
+        for v in FETCH_VERSIONS.0..=FETCH_VERSIONS.1 {
+            let mut buf = BytesMut::new();
+            let request =
+                fetch_request("t", &[(Partition(0), Offset(5))], Duration::from_millis(40));
+            if let Err(e) = request.encode(&mut buf, v) {
+                panic!("Fetch v{v} cannot be encoded: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_list_offsets_request_encodes_at_every_version_we_negotiate() {
+        // The isolation level exists from version 2: below it, read_committed cannot be sent.
+        for v in LIST_OFFSETS_VERSIONS.0..=LIST_OFFSETS_VERSIONS.1 {
+            let mut buf = BytesMut::new();
+            let request = list_offsets_request("t", &[Partition(0)], -1);
+            if let Err(e) = request.encode(&mut buf, v) {
+                panic!("ListOffsets v{v} cannot be encoded: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn old_message_formats_mixed_with_record_batches_are_decoded_in_order() {
+        use crate::wire::legacy::tests::{message, wrapper};
+        // A topic upgraded in place: v0 and v1 messages (a gzip wrapper among them), then
+        // record batches, then (written by an old client after the upgrade) a v0 message
+        // shorter than a record batch's header, last in the answer.
+        let mut records = Vec::new();
+        records.extend(message(0, 0, 0, 0, Some(b"k"), Some(b"zero")));
+        let inner: Vec<Vec<u8>> = (0..2)
+            .map(|i| message(i, 1, 0, 50 + i, None, Some(format!("one-{i}").as_bytes())))
+            .collect();
+        records.extend(wrapper(2, 1, 1, 0, &inner));
+        records.extend_from_slice(&batch(3, &[b"two-3".to_vec(), b"two-4".to_vec()]));
+        records.extend(message(5, 0, 0, 0, None, None));
+        for version in [4, 12] {
+            let body = answer(
+                version,
+                vec![partition(0, 0, Some(Bytes::from(records.clone())))],
+            );
+            let f = read(&body, version, &[(0, 0)], &mut decoding())
+                .unwrap_or_else(|e| panic!("v{version}: {e}"));
+            assert_eq!(
+                values(&f),
+                vec![
+                    (0, 0, "zero".into()),
+                    (0, 1, "one-0".into()),
+                    (0, 2, "one-1".into()),
+                    (0, 3, "two-3".into()),
+                    (0, 4, "two-4".into()),
+                    (0, 5, String::new()),
+                ]
+            );
+            assert_eq!(
+                f.positions[&Partition(0)],
+                Offset(6),
+                "never stuck at the last"
+            );
+        }
+        // Read batch by batch (little room in memory): the wrapper waits for the next
+        // fetch, which starts with it and decodes it off the wire... as given up, since
+        // an old-format message is never decoded as it arrives.
+        let body = answer(
+            12,
+            vec![partition(0, 0, Some(Bytes::from(records.clone())))],
+        );
+        let mut d = decoding();
+        d.in_memory = 40;
+        let f = read(&body, 12, &[(0, 0)], &mut d).unwrap();
+        assert_eq!(values(&f), vec![(0, 0, "zero".into())]);
+        assert_eq!(f.positions[&Partition(0)], Offset(1));
+        let mut d = decoding();
+        d.in_memory = 40;
+        let f = read(&body, 12, &[(0, 1)], &mut d).unwrap();
+        let undecoded = f.messages[0].undecoded.as_ref().expect("given up");
+        assert_eq!(
+            (f.messages[0].offset, undecoded.last),
+            (Offset(1), Offset(2))
+        );
+        assert!(
+            undecoded.reason.contains("format v1"),
+            "{}",
+            undecoded.reason
+        );
+        assert_eq!(f.positions[&Partition(0)], Offset(3));
     }
 
     #[test]

@@ -14,7 +14,11 @@
 //! without the IdempotentWrite ACL) gets plain batches, said once in the log.
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -27,6 +31,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::cluster::{Cluster, TopicState};
 use crate::error::KafkaError;
+use crate::net::interrupt::Interrupt;
 use crate::settings::ProducerSettings;
 use crate::types::{Offset, Partition};
 use crate::wire::batch::{BatchCompression, OutRecord, ProducerStamp, encode_batch};
@@ -64,6 +69,8 @@ pub enum ProduceError {
         code: i16,
         /// The broker's own words (Produce v8 and later), when it gave any.
         message: Option<String>,
+        /// The answer carried a throttle time: the client is over a quota.
+        throttled: bool,
     },
     /// The record is larger than a record batch can be.
     TooLarge {
@@ -179,6 +186,55 @@ enum Attempt {
     Fail(ProduceError),
 }
 
+/// A [`Producer`] on a thread of its own, for a caller that must not wait for a broker:
+/// [`ProducerThread::send`] queues a record and returns at once, and its outcome comes on
+/// [`ProducerThread::results`], in order. Sending the same record again after an outcome
+/// that left its fate unknown resends the same batch, as with `Producer::send`. Dropping it
+/// stops the thread at once (its sockets are shut down) and joins it.
+pub struct ProducerThread {
+    requests: Option<Sender<(u64, OutRecord, BatchCompression)>>,
+    results: Receiver<Produced>,
+    interrupt: Arc<Interrupt>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The outcome of a record sent with [`ProducerThread::send`].
+#[derive(Debug)]
+pub struct Produced {
+    /// The caller's number for the record.
+    pub id: u64,
+    /// Where it was written, or why not.
+    pub result: Result<Delivery, ProduceError>,
+}
+
+impl ProducerThread {
+    /// Queues `record` (the caller's number `id` comes back with its outcome). False when
+    /// the thread is gone.
+    pub fn send(&self, id: u64, record: OutRecord, compression: BatchCompression) -> bool {
+        self.requests
+            .as_ref()
+            .is_some_and(|tx| tx.send((id, record, compression)).is_ok())
+    }
+
+    /// The outcomes, in the order the records were sent; a caller's event loop may select
+    /// on it.
+    pub fn results(&self) -> &Receiver<Produced> {
+        &self.results
+    }
+}
+
+impl Drop for ProducerThread {
+    fn drop(&mut self) {
+        self.requests = None;
+        self.interrupt.interrupt();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            log::error!("the producer's thread panicked");
+        }
+    }
+}
+
 impl ProduceError {
     /// True when Kafka refused this record for a reason retrying will not cure (too large,
     /// invalid, not authorized, against a policy); false when waiting may help (outage,
@@ -187,7 +243,9 @@ impl ProduceError {
         match self {
             ProduceError::TopicMissing { .. } | ProduceError::Kafka(_) => false,
             ProduceError::TooLarge { .. } => true,
-            ProduceError::Broker { code, .. } => classify(*code) == Outcome::Permanent,
+            ProduceError::Broker {
+                code, throttled, ..
+            } => classify_answer(*code, *throttled) == Outcome::Permanent,
         }
     }
 }
@@ -198,7 +256,7 @@ impl Producer {
         let cluster = Cluster::new(
             settings.bootstrap.clone(),
             &settings.client_id,
-            settings.request_timeout,
+            settings.timeouts(),
             settings.security.clone(),
         );
         Producer {
@@ -217,6 +275,32 @@ impl Producer {
     /// The topic it writes to.
     pub fn topic(&self) -> &str {
         &self.settings.topic
+    }
+
+    /// Moves the producer to a thread of its own (named `name`), which sends what it is
+    /// given one record at a time.
+    pub fn spawn(mut self, name: &str) -> std::io::Result<ProducerThread> {
+        let interrupt = Arc::new(Interrupt::default());
+        self.cluster.set_interrupt(interrupt.clone());
+        let (requests, incoming) =
+            crossbeam_channel::unbounded::<(u64, OutRecord, BatchCompression)>();
+        let (outcomes, results) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                while let Ok((id, record, compression)) = incoming.recv() {
+                    let result = self.send(&record, compression);
+                    if outcomes.send(Produced { id, result }).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(ProducerThread {
+            requests: Some(requests),
+            results,
+            interrupt,
+            thread: Some(thread),
+        })
     }
 
     /// Whether the topic exists, and its partitions (asks the cluster now).
@@ -299,10 +383,11 @@ impl Producer {
                 Some(partition),
                 LEADER_NOT_AVAILABLE,
                 None,
+                false,
             )));
         };
-        let (code, base_offset, message) = self.produce(&addr, partition, batch)?;
-        match classify(code) {
+        let (code, base_offset, message, throttled) = self.produce(&addr, partition, batch)?;
+        match classify_answer(code, throttled) {
             Outcome::Written { duplicate } => {
                 self.in_doubt = None;
                 if stamp != ProducerStamp::NONE {
@@ -320,6 +405,7 @@ impl Producer {
                     Some(partition),
                     code,
                     message,
+                    throttled,
                 )))
             }
             Outcome::NewIdentity => {
@@ -334,6 +420,7 @@ impl Producer {
                     Some(partition),
                     code,
                     message,
+                    throttled,
                 )))
             }
             Outcome::NoIdempotence => {
@@ -343,12 +430,14 @@ impl Producer {
                     Some(partition),
                     code,
                     message,
+                    throttled,
                 )))
             }
             Outcome::Transient => Err(Attempt::Fail(self.broker_error(
                 Some(partition),
                 code,
                 message,
+                throttled,
             ))),
             Outcome::Permanent => {
                 // Refused, so not written: its sequence number is free for the next batch.
@@ -357,6 +446,7 @@ impl Producer {
                     Some(partition),
                     code,
                     message,
+                    throttled,
                 )))
             }
         }
@@ -376,7 +466,7 @@ impl Producer {
                 servers: self.cluster.servers(),
             })),
             Err(KafkaError::Broker { code, .. }) if classify(code) == Outcome::Permanent => {
-                Err(Attempt::Fail(self.broker_error(None, code, None)))
+                Err(Attempt::Fail(self.broker_error(None, code, None, false)))
             }
             Err(e) => Err(self.after_kafka_error(e)),
         }
@@ -431,9 +521,7 @@ impl Producer {
                 return Ok(());
             }
         };
-        let request = InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(TRANSACTION_TIMEOUT_MS);
+        let request = init_producer_id_request();
         let response =
             match conn.call::<_, InitProducerIdResponse>(ApiKey::InitProducerId, version, &request)
             {
@@ -486,32 +574,18 @@ impl Producer {
     }
 
     /// One Produce request with one batch; returns the partition's error code, base offset
-    /// and error message.
+    /// and error message, and whether the broker throttled the answer.
     fn produce(
         &mut self,
         addr: &str,
         partition: Partition,
         batch: Bytes,
-    ) -> Result<(i16, i64, Option<String>), Attempt> {
+    ) -> Result<(i16, i64, Option<String>, bool), Attempt> {
         let timeout = self.settings.request_timeout;
         let topic = self.settings.topic.clone();
         let result = self.cluster.to(addr).and_then(|conn| {
             let version = conn.version(ApiKey::Produce, PRODUCE_VERSIONS)?;
-            let request = ProduceRequest::default()
-                .with_transactional_id(None)
-                .with_acks(ACKS_ALL)
-                // The broker gets most of our deadline to gather the replicas' acknowledgements,
-                // so its REQUEST_TIMED_OUT reaches us before our own read gives up.
-                .with_timeout_ms(i32::try_from((timeout * 4 / 5).as_millis()).unwrap_or(i32::MAX))
-                .with_topic_data(vec![
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_string(topic.clone())))
-                        .with_partition_data(vec![
-                            PartitionProduceData::default()
-                                .with_index(partition.0)
-                                .with_records(Some(batch)),
-                        ]),
-                ]);
+            let request = produce_request(&topic, partition, batch, timeout);
             conn.call_with_timeout::<_, ProduceResponse>(
                 ApiKey::Produce,
                 version,
@@ -537,6 +611,7 @@ impl Producer {
                 p.error_code,
                 p.base_offset,
                 p.error_message.as_ref().map(|m| m.to_string()),
+                response.throttle_time_ms > 0,
             )),
             None => Err(Attempt::Fail(ProduceError::Kafka(KafkaError::Protocol {
                 broker: addr.to_owned(),
@@ -567,12 +642,14 @@ impl Producer {
         partition: Option<Partition>,
         code: i16,
         message: Option<String>,
+        throttled: bool,
     ) -> ProduceError {
         ProduceError::Broker {
             topic: self.settings.topic.clone(),
             partition,
             code,
             message: message.filter(|m| !m.is_empty()),
+            throttled,
         }
     }
 
@@ -582,6 +659,50 @@ impl Producer {
             detail: detail.to_owned(),
         }
     }
+}
+
+/// A producer id without a transactional id: idempotence only.
+fn init_producer_id_request() -> InitProducerIdRequest {
+    InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(TRANSACTION_TIMEOUT_MS)
+}
+
+/// One batch for one partition, acks=all. The broker gets most of our deadline to gather
+/// the replicas' acknowledgements, so its REQUEST_TIMED_OUT reaches us before our own read
+/// gives up.
+fn produce_request(
+    topic: &str,
+    partition: Partition,
+    batch: Bytes,
+    request_timeout: Duration,
+) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_transactional_id(None)
+        .with_acks(ACKS_ALL)
+        .with_timeout_ms(
+            i32::try_from(broker_timeout(request_timeout).as_millis()).unwrap_or(i32::MAX),
+        )
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition.0)
+                        .with_records(Some(batch)),
+                ]),
+        ])
+}
+
+/// The time the broker is given to gather acknowledgements (the Produce request's
+/// `timeout_ms`): below our own deadline by a tenth of it, at least a second and at most
+/// five, so that the broker's REQUEST_TIMED_OUT (retried) arrives before we give up on the
+/// answer (its fate then unknown).
+pub(crate) fn broker_timeout(request_timeout: Duration) -> Duration {
+    let margin = (request_timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
+    request_timeout
+        .saturating_sub(margin)
+        .max(request_timeout / 2)
 }
 
 /// What an error code in a Produce answer means for us. Kafka's own list of retriable
@@ -610,6 +731,16 @@ fn classify(code: i16) -> Outcome {
             Outcome::Transient
         }
         _ => Outcome::Permanent,
+    }
+}
+
+/// What a Produce answer's error code means, given whether the answer was throttled. Azure
+/// Event Hubs answers a throttled request that outlasts its timeout with POLICY_VIOLATION
+/// (and a throttle time): over a quota, not against a policy, so it clears by itself.
+fn classify_answer(code: i16, throttled: bool) -> Outcome {
+    match code {
+        POLICY_VIOLATION if throttled => Outcome::Transient,
+        code => classify(code),
     }
 }
 
@@ -677,6 +808,7 @@ impl fmt::Display for ProduceError {
                 partition,
                 code,
                 message,
+                ..
             } => {
                 let at = match partition {
                     Some(p) => format!("{topic} partition {p}"),
@@ -747,6 +879,7 @@ mod tests {
             partition: Some(Partition(2)),
             code: 10,
             message: Some("too big".into()),
+            throttled: false,
         };
         assert!(refused.is_permanent());
         let text = refused.to_string();
@@ -762,6 +895,7 @@ mod tests {
             partition: Some(Partition(0)),
             code: 6,
             message: None,
+            throttled: false,
         };
         assert!(!waiting.is_permanent());
         assert!(
@@ -774,6 +908,65 @@ mod tests {
         };
         assert!(!missing.is_permanent());
         assert!(missing.to_string().contains("--create --topic dlq"));
+    }
+
+    #[test]
+    fn producer_requests_encode_at_every_version_we_negotiate() {
+        use bytes::BytesMut;
+        use kafka_protocol::protocol::Encodable;
+        for v in PRODUCE_VERSIONS.0..=PRODUCE_VERSIONS.1 {
+            let request = produce_request(
+                "t",
+                Partition(0),
+                Bytes::from_static(b"x"),
+                Duration::from_secs(30),
+            );
+            if let Err(e) = request.encode(&mut BytesMut::new(), v) {
+                panic!("Produce v{v} cannot be encoded: {e}");
+            }
+        }
+        for v in INIT_PRODUCER_ID_VERSIONS.0..=INIT_PRODUCER_ID_VERSIONS.1 {
+            if let Err(e) = init_producer_id_request().encode(&mut BytesMut::new(), v) {
+                panic!("InitProducerId v{v} cannot be encoded: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_broker_is_given_less_time_than_we_wait_for_its_answer() {
+        for (ours, broker) in [
+            (30_000, 27_000),
+            (5_000, 4_000),
+            (60_000, 55_000),
+            (1_500, 750),
+        ] {
+            assert_eq!(
+                broker_timeout(Duration::from_millis(ours)),
+                Duration::from_millis(broker),
+                "request timeout {ours} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn a_throttled_policy_violation_is_transient_as_event_hubs_means_it() {
+        assert_eq!(classify_answer(POLICY_VIOLATION, false), Outcome::Permanent);
+        assert_eq!(classify_answer(POLICY_VIOLATION, true), Outcome::Transient);
+        // Only that one: a throttled answer is otherwise what its code says.
+        assert_eq!(classify_answer(MESSAGE_TOO_LARGE, true), Outcome::Permanent);
+        assert_eq!(
+            classify_answer(0, true),
+            Outcome::Written { duplicate: false }
+        );
+        let e = ProduceError::Broker {
+            topic: "dlq".into(),
+            partition: Some(Partition(0)),
+            code: POLICY_VIOLATION,
+            message: Some("throttled".into()),
+            throttled: true,
+        };
+        assert!(!e.is_permanent());
+        assert!(e.to_string().ends_with("(will retry)"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!
 //! | layer    | modules                         | what it is                                  |
 //! |----------|---------------------------------|---------------------------------------------|
-//! | bottom   | `error`, `types`                | `KafkaError`; `Partition`, `Offset`, ...    |
+//! | bottom   | `error`, `types`, `backoff`     | `KafkaError`; `Partition`, `Offset`, ...    |
 //! | wire     | `wire::*`                       | batches in and out, codecs, partitioner     |
 //! | net      | `net::*`                        | TLS, SASL, the connection to one broker     |
 //! | cluster  | `cluster`                       | bootstrap, metadata, a connection per broker|
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first; a module belongs to the first layer with a prefix it matches.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("bottom", &["error", "types"]),
+    ("bottom", &["error", "types", "backoff"]),
     ("wire", &["wire"]),
     ("net", &["net"]),
     ("cluster", &["cluster"]),

@@ -3,20 +3,23 @@
 //! of each key), and each stored batch's header (interop/batch_headers.py) shows the codec
 //! and the idempotent producer's id and sequence numbers. A proxy that refuses or rewrites
 //! Produce answers (kafka-testkit's produce_faults.rs) shows the errors tansu never sends:
-//! a refusal for good, and an answer lost after the write.
+//! a refusal for good, an answer lost after the write, and Azure Event Hubs' refusal of a
+//! client over its quota (POLICY_VIOLATION with a throttle time).
 //!
 //! What the worker makes of these errors (dead letters cut down, skipped, retried) is tested
 //! with the worker, in the repository's tests/dead_letters.rs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use blocking_kafka::{
     BatchCompression, OutRecord, ProduceError, Producer, ProducerSettings, Security,
 };
 use bytes::Bytes;
-use kafka_testkit::produce_faults::{Fault, MESSAGE_TOO_LARGE, ProduceFaults, REQUEST_TIMED_OUT};
+use kafka_testkit::produce_faults::{
+    Fault, MESSAGE_TOO_LARGE, POLICY_VIOLATION, ProduceFaults, REQUEST_TIMED_OUT,
+};
 use kafka_testkit::proxy::broker_behind_faulty_proxy;
 use kafka_testkit::{Broker, Received, batch_headers, java_partitions, json_i64, librdkafka_read};
 
@@ -227,12 +230,66 @@ fn a_record_whose_answer_was_lost_is_resent_as_the_same_batch_and_stored_once() 
     assert_eq!(batches.len(), 1, "stored once: {batches:?}");
 }
 
+#[test]
+fn a_policy_violation_with_a_throttle_time_is_transient_and_waited_out_before_the_retry() {
+    // Azure Event Hubs over its quota: the Produce answered POLICY_VIOLATION with a throttle
+    // time. Not a refusal of the record: retried (after the throttle), written once.
+    let faults = ProduceFaults::new("quota");
+    let (broker, proxy) = broker_behind_faulty_proxy(&faults);
+    broker.create_topic("quota", 1);
+    let throttle = Duration::from_millis(1_500);
+    faults.plan(&[Fault::RefuseThrottled(POLICY_VIOLATION, 1_500)]);
+    let mut producer = producer(&proxy.addr(), "quota");
+    let out = record("over the quota, then taken");
+    let start = Instant::now();
+    let e = producer
+        .send(&out, BatchCompression::Gzip)
+        .expect_err("refused while over the quota");
+    assert!(
+        matches!(
+            e,
+            ProduceError::Broker {
+                code: POLICY_VIOLATION,
+                throttled: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!e.is_permanent(), "a throttled refusal clears: {e}");
+    producer
+        .send(&out, BatchCompression::Gzip)
+        .expect("the retry is taken");
+    // KIP-219: nothing more went to the broker before the throttle had passed.
+    assert!(
+        start.elapsed() >= throttle,
+        "retried {:?} after a {throttle:?} throttle",
+        start.elapsed()
+    );
+    assert_eq!(
+        faults.seen().iter().map(|(f, _)| *f).collect::<Vec<_>>(),
+        [Fault::RefuseThrottled(POLICY_VIOLATION, 1_500), Fault::Pass]
+    );
+    assert_eq!(
+        batch_headers(&proxy.addr(), "quota").len(),
+        1,
+        "written once"
+    );
+    // The same code without a throttle time is the broker's policy: permanent.
+    faults.plan(&[Fault::Refuse(POLICY_VIOLATION)]);
+    let e = producer
+        .send(&record("against the policy"), BatchCompression::None)
+        .expect_err("refused");
+    assert!(e.is_permanent(), "{e}");
+}
+
 fn producer(bootstrap: &str, topic: &str) -> Producer {
     Producer::new(ProducerSettings {
         bootstrap: vec![bootstrap.to_owned()],
         client_id: "producer-test".into(),
         topic: topic.into(),
         request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
         security: Arc::new(Security::plaintext()),
     })
 }

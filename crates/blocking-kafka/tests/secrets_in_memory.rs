@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use blocking_kafka::{
-    Consumer, ConsumerSettings, Password, RecordLimits, SaslMechanism, SaslSettings, Security,
-    StartFrom, TlsSettings,
+    BackoffSettings, Consumer, ConsumerSettings, Password, RecordLimits, SaslMechanism,
+    SaslSettings, Security, StartFrom, TlsSettings,
 };
 use kafka_testkit::secure::{FrontSettings, Protocol, SecureBroker};
 
@@ -184,12 +184,17 @@ fn settings(sb: &SecureBroker, security: &Arc<Security>) -> ConsumerSettings {
         bootstrap: vec![sb.addr()],
         client_id: "secrets-in-memory-test".to_owned(),
         group_id: "unused".to_owned(),
+        group_instance_id: None,
+        assignors: blocking_kafka::Assignor::DEFAULT.to_vec(),
         topic: "unused".to_owned(),
         session_timeout: Duration::from_secs(6),
         rebalance_timeout: Duration::from_secs(6),
         heartbeat_interval: Duration::from_millis(500),
         fetch_max_wait: Duration::from_millis(100),
         request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        retry_backoff: BackoffSettings::RETRY,
+        reconnect_backoff: BackoffSettings::RECONNECT,
         start_from: StartFrom::Earliest,
         security: security.clone(),
         record_limits: RecordLimits::default(),

@@ -21,9 +21,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    BatchCompression, ClientIdentity, Consumer, ConsumerSettings, GroupSignal, KafkaError,
-    OutRecord, Password, Producer, ProducerSettings, RecordLimits, SaslMechanism, SaslSettings,
-    Security, StartFrom, TlsSettings,
+    BackoffSettings, BatchCompression, ClientIdentity, Consumer, ConsumerSettings, GroupSignal,
+    KafkaError, OutRecord, Password, Producer, ProducerSettings, RecordLimits, SaslMechanism,
+    SaslSettings, Security, StartFrom, TlsSettings,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -514,12 +514,17 @@ fn consumer_settings_for(group: &str, security: &Arc<Security>) -> ConsumerSetti
         bootstrap: Vec::new(),
         client_id: "blocking-kafka-security-test".to_owned(),
         group_id: group.to_owned(),
+        group_instance_id: None,
+        assignors: blocking_kafka::Assignor::DEFAULT.to_vec(),
         topic: TOPIC.to_owned(),
         session_timeout: Duration::from_secs(6),
         rebalance_timeout: Duration::from_secs(6),
         heartbeat_interval: Duration::from_millis(500),
         fetch_max_wait: Duration::from_millis(100),
         request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        retry_backoff: BackoffSettings::RETRY,
+        reconnect_backoff: BackoffSettings::RECONNECT,
         start_from: StartFrom::Earliest,
         security: security.clone(),
         record_limits: RecordLimits::default(),
@@ -532,6 +537,7 @@ fn producer(sb: &SecureBroker, security: &Arc<Security>) -> Producer {
         client_id: "blocking-kafka-security-test".to_owned(),
         topic: TOPIC.to_owned(),
         request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
         security: security.clone(),
     })
 }
@@ -582,9 +588,13 @@ fn poll(consumer: &mut Consumer) -> Vec<String> {
         consumer.revoke();
         join(consumer);
     }
-    consumer
-        .fetch(&[])
-        .expect("fetch")
+    let messages = consumer.fetch();
+    if messages.is_empty()
+        && let Ok(event) = consumer.events().recv_timeout(Duration::from_millis(50))
+    {
+        consumer.handle(event);
+    }
+    messages
         .iter()
         .map(|m| String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned())
         .collect()

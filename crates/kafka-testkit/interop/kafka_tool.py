@@ -29,6 +29,20 @@ librdkafka as configuration):
             Prints the group's committed offsets as one JSON object,
             {"0": offset or null, "1": ...}, keyed by partition (null: nothing committed).
 
+  member    --group G --topic T [--work SECONDS]
+            A long-lived group member (any -X: group.instance.id,
+            partition.assignment.strategy, session.timeout.ms): joins group G, "processes"
+            each message it gets (waits --work seconds, then reports it), commits what it
+            processed (every 200 ms, and synchronously before a partition is revoked, so a
+            clean handover repeats nothing), and prints one JSON line per event, flushed:
+              {"event": "assigned" | "revoked" | "lost", "partitions": [...], "t": secs}
+              {"event": "processed", "partition": P, "offset": O, "value": b64, "t": secs}
+              {"event": "error", "error": text, "fatal": bool, "t": secs}
+              {"event": "closed", "t": secs}
+            Runs until stdin says "stop" (or closes): then commits, closes the consumer (a
+            dynamic member leaves the group; a static one does not) and exits 0. Killed, it
+            leaves nothing behind but its session.
+
   metadata  --topic T
             Prints the cluster as librdkafka's list_topics sees it, one JSON object:
               {"brokers": {"1": "host:port", ...}, "controller": id,
@@ -41,6 +55,7 @@ import argparse
 import base64
 import json
 import sys
+import threading
 import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -185,6 +200,96 @@ def consume(args):
         )
 
 
+def member(args):
+    conf = config(
+        args,
+        **{
+            "group.id": args.group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+        },
+    )
+    started = time.monotonic()
+    out_lock = threading.Lock()
+
+    def emit(event, **fields):
+        fields["event"] = event
+        fields["t"] = round(time.monotonic() - started, 3)
+        with out_lock:
+            print(json.dumps(fields), flush=True)
+
+    def on_error(err):
+        emit("error", error=str(err), fatal=err.fatal())
+
+    conf["error_cb"] = on_error
+    consumer = Consumer(conf)
+    # Next offset to commit per partition: set once a message is processed.
+    done = {}
+
+    def commit(partitions=None):
+        offsets = [
+            TopicPartition(args.topic, p, o)
+            for p, o in sorted(done.items())
+            if partitions is None or p in partitions
+        ]
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as e:
+                emit("error", error=f"commit: {e}", fatal=False)
+
+    def on_assign(_consumer, partitions):
+        emit("assigned", partitions=sorted(p.partition for p in partitions))
+
+    def on_revoke(_consumer, partitions):
+        parts = sorted(p.partition for p in partitions)
+        # Before the partitions go: what was processed is committed, so the next owner
+        # starts right after it.
+        commit(set(parts))
+        for p in parts:
+            done.pop(p, None)
+        emit("revoked", partitions=parts)
+
+    def on_lost(_consumer, partitions):
+        parts = sorted(p.partition for p in partitions)
+        for p in parts:
+            done.pop(p, None)
+        emit("lost", partitions=parts)
+
+    stop = threading.Event()
+
+    def watch_stdin():
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                break
+        stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    consumer.subscribe([args.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+    last_commit = time.monotonic()
+    try:
+        while not stop.is_set():
+            msg = consumer.poll(0.1)
+            if msg is not None:
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        emit("error", error=str(msg.error()), fatal=msg.error().fatal())
+                else:
+                    if args.work > 0:
+                        time.sleep(args.work)
+                    done[msg.partition()] = msg.offset() + 1
+                    emit("processed", partition=msg.partition(), offset=msg.offset(),
+                         value=b64(msg.value()))
+            if time.monotonic() - last_commit >= 0.2:
+                commit()
+                last_commit = time.monotonic()
+        commit()
+    finally:
+        consumer.close()
+    emit("closed")
+
+
 def committed(args):
     consumer = Consumer(config(args, **{"group.id": args.group}))
     try:
@@ -248,6 +353,12 @@ def main():
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--allow-fewer", action="store_true")
     p.set_defaults(run=consume)
+
+    p = sub.add_parser("member", help="a long-lived group member, told to stop on stdin")
+    common(p)
+    p.add_argument("--group", required=True)
+    p.add_argument("--work", type=float, default=0.0, help="seconds per message (default 0)")
+    p.set_defaults(run=member)
 
     p = sub.add_parser("committed", help="print a group's committed offsets")
     common(p)

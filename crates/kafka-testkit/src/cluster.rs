@@ -25,7 +25,9 @@
 //!   4-12, Produce 3-12 (tansu 0.6 stops at 11), OffsetCommit 2-9, OffsetFetch 1-9 (topics by name, not id), the
 //!   other rewritten APIs to what kafka-protocol decodes; KIP-848's ConsumerGroupHeartbeat
 //!   and ConsumerGroupDescribe are not offered. Kafka 2.1+ clients (librdkafka included)
-//!   work within these ranges.
+//!   work within these ranges. [`Cluster::cap_versions`] narrows them further, to what an
+//!   older broker offers ([`KAFKA_2_1`]: the APIs Kafka 2.1 had, at its highest versions),
+//!   and [`Cluster::versions`] says which versions clients then used.
 //! - **Fetch sessions** are refused (session id 0 in every answer), so clients send full
 //!   fetch requests that the proxy can route partition by partition.
 //!
@@ -56,7 +58,7 @@
 //! not offer it, so clients skip KIP-320 validation), TLS and SASL (plaintext only), and
 //! transactions' coordinator routing (InitProducerId, AddPartitionsToTxn, EndTxn go to
 //! tansu from any broker).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
@@ -70,7 +72,10 @@ use crate::Broker;
 use crate::hostile_batch::{self, Codec, Piece};
 use crate::legacy::{LegacyCodec, LegacyMessage, Magic, MessageSet};
 
+mod groups;
 mod rewrite;
+
+pub use groups::{GroupState, INITIAL_REBALANCE_DELAY, Rebalance};
 
 pub use rewrite::{
     FENCED_LEADER_EPOCH, NOT_COORDINATOR, NOT_LEADER_OR_FOLLOWER, UNKNOWN_LEADER_EPOCH,
@@ -99,6 +104,46 @@ pub struct BrokerFaults {
     /// The `throttle_time_ms` put into answers, and how long the connection is then muted.
     pub throttle: Duration,
 }
+
+/// The ApiVersions answer of an older broker, for [`Cluster::cap_versions`]: no API with a
+/// key above `highest_key` is offered (it came later), and each API in `caps` is offered up
+/// to that version at most. Within that, the cluster's own ranges hold (tansu's, and the
+/// floors the rewriting needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionCaps {
+    pub highest_key: i16,
+    pub caps: &'static [(ApiKey, i16)],
+}
+
+/// Apache Kafka 2.1.0, the oldest broker the worker supports: API keys up to 42
+/// (DeleteGroups; ElectPreferredLeaders came in 2.2), and the highest version of each API a
+/// consumer, a producer and the worker's tools use, as 2.1.0's ApiVersions answer lists
+/// them. JoinGroup stops at 3 (v4, with the member-id round trip, came in 2.2), Metadata at
+/// 7, ListOffsets at 4, Fetch at 10, Produce at 7, SaslAuthenticate at 0.
+pub const KAFKA_2_1: VersionCaps = VersionCaps {
+    highest_key: 42,
+    caps: &[
+        (ApiKey::Produce, 7),
+        (ApiKey::Fetch, 10),
+        (ApiKey::ListOffsets, 4),
+        (ApiKey::Metadata, 7),
+        (ApiKey::OffsetCommit, 6),
+        (ApiKey::OffsetFetch, 5),
+        (ApiKey::FindCoordinator, 2),
+        (ApiKey::JoinGroup, 3),
+        (ApiKey::Heartbeat, 2),
+        (ApiKey::LeaveGroup, 2),
+        (ApiKey::SyncGroup, 2),
+        (ApiKey::DescribeGroups, 2),
+        (ApiKey::ListGroups, 2),
+        (ApiKey::SaslHandshake, 1),
+        (ApiKey::ApiVersions, 2),
+        (ApiKey::CreateTopics, 3),
+        (ApiKey::DeleteTopics, 3),
+        (ApiKey::InitProducerId, 1),
+        (ApiKey::SaslAuthenticate, 0),
+    ],
+};
 
 /// One step of a [`Cluster::schedule`] timeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,7 +190,25 @@ impl Placement {
 
 impl Cluster {
     /// Starts tansu and `brokers` proxy ports in front of it (broker ids 1..=`brokers`).
+    /// Consumer groups are tansu's.
     pub fn start(brokers: usize) -> Cluster {
+        Cluster::launch(brokers, None)
+    }
+
+    /// Like [`Cluster::start`], but the cluster's coordinator keeps consumer groups by
+    /// Kafka's rules (`cluster/groups.rs`: the join barrier, protocol selection by vote,
+    /// static members that are fenced, no rebalance for a static member's restart), where
+    /// tansu's own ways differ; offsets are still stored by tansu. `initial_delay` is
+    /// Kafka's `group.initial.rebalance.delay.ms` ([`INITIAL_REBALANCE_DELAY`] is its
+    /// default).
+    pub fn start_with_kafka_groups(brokers: usize, initial_delay: Duration) -> Cluster {
+        Cluster::launch(
+            brokers,
+            Some(Arc::new(groups::Coordinator::new(initial_delay))),
+        )
+    }
+
+    fn launch(brokers: usize, groups: Option<Arc<groups::Coordinator>>) -> Cluster {
         assert!(brokers >= 1, "a cluster needs at least one broker");
         let listeners: Vec<TcpListener> = (0..brokers)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a broker port on 127.0.0.1"))
@@ -160,8 +223,9 @@ impl Cluster {
             state: Mutex::new(State::new(ports)),
             changed: Condvar::new(),
             upstream,
+            groups,
         });
-        let acceptors = listeners
+        let mut acceptors: Vec<JoinHandle<()>> = listeners
             .into_iter()
             .enumerate()
             .map(|(i, listener)| {
@@ -173,6 +237,24 @@ impl Cluster {
                     .expect("spawn a broker's accept thread")
             })
             .collect();
+        if shared.groups.is_some() {
+            // Sessions that expire and rebalance timeouts that pass, without a request to
+            // notice them.
+            let shared = Arc::clone(&shared);
+            acceptors.push(
+                thread::Builder::new()
+                    .name("cluster-group-coordinator".into())
+                    .spawn(move || {
+                        while !shared.lock().stopping {
+                            if let Some(g) = &shared.groups {
+                                g.tick();
+                            }
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    })
+                    .expect("spawn the group coordinator's ticker"),
+            );
+        }
         Cluster {
             tansu,
             shared,
@@ -315,6 +397,44 @@ impl Cluster {
             cancel,
             thread: Some(thread),
         }
+    }
+
+    /// From now on every broker answers ApiVersions as an older broker would (`caps`);
+    /// clients that connect after this negotiate within it.
+    pub fn cap_versions(&self, caps: VersionCaps) {
+        self.shared.lock().caps = Some(caps);
+    }
+
+    /// Every version of `api` that any broker has been sent, lowest first.
+    pub fn versions(&self, api: ApiKey) -> Vec<i16> {
+        let state = self.shared.lock();
+        let mut seen: Vec<i16> = state
+            .versions
+            .iter()
+            .filter(|(key, _)| *key == api as i16)
+            .map(|(_, v)| *v)
+            .collect();
+        seen.sort_unstable();
+        seen
+    }
+
+    /// The generation and state of consumer group `group` in the cluster's own
+    /// coordinator ([`Cluster::start_with_kafka_groups`]); `None` for a group never joined.
+    pub fn group(&self, group: &str) -> Option<(i32, GroupState)> {
+        self.kafka_groups().group(group)
+    }
+
+    /// Every rebalance of `group` that completed, oldest first (the cluster's own
+    /// coordinator).
+    pub fn rebalances(&self, group: &str) -> Vec<Rebalance> {
+        self.kafka_groups().rebalances(group)
+    }
+
+    fn kafka_groups(&self) -> &groups::Coordinator {
+        self.shared
+            .groups
+            .as_deref()
+            .expect("the cluster keeps no groups of its own: start it with Cluster::start_with_kafka_groups")
     }
 
     /// Requests broker `id` has read for `api` (including those it then refused).
@@ -463,6 +583,9 @@ struct Shared {
     /// re-check whether they may go.
     changed: Condvar,
     upstream: SocketAddr,
+    /// Kafka's group coordinator in tansu's place, when the cluster plays it
+    /// ([`Cluster::start_with_kafka_groups`]).
+    groups: Option<Arc<groups::Coordinator>>,
 }
 
 struct State {
@@ -478,6 +601,10 @@ struct State {
     threads: Vec<JoinHandle<()>>,
     stopping: bool,
     requests: HashMap<(BrokerId, i16), u64>,
+    /// (API key, version) of every request read, by any broker.
+    versions: HashSet<(i16, i16)>,
+    /// What ApiVersions answers offer at most, if narrowed.
+    caps: Option<VersionCaps>,
     answers: HashMap<(BrokerId, i16), u64>,
     injected: HashMap<(BrokerId, i16, i16), u64>,
     throttled: Vec<u64>,
@@ -533,6 +660,8 @@ impl State {
             threads: Vec::new(),
             stopping: false,
             requests: HashMap::new(),
+            versions: HashSet::new(),
+            caps: None,
             answers: HashMap::new(),
             injected: HashMap::new(),
             throttled: vec![0; n],
@@ -567,6 +696,7 @@ impl State {
             coordinator: self.coordinator,
             legacy: self.legacy.clone(),
             throttle_ms: i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX),
+            caps: self.caps,
         }
     }
 }
@@ -804,14 +934,55 @@ fn read_requests(
 ) {
     while let Some(request) = read_frame(&mut client) {
         let read_at = Instant::now();
-        let Some((key, _)) = rewrite::api_of(&request) else {
+        let Some((key, version)) = rewrite::api_of(&request) else {
             break;
         };
-        *shared.lock().requests.entry((id, key)).or_default() += 1;
+        {
+            let mut state = shared.lock();
+            *state.requests.entry((id, key)).or_default() += 1;
+            state.versions.insert((key, version));
+        }
         if !shared.hold_request(link, id) {
             break;
         }
         let snap = shared.lock().snapshot(id);
+        if let Some(groups) = &shared.groups
+            && snap.me == snap.coordinator
+            && groups::Coordinator::handles(key)
+        {
+            let alive = || {
+                let state = shared.lock();
+                !state.stopping && state.links.contains_key(&link)
+            };
+            let answer = match groups.handle(&request, key, version, snap.throttle_ms, &alive) {
+                Ok(groups::Handled::Answer(frame)) => Answer::Local(frame, snap.throttle_ms),
+                Ok(groups::Handled::Forward(frame)) => {
+                    if upstream.write_all(&frame).is_err() {
+                        break;
+                    }
+                    Answer::Upstream(rewrite::Pending::forwarded(key, version))
+                }
+                Err(e) => {
+                    shared.error(id, e);
+                    break;
+                }
+            };
+            match shared.lock().links.get_mut(&link) {
+                Some(l) => l.outstanding += 1,
+                None => break,
+            }
+            if queue
+                .send(Entry {
+                    key,
+                    read_at,
+                    answer,
+                })
+                .is_err()
+            {
+                break;
+            }
+            continue;
+        }
         let routed = match rewrite::route(&request, &snap) {
             Ok(routed) => routed,
             Err(e) => {

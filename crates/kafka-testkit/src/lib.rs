@@ -10,8 +10,12 @@
 //!   frames to refuse or rewrite Produce answers ([`produce_faults`]).
 //! - [`cluster`]: one tansu presented as a cluster of N brokers (a Kafka-aware proxy on N
 //!   ports rewriting Metadata and FindCoordinator, refusing requests at the wrong broker),
-//!   with per-broker cut, freeze, delay and throttle, leader and coordinator moves.
+//!   with per-broker cut, freeze, delay and throttle, leader and coordinator moves; with
+//!   [`cluster::Cluster::start_with_kafka_groups`] it also keeps consumer groups by
+//!   Kafka's rules where tansu's differ (`cluster/groups.rs`).
 //! - [`legacy`]: message sets in format v0/v1, which the cluster serves in Fetch answers.
+//! - [`member`]: a long-lived librdkafka group member (`kafka_tool.py member`) that reports
+//!   its assignments, revocations and the messages it processed.
 //! - [`raw`]: one typed request on a bare connection, to read one answer's exact fields.
 //! - [`secure`]: certificates made at test time, stunnel (TLS, mutual TLS) and a SASL front
 //!   (`interop/sasl_front.py`, SCRAM by Python's scramp) in front of tansu.
@@ -26,6 +30,7 @@ pub mod cluster;
 pub mod hostile_batch;
 pub mod latency;
 pub mod legacy;
+pub mod member;
 pub mod produce_faults;
 pub mod proxy;
 pub mod raw;

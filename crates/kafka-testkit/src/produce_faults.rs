@@ -8,6 +8,8 @@
 //! - [`Fault::Refuse`]: the proxy answers in the broker's place with an error code, and the
 //!   broker never sees the request, exactly as a broker refusing a batch never writes it
 //!   (rewriting the answer of a request the broker executed would leave the record written).
+//! - [`Fault::RefuseThrottled`]: the same, with a throttle time in the answer, as Azure
+//!   Event Hubs answers a client over its quota (POLICY_VIOLATION with `throttle_time_ms`).
 //! - [`Fault::RewriteAnswer`]: the request goes to the broker, which writes the batch; its
 //!   answer reaches the client with this error code instead: a lost acknowledgement.
 //! - [`Fault::Pass`]: forwarded untouched (to let one request through, then fault the next).
@@ -26,6 +28,8 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Refuse(i16),
+    /// Refused with this error code and this `throttle_time_ms` (milliseconds).
+    RefuseThrottled(i16, i32),
     RewriteAnswer(i16),
     Pass,
 }
@@ -60,6 +64,7 @@ pub enum Verdict {
 /// Kafka's error codes the tests use.
 pub const REQUEST_TIMED_OUT: i16 = 7;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
+pub const POLICY_VIOLATION: i16 = 44;
 
 const PRODUCE: i16 = 0;
 
@@ -109,24 +114,9 @@ impl ProduceFaults {
                 version,
                 code,
             },
-            Fault::Refuse(code) => {
-                let response = ProduceResponse::default().with_responses(
-                    produce
-                        .topic_data
-                        .iter()
-                        .map(|t| {
-                            TopicProduceResponse::default()
-                                .with_name(t.name.clone())
-                                .with_partition_responses(
-                                    t.partition_data
-                                        .iter()
-                                        .map(|p| refused(p.index, code))
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-                Verdict::Answer(encode_answer(header.correlation_id, version, &response))
+            Fault::Refuse(code) => Verdict::Answer(refusal(&header, version, &produce, code, 0)),
+            Fault::RefuseThrottled(code, throttle_ms) => {
+                Verdict::Answer(refusal(&header, version, &produce, code, throttle_ms))
             }
         }
     }
@@ -163,6 +153,35 @@ fn decode_produce(frame: &[u8]) -> Option<(RequestHeader, i16, ProduceRequest)> 
         .expect("decode a Produce request's header");
     let request = ProduceRequest::decode(&mut body, version).expect("decode a Produce request");
     Some((header, version, request))
+}
+
+/// The broker's answer refusing every partition of `produce` with `code`.
+fn refusal(
+    header: &RequestHeader,
+    version: i16,
+    produce: &ProduceRequest,
+    code: i16,
+    throttle_ms: i32,
+) -> Vec<u8> {
+    let response = ProduceResponse::default()
+        .with_throttle_time_ms(throttle_ms)
+        .with_responses(
+            produce
+                .topic_data
+                .iter()
+                .map(|t| {
+                    TopicProduceResponse::default()
+                        .with_name(t.name.clone())
+                        .with_partition_responses(
+                            t.partition_data
+                                .iter()
+                                .map(|p| refused(p.index, code))
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+    encode_answer(header.correlation_id, version, &response)
 }
 
 fn refused(index: i32, code: i16) -> PartitionProduceResponse {

@@ -16,8 +16,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_testkit::cluster::{
-    ApiKey, Cluster, FENCED_LEADER_EPOCH, NOT_COORDINATOR, NOT_LEADER_OR_FOLLOWER, Placement,
-    UNKNOWN_LEADER_EPOCH,
+    ApiKey, Cluster, FENCED_LEADER_EPOCH, KAFKA_2_1, NOT_COORDINATOR, NOT_LEADER_OR_FOLLOWER,
+    Placement, UNKNOWN_LEADER_EPOCH,
 };
 use kafka_testkit::hostile_batch::{self, Codec, Piece};
 use kafka_testkit::legacy::{LegacyCodec, LegacyMessage, Magic};
@@ -351,6 +351,45 @@ fn api_versions_are_capped_where_topics_would_be_named_by_id() {
         let (min, max) = range(key).unwrap_or_else(|| panic!("{key:?} offered"));
         assert!(min <= v && v <= max, "{key:?} v{v} outside {min}..={max}");
     }
+    assert!(cluster.errors().is_empty(), "{:?}", cluster.errors());
+}
+
+#[test]
+fn capped_to_kafka_2_1_the_brokers_offer_its_versions_and_nothing_newer() {
+    let cluster = Cluster::start(2);
+    cluster.cap_versions(KAFKA_2_1);
+    let mut conn = connect(&cluster, 1);
+    let answer = conn
+        .call(
+            2,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("test"))
+                .with_client_software_version(StrBytes::from_static_str("1")),
+        )
+        .expect("an ApiVersions");
+    let range = |key: ApiKey| {
+        answer
+            .api_keys
+            .iter()
+            .find(|a| a.api_key == key as i16)
+            .map(|a| (a.min_version, a.max_version))
+    };
+    assert_eq!(range(ApiKey::JoinGroup).map(|r| r.1), Some(3));
+    assert_eq!(range(ApiKey::Metadata).map(|r| r.1), Some(7));
+    assert_eq!(range(ApiKey::ListOffsets).map(|r| r.1), Some(4));
+    assert_eq!(range(ApiKey::Fetch), Some((4, 10)));
+    assert_eq!(range(ApiKey::Produce), Some((3, 7)));
+    assert!(
+        answer.api_keys.iter().all(|a| a.api_key <= 42),
+        "an API Kafka 2.1 did not have: {:?}",
+        answer
+            .api_keys
+            .iter()
+            .map(|a| a.api_key)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(range(ApiKey::DescribeCluster), None);
+    assert_eq!(cluster.versions(ApiKey::ApiVersions), [2]);
     assert!(cluster.errors().is_empty(), "{:?}", cluster.errors());
 }
 

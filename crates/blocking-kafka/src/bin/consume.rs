@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blocking_kafka::{
-    Consumer, ConsumerSettings, GroupSignal, Partition, RecordLimits, Security, StartFrom,
+    Assignor, BackoffSettings, Consumer, ConsumerSettings, GroupSignal, Partition, RecordLimits,
+    Security, StartFrom,
 };
 
 /// What the command line asked for.
@@ -56,12 +57,17 @@ fn run(args: &Args) -> Result<(), String> {
         bootstrap: args.bootstrap.split(',').map(str::to_owned).collect(),
         client_id: "blocking-kafka-consume".to_owned(),
         group_id: args.group.clone(),
+        group_instance_id: None,
+        assignors: Assignor::DEFAULT.to_vec(),
         topic: args.topic.clone(),
         session_timeout: Duration::from_secs(6),
         rebalance_timeout: Duration::from_secs(6),
         heartbeat_interval: Duration::from_millis(500),
         fetch_max_wait: Duration::from_millis(200),
         request_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
+        retry_backoff: BackoffSettings::RETRY,
+        reconnect_backoff: BackoffSettings::RECONNECT,
         start_from: args.from,
         security: Arc::new(Security::plaintext()),
         record_limits: args.limits,
@@ -83,13 +89,27 @@ fn run(args: &Args) -> Result<(), String> {
                 args.count, args.topic, args.timeout
             ));
         }
-        if let GroupSignal::Rejoin(why) = consumer.heartbeat().map_err(|e| e.to_string())? {
-            eprintln!("blocking-kafka-consume: rejoining the group: {why}");
-            consumer.revoke();
-            consumer.join().map_err(|e| e.to_string())?;
+        match consumer.heartbeat().map_err(|e| e.to_string())? {
+            GroupSignal::Rejoin(why) => {
+                eprintln!("blocking-kafka-consume: rejoining the group: {why}");
+                consumer.revoke();
+                consumer.join().map_err(|e| e.to_string())?;
+                continue;
+            }
+            // Nothing of a partition is held between calls here: what was taken away can
+            // be let go at once.
+            GroupSignal::Changed(change) => consumer.revoked(&change.revoked),
+            GroupSignal::Fine | GroupSignal::NotDue => {}
+        }
+        let messages = consumer.fetch();
+        if messages.is_empty() {
+            // Nothing waiting: wait for the consumer's threads to report (at most a moment,
+            // to look at the deadline and the group again).
+            if let Ok(event) = consumer.events().recv_timeout(Duration::from_millis(100)) {
+                consumer.handle(event);
+            }
             continue;
         }
-        let messages = consumer.fetch(&[]).map_err(|e| e.to_string())?;
         for m in &messages {
             match &m.undecoded {
                 Some(u) => println!(

@@ -15,9 +15,11 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 
 use crate::error::{KafkaError, printable};
 use crate::net::body::Body;
+use crate::net::interrupt::Interrupt;
 use crate::net::sasl;
 use crate::net::security::Security;
-use crate::net::settings::SessionInfo;
+use crate::net::settings::{SessionInfo, Timeouts};
+use crate::net::throttle::Throttled;
 use crate::net::transport::Transport;
 
 /// An open, authenticated connection to one broker.
@@ -32,13 +34,16 @@ pub struct Connection {
 impl Connection {
     /// Connects (with TLS when configured), learns the broker's API versions, and
     /// authenticates (when SASL is configured).
+    /// `interrupt`: where to register the socket as soon as it exists, so that a thread
+    /// blocked on this connection (or on setting it up) can be stopped.
     pub fn open(
         addr: &str,
         client_id: &str,
-        timeout: Duration,
+        timeouts: Timeouts,
         security: &Arc<Security>,
+        interrupt: Option<&Interrupt>,
     ) -> Result<Connection, KafkaError> {
-        let transport = Transport::open(addr, client_id, timeout, security)?;
+        let transport = Transport::open(addr, client_id, timeouts, security, interrupt)?;
         let mut conn = Connection {
             transport,
             reauthenticate_at: None,
@@ -75,6 +80,21 @@ impl Connection {
         self.transport.addr()
     }
 
+    /// The deadline of requests that are not long-polls.
+    pub fn request_timeout(&self) -> Duration {
+        self.transport.timeout()
+    }
+
+    /// Until when the broker throttles this connection (KIP-219), if it does now.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.transport.throttled_until()
+    }
+
+    /// Notes the throttle time of an answer read with `call_streaming`.
+    pub fn note_throttle(&mut self, ms: i32) {
+        self.transport.note_throttle(ms);
+    }
+
     /// The highest version of `key` that both we (`ours`, inclusive) and the broker speak.
     pub fn version(&self, key: ApiKey, ours: (i16, i16)) -> Result<i16, KafkaError> {
         self.transport.version(key, ours)
@@ -89,7 +109,7 @@ impl Connection {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         let timeout = self.transport.timeout();
         self.call_with_timeout(key, version, request, timeout)
@@ -105,7 +125,7 @@ impl Connection {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         self.renew_if_due()?;
         self.transport

@@ -5,6 +5,8 @@
 //! - `tls`: rustls on ring: trust roots, mutual TLS, the handshake, errors in words.
 //! - `security`: `Security`, the TLS context and SASL settings every connection applies.
 //! - `body`: an answer's body, held whole or read as it arrives (`Body`).
+//! - `throttle`: quotas (KIP-219): every answer's throttle time, and when to send again.
+//! - `interrupt`: `Interrupt`, the sockets of one thread, for its owner to shut down.
 //! - `transport`: one TCP or TLS stream: framing, correlation, deadlines, API versions.
 //! - `scram`: the SCRAM client's messages and proofs (pure).
 //! - `sasl`: SaslHandshake and SaslAuthenticate over a transport: PLAIN and SCRAM.
@@ -14,9 +16,11 @@
 pub(crate) mod body;
 pub(crate) mod conn;
 pub mod fuzzing;
+pub(crate) mod interrupt;
 pub(crate) mod sasl;
 pub(crate) mod scram;
 pub(crate) mod security;
 pub(crate) mod settings;
+pub(crate) mod throttle;
 pub(crate) mod tls;
 pub(crate) mod transport;

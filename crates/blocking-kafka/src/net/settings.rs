@@ -6,6 +6,17 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long a connection waits: to be set up (TCP connect and TLS handshake, Kafka's
+/// `socket.connection.setup.timeout.ms`) and for each answer (`request.timeout.ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect and TLS handshake.
+    pub connect: Duration,
+    /// Every request (long-polls and group joins add the time the broker may hold them).
+    pub request: Duration,
+}
 
 use zeroize::{ZeroizeOnDrop, Zeroizing};
 

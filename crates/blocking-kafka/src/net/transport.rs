@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -23,8 +23,10 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::error::{KafkaError, check_code, io_error};
 use crate::net::body::Body;
+use crate::net::interrupt::Interrupt;
 use crate::net::security::Security;
-use crate::net::settings::TlsSessionInfo;
+use crate::net::settings::{Timeouts, TlsSessionInfo};
+use crate::net::throttle::{Throttle, Throttled};
 use crate::net::tls::{self, Stream};
 
 /// The largest response we read into memory; anything bigger is a corrupt length prefix.
@@ -60,24 +62,33 @@ pub struct Transport {
     /// Set once SASL succeeded on this connection, or at once when it needs no SASL; until
     /// then every answer is held to [`MAX_PRE_AUTH_ANSWER`].
     authenticated: bool,
+    /// Until when the broker throttles this connection (KIP-219): nothing is sent before.
+    throttle: Throttle,
 }
 
 impl Transport {
     /// Connects (with TLS when configured) and learns the broker's API versions.
+    /// `interrupt`: where to register the socket as soon as it exists, so that the
+    /// thread's owner can cut even the set-up short (see `interrupt`).
     pub fn open(
         addr: &str,
         client_id: &str,
-        timeout: Duration,
+        timeouts: Timeouts,
         security: &Arc<Security>,
+        interrupt: Option<&Interrupt>,
     ) -> Result<Transport, KafkaError> {
-        let tcp = tcp_connect(addr, timeout)?;
+        let timeout = timeouts.request;
+        let tcp = tcp_connect(addr, timeouts.connect)?;
+        if let Some(interrupt) = interrupt {
+            interrupt.register(addr, &tcp);
+        }
         let stream = match security.tls() {
-            Some(tls) => match tls.connect(tcp, addr, timeout) {
+            Some(tls) => match tls.connect(tcp, addr, timeouts.connect) {
                 Ok(s) => Stream::Tls(Box::new(s)),
                 // No TLS answer at all: find out whether a plaintext Kafka listener is there,
                 // so that the error can say which setting is wrong instead of "unreachable".
                 Err(e @ (KafkaError::Io { .. } | KafkaError::Timeout { .. })) => {
-                    if speaks_plaintext_kafka(addr, timeout) {
+                    if speaks_plaintext_kafka(addr, timeouts.connect) {
                         return Err(KafkaError::WrongProtocol {
                             broker: addr.to_owned(),
                             reason: format!(
@@ -107,13 +118,14 @@ impl Transport {
             security: security.clone(),
             broken: false,
             authenticated: false,
+            throttle: Throttle::default(),
         };
         if let Err(e) = conn.learn_versions() {
             // A TLS listener hangs up on a plaintext request: ask it for a TLS handshake to
             // be sure, and then say so.
             if !conn.is_tls()
                 && matches!(e, KafkaError::Io { .. })
-                && tls::speaks_tls(addr, timeout)
+                && tls::speaks_tls(addr, timeouts.connect)
             {
                 return Err(KafkaError::WrongProtocol {
                     broker: addr.to_owned(),
@@ -174,6 +186,23 @@ impl Transport {
         &self.addr
     }
 
+    /// Until when the broker throttles this connection, if it does now. A request sent
+    /// before then waits for it first; a thread with other work waits for it itself.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.throttle.until()
+    }
+
+    /// Notes the throttle time of an answer read with `call_streaming`.
+    pub fn note_throttle(&mut self, ms: i32) {
+        if ms > 0 {
+            log::debug!(
+                "Kafka broker {} throttles this client for {ms} ms",
+                self.addr
+            );
+        }
+        self.throttle.note(ms);
+    }
+
     /// The highest version of `key` that both we (`ours`, inclusive) and the broker speak.
     pub fn version(&self, key: ApiKey, ours: (i16, i16)) -> Result<i16, KafkaError> {
         let theirs = self.versions.get(&(key as i16)).copied();
@@ -197,7 +226,7 @@ impl Transport {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         self.call_with_timeout(key, version, request, self.timeout)
     }
@@ -212,7 +241,7 @@ impl Transport {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         self.exchange(key, version, request, timeout)
     }
@@ -226,7 +255,7 @@ impl Transport {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         let result = self.exchange_once(key, version, request, timeout);
         if let Err(e) = &result
@@ -246,7 +275,7 @@ impl Transport {
     ) -> Result<Resp, KafkaError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttled,
     {
         let what = api_name(key);
         let (correlation_id, len) = self.send(key, version, request, timeout)?;
@@ -269,8 +298,10 @@ impl Transport {
                 response_header.correlation_id
             )));
         }
-        Resp::decode(&mut body, version)
-            .map_err(|e| self.protocol(format!("decoding {what} v{version} response: {e}")))
+        let response = Resp::decode(&mut body, version)
+            .map_err(|e| self.protocol(format!("decoding {what} v{version} response: {e}")))?;
+        self.note_throttle(response.throttle_ms());
+        Ok(response)
     }
 
     /// Like `call_with_timeout`, for answers whose size the broker decides (a fetch
@@ -338,6 +369,11 @@ impl Transport {
         Req: Encodable + HeaderVersion,
     {
         let what = api_name(key);
+        // KIP-219: the broker mutes a throttled connection; a request sent now would wait
+        // there (and could time out here).
+        if let Some(until) = self.throttle.until() {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let correlation_id = self.correlation_id;
         let header = RequestHeader::default()
@@ -478,7 +514,7 @@ fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, KafkaError> {
     };
     // Requests are small and latency matters more than packet count.
     stream.set_nodelay(true).map_err(io)?;
-    // The TLS handshake runs under the same deadline as any request.
+    // The TLS handshake runs under the connect deadline; requests set their own.
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))

@@ -34,6 +34,7 @@ use crate::error::KafkaError;
 use crate::types::{Offset, Partition};
 use crate::wire::codec::{self, Compressed};
 use crate::wire::header::{BATCH_HEADER_LEN, BatchHeader, be_i32, corrupt};
+use crate::wire::legacy;
 use crate::wire::limits::{Budget, RecordLimits};
 use crate::wire::message::{Message, Undecoded};
 use crate::wire::record::{RecordReader, Source, Stop};
@@ -106,12 +107,19 @@ impl PartitionDecoder {
         budget: &mut Budget,
         out: &mut Vec<Message>,
     ) -> Result<(), Failure> {
-        while records.len() >= BATCH_HEADER_LEN && !self.stopped {
+        // A record batch and an old-format message alike: offset, length, then the magic
+        // byte at the same place; an old message may be shorter than a batch's header.
+        while records.len() > legacy::MAGIC_AT && !self.stopped {
             let len = be_i32(&records[8..12]);
+            let smallest = if records[legacy::MAGIC_AT] < 2 {
+                legacy::MIN_MESSAGE
+            } else {
+                BATCH_HEADER_LEN
+            };
             let total = usize::try_from(len)
                 .ok()
-                .map(|l| l + 12)
-                .filter(|t| *t >= BATCH_HEADER_LEN)
+                .map(|l| l + legacy::LOG_OVERHEAD)
+                .filter(|t| *t >= smallest)
                 .ok_or_else(|| self.corrupt(format!("batch length {len}")))?;
             if records.len() < total {
                 break;
@@ -121,13 +129,21 @@ impl PartitionDecoder {
         Ok(())
     }
 
-    /// Decodes one complete batch held in memory.
+    /// Decodes one complete batch held in memory (or one message of format v0 or v1).
     pub(crate) fn batch(
         &mut self,
         batch: Bytes,
         budget: &mut Budget,
         out: &mut Vec<Message>,
     ) -> Result<(), Failure> {
+        if batch.get(legacy::MAGIC_AT).is_some_and(|m| *m < 2) {
+            return self.legacy(batch, budget, out);
+        }
+        if batch.len() < BATCH_HEADER_LEN {
+            return Err(self
+                .corrupt(format!("a batch of {} bytes", batch.len()))
+                .into());
+        }
         let h = BatchHeader::parse(&batch[..BATCH_HEADER_LEN]);
         if !self.begin(&h)? {
             return Ok(());
@@ -143,10 +159,36 @@ impl PartitionDecoder {
         } else {
             match codec::decompressor(compression, Compressed::Memory(body)) {
                 Ok(reader) => Source::reader(reader),
-                Err(e) => return self.codec_failed(&h, compression, e, out),
+                Err(e) => return self.codec_failed(&h, compression, e, budget, out),
             }
         };
         self.decode(&h, compression, source, budget, out)
+    }
+
+    /// Decodes one message of format v0 or v1 (a wrapper with its compressed set, or a
+    /// plain message), held whole.
+    fn legacy(
+        &mut self,
+        entry: Bytes,
+        budget: &mut Budget,
+        out: &mut Vec<Message>,
+    ) -> Result<(), Failure> {
+        let ctx = legacy::Context {
+            partition: self.partition,
+            limits: self.limits,
+            next: self.next,
+        };
+        match legacy::decode(entry, &ctx, budget, out)? {
+            legacy::Step::Next(next) => self.next = next,
+            legacy::Step::Stop(at) => {
+                self.next = at;
+                self.stop(budget);
+            }
+            legacy::Step::GiveUp { first, last, why } => {
+                self.give_up_range(first, last, -1, why, budget, out)
+            }
+        }
+        Ok(())
     }
 
     /// Decodes one batch too large to hold, as it arrives: `header` is its first
@@ -162,6 +204,19 @@ impl PartitionDecoder {
     ) -> Result<(), Failure> {
         let h = BatchHeader::parse(header);
         let body_len = h.total.saturating_sub(BATCH_HEADER_LEN) as u64;
+        if h.magic < 2 {
+            // An old-format message too large to hold: given up for its offsets (its
+            // `base` is the message's offset, a wrapper's the last of its set).
+            io::copy(&mut body.take(body_len), &mut io::sink()).map_err(Failure::Connection)?;
+            if h.base >= self.next {
+                let why = format!(
+                    "a message of format v{} of {} bytes is larger than a fetch holds in memory",
+                    h.magic, h.total
+                );
+                self.give_up_range(self.next, h.base, -1, why, budget, out);
+            }
+            return Ok(());
+        }
         let mut input = CrcReader {
             inner: body.take(body_len),
             crc: crc32c::crc32c(&header[21..]),
@@ -212,7 +267,7 @@ impl PartitionDecoder {
         // looks at `input.failed` first.
         match codec::decompressor(compression, Compressed::Stream(input)) {
             Ok(reader) => self.decode(h, compression, Source::reader(reader), budget, out),
-            Err(e) => self.codec_failed(h, compression, e, out),
+            Err(e) => self.codec_failed(h, compression, e, budget, out),
         }
     }
 
@@ -223,7 +278,7 @@ impl PartitionDecoder {
             return Err(KafkaError::Protocol {
                 broker: String::new(),
                 detail: format!(
-                    "partition {} holds message format v{}; this worker reads record batches (v2, Kafka 0.11+) only",
+                    "partition {} holds a batch of unknown message format v{} (known: v0 to v2)",
                     self.partition, h.magic
                 ),
             });
@@ -263,7 +318,7 @@ impl PartitionDecoder {
                         codec::name(compression),
                         budget.max_expansion
                     );
-                    self.give_up(h, why, out);
+                    self.give_up(h, why, budget, out);
                     return Ok(());
                 }
                 Err(Stop::FetchWork) => {
@@ -274,7 +329,7 @@ impl PartitionDecoder {
                     return Err(self.corrupt("record cut short".into()).into());
                 }
                 Err(Stop::Corrupt(detail)) => return Err(self.corrupt(detail).into()),
-                Err(Stop::Io(e)) => return self.codec_failed(h, compression, e, out),
+                Err(Stop::Io(e)) => return self.codec_failed(h, compression, e, budget, out),
             };
             let Some(record) = record else { continue };
             if h.control {
@@ -301,10 +356,11 @@ impl PartitionDecoder {
         h: &BatchHeader,
         compression: Compression,
         e: io::Error,
+        budget: &mut Budget,
         out: &mut Vec<Message>,
     ) -> Result<(), Failure> {
         if let Some(why) = codec::past_bound(&e) {
-            self.give_up(h, why.to_owned(), out);
+            self.give_up(h, why.to_owned(), budget, out);
             return Ok(());
         }
         Err(KafkaError::Codec {
@@ -319,17 +375,47 @@ impl PartitionDecoder {
 
     /// Gives up the rest of a batch: one message stands for its offsets from the position
     /// to its last, so they are rejected and committed, not skipped.
-    fn give_up(&mut self, h: &BatchHeader, why: String, out: &mut Vec<Message>) {
-        let first = self.next.max(h.base);
-        self.next = h.last + 1;
+    fn give_up(
+        &mut self,
+        h: &BatchHeader,
+        why: String,
+        budget: &mut Budget,
+        out: &mut Vec<Message>,
+    ) {
         if h.control {
             // Markers carry no data; either kind ends the producer's transaction.
+            self.next = h.last + 1;
             self.transactions.end(h.producer_id);
             return;
         }
+        self.give_up_range(
+            self.next.max(h.base),
+            h.last,
+            h.max_timestamp,
+            why,
+            budget,
+            out,
+        );
+    }
+
+    /// One message stands for offsets `first` to `last`, not decoded; the position moves
+    /// past them.
+    fn give_up_range(
+        &mut self,
+        first: i64,
+        last: i64,
+        timestamp_ms: i64,
+        why: String,
+        budget: &mut Budget,
+        out: &mut Vec<Message>,
+    ) {
+        self.next = last + 1;
+        // A stand-in is handed over like a message: a batch too large to hold that comes
+        // after it waits for the next fetch.
+        budget.handed = true;
         let reason = format!(
-            "offsets {first} to {} of partition {} were not decoded: {why} (the worker's memory bound); read them with another client if they matter",
-            h.last, self.partition
+            "offsets {first} to {last} of partition {} were not decoded: {why} (the worker's memory bound); read them with another client if they matter",
+            self.partition
         );
         out.push(Message {
             partition: self.partition,
@@ -338,9 +424,9 @@ impl PartitionDecoder {
             value: None,
             value_len: 0,
             headers: Vec::new(),
-            timestamp_ms: h.max_timestamp,
+            timestamp_ms,
             undecoded: Some(Box::new(Undecoded {
-                last: Offset(h.last),
+                last: Offset(last),
                 reason,
             })),
         });

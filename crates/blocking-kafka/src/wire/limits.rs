@@ -54,7 +54,7 @@ pub(crate) struct Budget {
     /// Bytes decompressed or streamed past in this fetch.
     pub(super) expanded: u64,
     /// Whether a message was handed over yet (the first one always is).
-    handed: bool,
+    pub(super) handed: bool,
     /// Set when decoding stopped for this fetch: the rest waits for the next one.
     pub(super) exhausted: bool,
     /// [`MAX_EXPANSION`], smaller in tests.

@@ -7,6 +7,7 @@
 //! - `codec`: pure-Rust streaming decompression, each codec's own memory bounded.
 //! - `transactions`: aborted transactions and control records (read_committed).
 //! - `record`: one record, held whole or field by field within the limits.
+//! - `legacy`: message sets in formats v0 and v1 (before Kafka 0.11), compressed or not.
 //! - `decoder`: `PartitionDecoder`, one partition's batches into messages.
 //! - `batch`: batches out: `OutRecord`, encoding with CRC-32C and gzip.
 //! - `partitioner`: the Java client's murmur2 partitioner.
@@ -14,6 +15,7 @@ pub(crate) mod batch;
 pub(crate) mod codec;
 pub(crate) mod decoder;
 pub(crate) mod header;
+pub(crate) mod legacy;
 pub(crate) mod limits;
 pub(crate) mod message;
 pub(crate) mod partitioner;

@@ -34,7 +34,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, StrBytes};
 
-use super::Placement;
+use super::{Placement, VersionCaps};
 use crate::legacy::MessageSet;
 
 /// The partition moved to another broker (or this broker never led it).
@@ -65,6 +65,8 @@ pub(super) struct Snapshot {
     pub legacy: HashMap<(String, i32), Vec<Arc<MessageSet>>>,
     /// The throttle this broker puts into its answers now (0: none).
     pub throttle_ms: i32,
+    /// An older broker's ApiVersions answer, if the test narrowed the versions.
+    pub caps: Option<VersionCaps>,
 }
 
 /// What to do with a request.
@@ -152,6 +154,11 @@ impl Pending {
         }
     }
 
+    /// A request forwarded as it is (nothing refused in it).
+    pub fn forwarded(key: i16, version: i16) -> Pending {
+        Pending::new(key, version)
+    }
+
     fn injected(&self) -> Vec<i16> {
         self.refused.iter().map(|r| r.2).collect()
     }
@@ -218,7 +225,7 @@ pub(super) fn rewrite(
         return Ok(plain(frame));
     };
     let frame = match api {
-        ApiKey::ApiVersions => return api_versions(frame, version),
+        ApiKey::ApiVersions => return api_versions(frame, version, snap.caps),
         ApiKey::Metadata => edit(frame, version, |r: &mut MetadataResponse| {
             metadata(r, version, snap);
             r.throttle_time_ms = throttle;
@@ -554,11 +561,32 @@ fn offered(key: i16, tansu_min: i16, tansu_max: i16) -> Option<(i16, i16)> {
     (min <= max).then_some((min, max))
 }
 
+/// `range` as an older broker (`caps`) offers it; `None` when that broker had no such API
+/// or only versions below the range.
+fn older(caps: Option<VersionCaps>, key: i16, (min, max): (i16, i16)) -> Option<(i16, i16)> {
+    let Some(caps) = caps else {
+        return Some((min, max));
+    };
+    if key > caps.highest_key {
+        return None;
+    }
+    let max = caps
+        .caps
+        .iter()
+        .find(|(api, _)| *api as i16 == key)
+        .map_or(max, |(_, cap)| max.min(*cap));
+    (min <= max).then_some((min, max))
+}
+
 fn range<M: Message>() -> (i16, i16) {
     (M::VERSIONS.min, M::VERSIONS.max)
 }
 
-fn api_versions(frame: &[u8], version: i16) -> Result<Rewritten, String> {
+fn api_versions(
+    frame: &[u8],
+    version: i16,
+    caps: Option<VersionCaps>,
+) -> Result<Rewritten, String> {
     let passed = Rewritten {
         frame: frame.to_vec(),
         throttled: false,
@@ -569,15 +597,18 @@ fn api_versions(frame: &[u8], version: i16) -> Result<Rewritten, String> {
         return Ok(passed);
     }
     let frame = edit(frame, version, |r: &mut ApiVersionsResponse| {
-        r.api_keys
-            .retain_mut(|a| match offered(a.api_key, a.min_version, a.max_version) {
+        r.api_keys.retain_mut(|a| {
+            match offered(a.api_key, a.min_version, a.max_version)
+                .and_then(|range| older(caps, a.api_key, range))
+            {
                 Some((min, max)) => {
                     a.min_version = min;
                     a.max_version = max;
                     true
                 }
                 None => false,
-            });
+            }
+        });
     })?;
     Ok(Rewritten {
         frame,
@@ -762,7 +793,7 @@ fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
 }
 
-fn decode_request<R: Decodable + HeaderVersion>(
+pub(super) fn decode_request<R: Decodable + HeaderVersion>(
     frame: &[u8],
     version: i16,
 ) -> Result<(RequestHeader, R), String> {
@@ -778,7 +809,7 @@ fn decode_request<R: Decodable + HeaderVersion>(
     Ok((header, request))
 }
 
-fn encode_request<R: Encodable + HeaderVersion>(
+pub(super) fn encode_request<R: Encodable + HeaderVersion>(
     header: &RequestHeader,
     request: &R,
     version: i16,
@@ -821,7 +852,7 @@ fn edit<R: Decodable + Encodable + HeaderVersion>(
     Ok(sized(buf))
 }
 
-fn encode_answer<R: Encodable + HeaderVersion>(
+pub(super) fn encode_answer<R: Encodable + HeaderVersion>(
     correlation_id: i32,
     answer: &R,
     version: i16,
