@@ -153,7 +153,8 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// Runs `transitions` in one transaction, in this order, each with its own conditional
     /// statement and its own outcome (one refused transition fails alone, the others are
     /// committed); returns once they are committed or failed. May also carry the transitions
-    /// of other callers in the same transaction (group commit).
+    /// of other callers in the same transaction (group commit). An outcome whose fault is
+    /// fatal stops the worker (it is not retried); every later sync should fail with it too.
     fn write(&self, transitions: Vec<Transition>) -> Vec<Result<Applied, StoreError>>;
 
     /// Starts a sync (see [`Store::start_sync`]) and returns at once.
