@@ -160,6 +160,8 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// outcome (one refused transition fails alone, the others are committed); returns once
     /// they are committed or failed. SQLite runs them in one transaction, which may also
     /// carry the transitions of other callers (group commit); PostgreSQL each in its own.
+    /// An outcome whose fault is fatal stops the worker (it is not retried); every later
+    /// sync should fail with it too.
     fn write(&self, transitions: Vec<Transition>) -> Vec<Result<Applied, StoreError>>;
 
     /// Starts a sync (see [`Store::start_sync`]) and returns at once.
