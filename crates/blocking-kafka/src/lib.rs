@@ -11,7 +11,8 @@
 //! checks that from the source), errors at the bottom.
 //!
 //! - `error`: [`KafkaError`], every variant saying what to do. `types`: [`Partition`],
-//!   [`Offset`], [`StartFrom`], [`Assignor`]. `backoff`: [`BackoffSettings`], exponential with jitter.
+//!   [`Offset`], [`StartFrom`], [`Assignor`]. `backoff`: [`BackoffSettings`], exponential
+//!   with jitter.
 //! - `wire` (pure, no I/O): `message` ([`Message`]), `header` (a batch's framing),
 //!   `limits` ([`RecordLimits`], the per-fetch budget, the work bound), `codec` (streaming
 //!   decompression), `transactions` (aborted transactions, markers), `record` (one record),
