@@ -407,7 +407,8 @@ impl Run {
             commits_during,
             _serial: serial,
         };
-        eprintln!("{}", run.table_row());
+        // The row scripts/cluster-scenarios.sh collects (a failed bar prints it again).
+        eprintln!("cluster scenario row: {}", run.table_row());
         let missing: Vec<&String> = run
             .sent
             .iter()
@@ -460,11 +461,23 @@ impl Run {
         let worst: Vec<String> = (0..PARTITIONS)
             .map(|p| format!("{:.2}", self.worst(p).as_secs_f64()))
             .collect();
+        // When each partition's worst request was sent, into the timeline: which moment
+        // of the scenario it belongs to.
+        let when: Vec<String> = (0..PARTITIONS)
+            .map(|p| {
+                let sent = self
+                    .latencies(p)
+                    .max_by(|a, b| a.2.cmp(&b.2))
+                    .map_or(0.0, |(sent, _, _)| sent);
+                format!("{:.1}", (sent - self.started_ms) / 1000.0)
+            })
+            .collect();
         format!(
-            "| {} | {} s | ({} requests) |",
+            "| {} | {} s | ({} requests; worst sent at {} s) |",
             self.scenario.name(),
             worst.join(" / "),
-            self.sent.len()
+            self.sent.len(),
+            when.join(" / ")
         )
     }
 

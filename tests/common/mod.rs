@@ -261,8 +261,12 @@ impl WorkerCommand {
         if let Some(contents) = &self.dotenv {
             std::fs::write(dir.path().join(".env"), contents).expect("write .env");
         }
-        let bin = env!("CARGO_BIN_EXE_provision-worker");
-        let mut cmd = Command::new(bin);
+        // PROVISION_WORKER_BIN runs another build of the worker through the same test (a
+        // release build, or the one before a change, for scripts/cluster-scenarios.sh);
+        // by default the one cargo built for the tests.
+        let bin = std::env::var("PROVISION_WORKER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_provision-worker").to_owned());
+        let mut cmd = Command::new(&bin);
         let mut child = clean_env(&mut cmd)
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
