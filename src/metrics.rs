@@ -548,7 +548,7 @@ impl Metrics {
         for (name, help, value) in [
             (
                 "provision_rebalances_total",
-                "Partition assignments received (every group join, the first included).",
+                "Partition assignments received (every group join, the first included, and every cooperative round that adds partitions).",
                 get(&self.rebalances),
             ),
             (
@@ -1043,6 +1043,15 @@ mod tests {
         m.joined(&[Partition(1)]);
         assert!(!m.render().contains(&format!("{labels}\"0\"")));
         assert!(m.render().contains("provision_rebalances_total 2\n"));
+        // A cooperative round adds some and, once revoked, takes others away; the rest stay.
+        m.committed(&[(Partition(1), Offset(7))]);
+        m.partitions_added(&[Partition(3)]);
+        m.committed(&[(Partition(3), Offset(2))]);
+        assert!(m.render().contains("provision_rebalances_total 3\n"));
+        m.partitions_revoked(&[Partition(3)]);
+        let text = m.render();
+        assert!(text.contains(&format!("provision_committed_offset{labels}\"1\"}} 7\n")));
+        assert!(!text.contains(&format!("{labels}\"3\"")));
     }
 
     #[test]

@@ -62,7 +62,9 @@ fn a_fourth_worker_joining_a_cooperative_group_stops_only_the_partitions_that_mo
         let gap = run.gaps[p];
         assert!(
             gap <= NO_GAP,
-            "p{p} did not move, yet went {gap:?} without a claim\n{}",
+            "p{p} did not move, yet went {gap:?} without a claim (before the fourth worker \
+             came, with no rebalance, its longest gap was {:?}: a busy machine shows there)\n{}",
+            run.before_gaps[p],
             run.table_row()
         );
     }
@@ -100,6 +102,9 @@ struct GapRun {
     gap_at: BTreeMap<i32, f64>,
     /// The producer's own longest pause between two sends: no claim gap can be shorter.
     producer_pause: Duration,
+    /// Each partition's longest gap among requests sent before the fourth worker started:
+    /// what the machine does to claims with no rebalance at all.
+    before_gaps: BTreeMap<i32, Duration>,
     claims: HashMap<String, (f64, usize)>,
     sent: Vec<(String, i32, f64)>,
     _cluster: Cluster,
@@ -183,7 +188,16 @@ impl GapRun {
         });
         let mut gaps = BTreeMap::new();
         let mut gap_at = BTreeMap::new();
+        let mut before_gaps = BTreeMap::new();
         for p in 0..PARTITIONS {
+            let mut before: Vec<f64> = sent
+                .iter()
+                .filter(|(_, q, at)| *q == p && *at < fourth_at)
+                .filter_map(|(id, _, _)| claims.get(id).map(|(t, _)| *t))
+                .collect();
+            before.sort_by(f64::total_cmp);
+            let longest = before.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+            before_gaps.insert(p, Duration::from_secs_f64(longest / 1000.0));
             let mut at: Vec<f64> = sent
                 .iter()
                 .filter(|(_, q, _)| *q == p)
@@ -217,6 +231,7 @@ impl GapRun {
             gaps,
             gap_at,
             producer_pause,
+            before_gaps,
             claims,
             sent,
             _cluster: cluster,

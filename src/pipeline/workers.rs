@@ -377,6 +377,32 @@ mod tests {
     use super::*;
     use crate::store::{Claim, Store};
 
+    /// A cooperative revocation stops the jobs of its partitions only; a partition assigned
+    /// anew does not start jobs fetched under its old assignment.
+    #[test]
+    fn accepting_stops_only_the_revoked_partitions_and_old_epochs() {
+        let a = Accepting::default();
+        a.assign(&[Partition(0), Partition(1)], 1);
+        assert!(a.allows(Partition(0), 1) && a.allows(Partition(1), 1));
+        a.stop(&[Partition(1)]);
+        assert!(
+            a.allows(Partition(0), 1),
+            "the partition that stays goes on"
+        );
+        assert!(
+            !a.allows(Partition(1), 1),
+            "the revoked one starts nothing more"
+        );
+        a.assign(&[Partition(1)], 2);
+        assert!(
+            !a.allows(Partition(1), 1),
+            "a job of its old assignment is dropped"
+        );
+        assert!(a.allows(Partition(1), 2));
+        a.stop_all();
+        assert!(!a.allows(Partition(0), 1) && !a.allows(Partition(1), 2));
+    }
+
     /// The deepest work a worker does, on a stack of a worker's size: SQLite preparing and
     /// running the transitions (as a group-commit leader) against a table with a backend's
     /// trigger compiled into them, and rendering a kubeconfig for the longest user id.
