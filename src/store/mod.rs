@@ -308,6 +308,14 @@ impl Store {
         })
     }
 
+    /// Reads the TLS files PostgreSQL's settings name (`sslrootcert`, `sslcert`, `sslkey`)
+    /// and checks the settings libpq would refuse, without connecting.
+    pub fn check_postgres_settings(
+        config: &crate::config::PostgresConfig,
+    ) -> Result<(), StoreError> {
+        postgres::check_settings(config)
+    }
+
     /// What `check` reports about a PostgreSQL server: version, TLS, the user, durability
     /// settings, and the table (checked, never created).
     pub fn postgres_report(
