@@ -159,7 +159,9 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// Runs `transitions` in this order, each with its own conditional statement and its own
     /// outcome (one refused transition fails alone, the others are committed); returns once
     /// they are committed or failed. SQLite runs them in one transaction, which may also
-    /// carry the transitions of other callers (group commit); PostgreSQL each in its own.
+    /// carry the transitions of other callers (group commit); PostgreSQL each in its own. An
+    /// outcome whose fault is fatal stops the worker (it is not retried); every later sync
+    /// should fail with it too (PostgreSQL has no fatal outcome).
     fn write(&self, transitions: Vec<Transition>) -> Vec<Result<Applied, StoreError>>;
 
     /// Starts a sync (see [`Store::start_sync`]) and returns at once.
