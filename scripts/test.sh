@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite of the workspace (the worker, crates/blocking-kafka and
-# crates/kafka-testkit): installs the Python interop client, fetches the tansu broker
+# Runs the whole test suite of the workspace (the worker, crates/blocking-kafka,
+# crates/blocking-postgres and the test harnesses): installs the Python interop client and
+# PostgreSQL 15 when missing, fetches the tansu broker
 # binary once up front (each integration test starts its own broker from it on a free
 # port, so no shared broker is needed), then `cargo test --workspace --all-targets`.
 # Extra arguments go to cargo test, e.g. `scripts/test.sh --no-fail-fast`.
@@ -22,7 +23,8 @@ if ! command -v stunnel4 >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1
         exit 1
     fi
 fi
-# The PostgreSQL tests (crates/blocking-postgres) start clusters of their own from Debian's
+# The PostgreSQL tests (the worker's tests/postgres.rs and tests/worker.rs, and
+# crates/blocking-postgres) start clusters of their own (crates/pg-testkit) from Debian's
 # PostgreSQL 15 server programs, as the postgres user; installed here when missing.
 if [[ -z "${PG_BIN:-}" && ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
     if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
@@ -30,7 +32,7 @@ if [[ -z "${PG_BIN:-}" && ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
         apt-get update -qq >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
     else
-        echo "test.sh: PostgreSQL 15's server is needed by crates/blocking-postgres/tests; install it (apt-get install -y postgresql-15) or set PG_BIN" >&2
+        echo "test.sh: PostgreSQL 15's server is needed by the PostgreSQL tests (tests/postgres.rs, tests/worker.rs, crates/blocking-postgres/tests); install it (apt-get install -y postgresql-15) or set PG_BIN" >&2
         exit 1
     fi
 fi

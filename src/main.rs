@@ -46,6 +46,14 @@ fn main() -> ExitCode {
         Err(e) if command == Command::Check => return tools::check_bad_config(&e),
         Err(e) => return usage_error(&e.to_string()),
     };
+    // So are PostgreSQL's (sslrootcert, sslcert, sslkey).
+    if let Err(e) = pipeline::database_settings(&config) {
+        return if command == Command::Check {
+            tools::check_bad_config(&e)
+        } else {
+            usage_error(&e.to_string())
+        };
+    }
     if !matches!(command, Command::Run) {
         return tools::run(&config, security, command);
     }

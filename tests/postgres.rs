@@ -291,6 +291,29 @@ fn tls_verify_full_with_a_wrong_host_name_is_refused_in_words() {
     worker.wait_for_line("Database connection established", EXIT);
 }
 
+/// A TLS file the URL names that cannot be used is a bad configuration, as Kafka's are:
+/// exit 2 before anything connects, naming the setting; `check` says so in its first line.
+#[test]
+fn a_tls_file_that_cannot_be_used_is_a_bad_configuration() {
+    let db = PgDb::new();
+    let url = db.url_with(
+        Some(SCRAM_PASSWORD),
+        "sslmode=verify-full&sslrootcert=/no/such/ca.pem",
+    );
+    let mut worker = spawn_without_broker(&db, &[("DATABASE_URL", &url)]);
+    assert_eq!(worker.wait_exit(EXIT).code(), Some(2));
+    let line = worker.wait_for_line("sslrootcert", EXIT);
+    assert!(line.contains("/no/such/ca.pem"), "{line}");
+    let (ok, out) = tool_with(&db, None, &[("DATABASE_URL", &url)], &["check"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("FAIL configuration:") && l.contains("sslrootcert")),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_server_down_at_start_is_waited_for_then_exit_1_naming_it() {
     let db = PgDb::new();

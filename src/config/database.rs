@@ -65,9 +65,18 @@ pub enum DatabasePassword {
 /// What [`mask_password`] puts in place of a password.
 pub const MASK: &str = "***";
 
-/// An example of each form, for error messages: the fix is one copy away.
-pub(super) const SQLITE_EXAMPLE: &str = "sqlite:///./poc.db";
-pub(super) const POSTGRES_EXAMPLE: &str = "postgresql://user:password@db.example.com:5432/app";
+/// An example of each form, for error messages (the fix is one copy away); macros, so that
+/// the messages are whole strings at compile time (`concat!`), not formatted at run time.
+macro_rules! sqlite_example {
+    () => {
+        "sqlite:///./poc.db"
+    };
+}
+macro_rules! postgres_example {
+    () => {
+        "postgresql://user:password@db.example.com:5432/app"
+    };
+}
 
 const SQLITE_SCHEMES: [&str; 3] = ["sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"];
 const POSTGRES_SCHEMES: [&str; 6] = [
@@ -181,43 +190,53 @@ impl fmt::Display for DatabasePassword {
 /// and a path (`sqlite:////abs.db` for an absolute one); drops a `?query`; decodes `%XX`.
 /// In-memory databases are refused because the worker must share a file with the backend.
 fn parse_sqlite(url: &str) -> Result<PathBuf, ConfigError> {
-    let invalid = |expected: &str| invalid(url, expected.to_owned());
+    let invalid = |expected: &'static str| invalid(url, expected);
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(invalid(&format!(
-            "a SQLite URL like {SQLITE_EXAMPLE} (a bare path needs the sqlite:/// prefix) or a PostgreSQL URL like {POSTGRES_EXAMPLE}"
+        return Err(invalid(concat!(
+            "a SQLite URL like ",
+            sqlite_example!(),
+            " (a bare path needs the sqlite:/// prefix) or a PostgreSQL URL like ",
+            postgres_example!()
         )));
     };
     let scheme_ok = SQLITE_SCHEMES
         .iter()
         .any(|known| scheme.eq_ignore_ascii_case(known));
     if !scheme_ok {
-        return Err(invalid(&format!(
-            "a SQLite URL like {SQLITE_EXAMPLE} (scheme sqlite, sqlite+aiosqlite or sqlite+pysqlite) \
-             or a PostgreSQL URL like {POSTGRES_EXAMPLE} (scheme postgresql or postgres, plain \
-             or with +asyncpg, +psycopg, +psycopg2 or +pg8000); the worker speaks SQLite and \
-             PostgreSQL"
+        return Err(invalid(concat!(
+            "a SQLite URL like ",
+            sqlite_example!(),
+            " (scheme sqlite, sqlite+aiosqlite or sqlite+pysqlite) or a PostgreSQL URL like ",
+            postgres_example!(),
+            " (scheme postgresql or postgres, plain or with +asyncpg, +psycopg, +psycopg2 or \
+             +pg8000); the worker speaks SQLite and PostgreSQL"
         )));
     }
     // A query (`?timeout=5`) configures SQLAlchemy's driver, not the file; a `?` that belongs
     // to the file name would be written %3F, so the first `?` always starts the query.
     let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
     let in_memory = || {
-        invalid(&format!(
-            "a database file like {SQLITE_EXAMPLE}, not an in-memory database: \
-             the worker must share the file with the backend"
+        invalid(concat!(
+            "a database file like ",
+            sqlite_example!(),
+            ", not an in-memory database: the worker must share the file with the backend"
         ))
     };
     if rest.is_empty() {
         return Err(in_memory());
     }
     let Some(path) = rest.strip_prefix('/') else {
-        return Err(invalid(&format!(
-            "a SQLite URL with no host, like {SQLITE_EXAMPLE} (three slashes for a relative path, four for an absolute one)"
+        return Err(invalid(concat!(
+            "a SQLite URL with no host, like ",
+            sqlite_example!(),
+            " (three slashes for a relative path, four for an absolute one)"
         )));
     };
     let path = percent_decode(path).ok_or_else(|| {
-        invalid(&format!(
-            "a SQLite URL like {SQLITE_EXAMPLE} whose %-escapes decode to UTF-8 text without NUL"
+        invalid(concat!(
+            "a SQLite URL like ",
+            sqlite_example!(),
+            " whose %-escapes decode to UTF-8 text without NUL"
         ))
     })?;
     if path.is_empty() || path == ":memory:" {
@@ -234,76 +253,72 @@ fn parse_postgres(
     url: &str,
     password_file: Option<PathBuf>,
 ) -> Result<PostgresConfig, ConfigError> {
-    let invalid = |what: String| invalid(url, what);
-    let decode = |part: &str, what: &str| {
+    let invalid = |what: &'static str| invalid(url, what);
+    let decode = |part: &str| {
         percent_decode(part).ok_or_else(|| {
-            invalid(format!(
-                "a PostgreSQL URL whose {what} %-escapes decode to UTF-8 text without NUL"
-            ))
+            invalid(
+                "a PostgreSQL URL whose user, password, host and database %-escapes decode to \
+                 UTF-8 text without NUL",
+            )
         })
     };
     // Parsed only for PostgreSQL schemes: the split cannot fail.
     let rest = url.split_once("://").map_or("", |(_, rest)| rest);
-    let (user, password, rest) = match split_userinfo(rest) {
-        Some((user, password, rest)) => (user, password, rest),
-        None => ("", None, rest),
-    };
+    let (user, password, rest) = split_userinfo(rest).unwrap_or(("", None, rest));
     let (rest, query) = match rest.split_once('?') {
-        Some((before, query)) => (before, Some(query)),
-        None => (rest, None),
+        Some((before, query)) => (before, query),
+        None => (rest, ""),
     };
-    let (hostport, database) = match rest.split_once('/') {
-        Some((hostport, database)) => (hostport, Some(database)),
-        None => (rest, None),
-    };
+    let (hostport, database) = rest.split_once('/').unwrap_or((rest, ""));
     let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
         let Some((host, after)) = bracketed.split_once(']') else {
             return Err(invalid(
-                "a PostgreSQL URL whose IPv6 host is closed by ], like postgresql://user:password@[::1]:5432/app".to_owned(),
+                "a PostgreSQL URL whose IPv6 host is closed by ], like postgresql://user:password@[::1]:5432/app",
             ));
         };
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or_else(|| {
-                invalid("a PostgreSQL URL with :port after the ] of an IPv6 host".to_owned())
-            })?),
-        };
-        (host, port)
-    } else {
-        match hostport.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (hostport, None),
+        if !after.is_empty() && !after.starts_with(':') {
+            return Err(invalid(
+                "a PostgreSQL URL with :port after the ] of an IPv6 host",
+            ));
         }
+        (host, after.trim_start_matches(':'))
+    } else {
+        hostport.split_once(':').unwrap_or((hostport, ""))
     };
-    let host = decode(host, "host's")?;
+    let host = decode(host)?;
     if host.is_empty() {
-        return Err(invalid(format!(
-            "a PostgreSQL URL naming the server's host, like {POSTGRES_EXAMPLE} (the worker \
-             connects over TCP; Unix-domain sockets are not supported)"
+        return Err(invalid(concat!(
+            "a PostgreSQL URL naming the server's host, like ",
+            postgres_example!(),
+            " (the worker connects over TCP; Unix-domain sockets are not supported)"
         )));
     }
     if host.contains(',') {
-        return Err(invalid(format!(
-            "a PostgreSQL URL naming one host, like {POSTGRES_EXAMPLE} (several hosts are not \
-             supported: point it at the primary, or at a proxy or DNS name that follows it)"
+        return Err(invalid(concat!(
+            "a PostgreSQL URL naming one host, like ",
+            postgres_example!(),
+            " (several hosts are not supported: point it at the primary, or at a proxy or DNS \
+             name that follows it)"
         )));
     }
     let port = match port {
-        None | Some("") => 5432,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-            invalid(format!(
-                "a PostgreSQL URL whose port is a number from 1 to 65535, like {POSTGRES_EXAMPLE}"
+        "" => 5432,
+        p => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            invalid(concat!(
+                "a PostgreSQL URL whose port is a number from 1 to 65535, like ",
+                postgres_example!()
             ))
         })?,
     };
-    let user = decode(user, "user name's")?;
+    let user = decode(user)?;
     if user.is_empty() {
-        return Err(invalid(format!(
-            "a PostgreSQL URL with a user name, like {POSTGRES_EXAMPLE}"
+        return Err(invalid(concat!(
+            "a PostgreSQL URL with a user name, like ",
+            postgres_example!()
         )));
     }
     let url_password = match password {
-        Some(p) => Some(decode(p, "password's")?).filter(|p| !p.is_empty()),
+        Some(p) => Some(decode(p)?).filter(|p| !p.is_empty()),
         None => None,
     };
     let password = match (url_password, password_file) {
@@ -318,10 +333,7 @@ fn parse_postgres(
         (None, Some(file)) => Some(DatabasePassword::File(file)),
         (None, None) => None,
     };
-    let dbname = match database {
-        None | Some("") => None,
-        Some(d) => Some(decode(d, "database name's")?),
-    };
+    let dbname = Some(decode(database)?).filter(|d| !d.is_empty());
 
     let mut config = PostgresConfig {
         host,
@@ -339,18 +351,20 @@ fn parse_postgres(
         options: None,
     };
     let mut seen: Vec<String> = Vec::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = decode_query(key)
-            .ok_or_else(|| invalid("query parameters that decode to UTF-8 text".to_owned()))?;
-        let value = decode_query(value)
-            .ok_or_else(|| invalid("query parameters that decode to UTF-8 text".to_owned()))?;
+        let (Some(key), Some(value)) = (decode_query(key), decode_query(value)) else {
+            return Err(invalid("query parameters that decode to UTF-8 text"));
+        };
         if !POSTGRES_PARAMETERS.contains(&key.as_str()) {
-            return Err(invalid(format!(
-                "a PostgreSQL URL whose parameters are among {}; the worker does not use {key:?}, \
-                 and refuses it rather than ignore it: remove it",
-                POSTGRES_PARAMETERS.join(", ")
-            )));
+            return Err(self::invalid(
+                url,
+                format!(
+                    "a PostgreSQL URL whose parameters are among {}; the worker does not use \
+                     {key:?}, and refuses it rather than ignore it: remove it",
+                    POSTGRES_PARAMETERS.join(", ")
+                ),
+            ));
         }
         // `ssl` is asyncpg's name for `sslmode`: one of them, once.
         let slot = if key == "ssl" {
@@ -359,35 +373,31 @@ fn parse_postgres(
             key.as_str()
         };
         if seen.iter().any(|s| s == slot) {
-            return Err(invalid(format!(
-                "each parameter at most once (sslmode and asyncpg's ssl are the same); {key} repeats it"
-            )));
+            return Err(invalid(
+                "each parameter at most once (sslmode and asyncpg's ssl are the same)",
+            ));
         }
         seen.push(slot.to_owned());
         apply_parameter(&mut config, &key, value).map_err(invalid)?;
     }
-    match (&config.sslcert, &config.sslkey) {
-        (Some(_), None) => {
-            return Err(invalid(
-                "sslcert together with sslkey (the certificate's private key), or neither"
-                    .to_owned(),
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(invalid(
-                "sslkey together with sslcert (the client certificate), or neither".to_owned(),
-            ));
-        }
-        _ => {}
+    if config.sslcert.is_some() != config.sslkey.is_some() {
+        return Err(invalid(
+            "sslcert together with sslkey (the client certificate and its private key), or \
+             neither",
+        ));
     }
     Ok(config)
 }
 
 /// Sets one query parameter; the error says what it accepts.
-fn apply_parameter(config: &mut PostgresConfig, key: &str, value: String) -> Result<(), String> {
-    let path = |value: String| -> Result<PathBuf, String> {
+fn apply_parameter(
+    config: &mut PostgresConfig,
+    key: &str,
+    value: String,
+) -> Result<(), &'static str> {
+    let path = |value: String| -> Result<PathBuf, &'static str> {
         if value.is_empty() {
-            Err(format!("{key} naming a file"))
+            Err("sslrootcert, sslcert and sslkey naming a file")
         } else {
             Ok(PathBuf::from(value))
         }
@@ -397,14 +407,14 @@ fn apply_parameter(config: &mut PostgresConfig, key: &str, value: String) -> Res
             config.sslmode = match SslMode::parse(&value) {
                 Some(mode) => mode,
                 None if value == "allow" => {
-                    return Err(format!(
-                        "{key}=disable, prefer, require, verify-ca or verify-full (allow, plaintext first, is not supported: use prefer, or disable)"
-                    ));
+                    return Err(
+                        "sslmode (or ssl)=disable, prefer, require, verify-ca or verify-full (allow, plaintext first, is not supported: use prefer, or disable)",
+                    );
                 }
                 None => {
-                    return Err(format!(
-                        "{key}=disable, prefer, require, verify-ca or verify-full"
-                    ));
+                    return Err(
+                        "sslmode (or ssl)=disable, prefer, require, verify-ca or verify-full",
+                    );
                 }
             };
         }
@@ -419,7 +429,7 @@ fn apply_parameter(config: &mut PostgresConfig, key: &str, value: String) -> Res
         "sslkey" => config.sslkey = Some(path(value)?),
         "channel_binding" => {
             config.channel_binding = ChannelBinding::parse(&value)
-                .ok_or_else(|| "channel_binding=disable, prefer or require".to_owned())?;
+                .ok_or("channel_binding=disable, prefer or require")?;
         }
         "connect_timeout" => {
             let seconds = value
@@ -427,17 +437,16 @@ fn apply_parameter(config: &mut PostgresConfig, key: &str, value: String) -> Res
                 .parse::<u64>()
                 .ok()
                 .filter(|s| (1..=3600).contains(s))
-                .ok_or_else(|| {
+                .ok_or(
                     "connect_timeout=a whole number of seconds from 1 to 3600 (0, libpq's \
-                     \"wait forever\", would let a dead server hang the worker)"
-                        .to_owned()
-                })?;
+                     \"wait forever\", would let a dead server hang the worker)",
+                )?;
             config.connect_timeout = Some(Duration::from_secs(seconds));
         }
         "application_name" => config.application_name = Some(value),
         "options" => config.options = Some(value).filter(|o| !o.trim().is_empty()),
         // Only the parameters above reach here (checked by the caller).
-        _ => return Err(format!("no parameter {key}")),
+        _ => return Err("a parameter the worker knows"),
     }
     Ok(())
 }
@@ -457,11 +466,11 @@ fn split_userinfo(rest: &str) -> Option<(&str, Option<&str>, &str)> {
     Some((user, password, &rest[at + 1..]))
 }
 
-fn invalid(url: &str, expected: String) -> ConfigError {
+fn invalid(url: &str, expected: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         name: "DATABASE_URL",
         value: mask_password(url),
-        expected,
+        expected: expected.into(),
     }
 }
 
@@ -631,7 +640,7 @@ mod tests {
         );
         refused(
             "postgresql://app@db/app?sslkey=/c.key",
-            "together with sslcert",
+            "sslcert together with sslkey",
         );
         refused(
             "postgresql://app@db/app?channel_binding=yes",

@@ -322,6 +322,16 @@ pub fn security(config: &Config) -> Result<Arc<Security>, SecurityError> {
     Ok(Arc::new(security))
 }
 
+/// Checks the database's settings that name files (PostgreSQL's `sslrootcert`, `sslcert`,
+/// `sslkey`): read now, so that one that cannot be used is a bad configuration (exit 2), as
+/// Kafka's TLS files are. Nothing to check for SQLite.
+pub fn database_settings(config: &Config) -> Result<(), StoreError> {
+    match &config.database {
+        Database::Sqlite(_) => Ok(()),
+        Database::Postgres(pg) => Store::check_postgres_settings(pg),
+    }
+}
+
 pub fn consumer_settings(config: &Config, security: &Arc<Security>) -> ConsumerSettings {
     ConsumerSettings {
         bootstrap: config.bootstrap_servers.clone(),

@@ -159,9 +159,9 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// Runs `transitions` in this order, each with its own conditional statement and its own
     /// outcome (one refused transition fails alone, the others are committed); returns once
     /// they are committed or failed. SQLite runs them in one transaction, which may also
-    /// carry the transitions of other callers (group commit); PostgreSQL each in its own.
-    /// An outcome whose fault is fatal stops the worker (it is not retried); every later
-    /// sync should fail with it too.
+    /// carry the transitions of other callers (group commit); PostgreSQL each in its own. An
+    /// outcome whose fault is fatal stops the worker (it is not retried); every later sync
+    /// should fail with it too (PostgreSQL has no fatal outcome).
     fn write(&self, transitions: Vec<Transition>) -> Vec<Result<Applied, StoreError>>;
 
     /// Starts a sync (see [`Store::start_sync`]) and returns at once.
@@ -308,6 +308,14 @@ impl Store {
         postgres::Postgres::open(config, options).map(|p| Store {
             engine: Engine::Postgres(Arc::new(p)),
         })
+    }
+
+    /// Reads the TLS files PostgreSQL's settings name (`sslrootcert`, `sslcert`, `sslkey`)
+    /// and checks the settings libpq would refuse, without connecting.
+    pub fn check_postgres_settings(
+        config: &crate::config::PostgresConfig,
+    ) -> Result<(), StoreError> {
+        postgres::check_settings(config)
     }
 
     /// What `check` reports about a PostgreSQL server: version, TLS, the user, durability

@@ -178,6 +178,11 @@ impl Backend for Postgres {
     }
 }
 
+/// The settings checked and the TLS files read, without connecting.
+pub(super) fn check_settings(config: &PostgresConfig) -> Result<(), StoreError> {
+    schema::connector(config).map(drop)
+}
+
 /// What `check` reports about a PostgreSQL server, without creating anything.
 pub(super) fn report(config: &PostgresConfig) -> Result<ServerReport, StoreError> {
     schema::report(config)

@@ -26,17 +26,63 @@ pub(super) struct Statements {
     typed_request_id: bool,
 }
 
+// The statements, with `{id}`, `{user}`, `{kubeconfig}`, `{reason}` standing for their
+// parameters in the column's type (see `Statements::for_table`) and `{row}` for a row's
+// columns as the reads take them. The status literals are `Status::as_str` values, and each
+// WHERE clause is the set of statuses that `Status::can_move_to` allows into the target, as
+// in the SQLite backend.
+
+/// `claim`, first step: the usual case, a row the backend inserted as `pending` (or one left
+/// `provisioning` by a crash). A plain UPDATE: an upsert would take a value of a surrogate
+/// key's sequence at every claim, and try the insert first.
+const CLAIM_SQL: &str = "\
+UPDATE provision_requests SET status = 'provisioning', updated_at = $2
+WHERE request_id = {id} AND status IN ('pending', 'provisioning')";
+
+/// `claim`, when no row moved: a missing row is inserted as `provisioning`; a row that exists
+/// (final, or in a status we do not own) conflicts and is left alone.
+const CLAIM_INSERT_SQL: &str = "\
+INSERT INTO provision_requests
+  (request_id, user_id, gpu_count, duration_hours, status, created_at, updated_at)
+VALUES ({id}, {user}, $3::int8, $4::int8, 'provisioning', $5, $5)
+ON CONFLICT (request_id) DO NOTHING";
+
+const STATUS_SQL: &str = "SELECT status::text FROM provision_requests WHERE request_id = {id}";
+
+const COMPLETE_SQL: &str = "\
+UPDATE provision_requests SET status = 'completed', kubeconfig = {kubeconfig}, updated_at = $3
+WHERE request_id = {id} AND status = 'provisioning'";
+
+const FAIL_SQL: &str = "\
+UPDATE provision_requests SET status = 'failed', error_message = {reason}, updated_at = $3
+WHERE request_id = {id} AND status IN ('pending', 'provisioning')";
+
+const INSERT_PENDING_SQL: &str = "\
+INSERT INTO provision_requests
+  (request_id, user_id, gpu_count, duration_hours, status, created_at, updated_at)
+VALUES ({id}, {user}, $3::int8, $4::int8, 'pending', $5, $5)";
+
+const GET_SQL: &str = "SELECT {row} FROM provision_requests WHERE request_id = {id}";
+
+const STALE_SQL: &str = "\
+SELECT {row} FROM provision_requests
+WHERE status = 'provisioning' AND updated_at < $1 ORDER BY updated_at";
+
+/// A row's columns as `Row` takes them: strings as text (an ENUM, a uuid too), counts as
+/// int8, timestamps as they are.
+const ROW: &str = "request_id::text, user_id::text, gpu_count::int8, duration_hours::int8, \
+                   status::text, kubeconfig::text, error_message::text, created_at, updated_at";
+
 /// A claim's three statements run as separate transactions, so the row can change between
 /// them (the backend inserts it after our UPDATE found nothing, or deletes it); each retry
 /// starts over. Three rounds without an answer is a race worth retrying later.
 const CLAIM_ROUNDS: usize = 3;
 
 impl Statements {
-    /// The statements for `table`'s column types. The status literals are `Status::as_str`
-    /// values, and each WHERE clause is the set of statuses that `Status::can_move_to`
-    /// allows into the target, as in the SQLite backend.
+    /// The statements for `table`'s column types.
     pub(super) fn for_table(table: &Table) -> Statements {
-        let text = |column: &str, n: usize| {
+        // `$n` as the column's type: text for a string type, else cast from text.
+        let text = |column: &str, n: &str| {
             let c = table.column(column);
             if c.category == "S" {
                 format!("${n}::text")
@@ -44,48 +90,25 @@ impl Statements {
                 format!("CAST(${n}::text AS {})", c.type_name)
             }
         };
-        let id = text("request_id", 1);
-        let row = "request_id::text, user_id::text, gpu_count::int8, duration_hours::int8, \
-                   status::text, kubeconfig::text, error_message::text, created_at, updated_at";
+        let (id, user) = (text("request_id", "1"), text("user_id", "2"));
+        let (kubeconfig, reason) = (text("kubeconfig", "2"), text("error_message", "2"));
+        let sql = |template: &str| {
+            template
+                .replace("{id}", &id)
+                .replace("{user}", &user)
+                .replace("{kubeconfig}", &kubeconfig)
+                .replace("{reason}", &reason)
+                .replace("{row}", ROW)
+        };
         Statements {
-            // The usual case first: a row the backend inserted as `pending` (or one left
-            // `provisioning` by a crash). A plain UPDATE: an upsert would take a value of a
-            // surrogate key's sequence at every claim, and try the insert first.
-            claim: format!(
-                "UPDATE provision_requests SET status = 'provisioning', updated_at = $2 \
-                 WHERE request_id = {id} AND status IN ('pending', 'provisioning')"
-            ),
-            // When no row moved: a missing row is inserted as `provisioning`; a row that
-            // exists (final, or in a status we do not own) conflicts and is left alone.
-            claim_insert: format!(
-                "INSERT INTO provision_requests \
-                 (request_id, user_id, gpu_count, duration_hours, status, created_at, updated_at) \
-                 VALUES ({id}, {user}, $3::int8, $4::int8, 'provisioning', $5, $5) \
-                 ON CONFLICT (request_id) DO NOTHING",
-                user = text("user_id", 2)
-            ),
-            status: format!("SELECT status::text FROM provision_requests WHERE request_id = {id}"),
-            complete: format!(
-                "UPDATE provision_requests SET status = 'completed', kubeconfig = {k}, \
-                 updated_at = $3 WHERE request_id = {id} AND status = 'provisioning'",
-                k = text("kubeconfig", 2)
-            ),
-            fail: format!(
-                "UPDATE provision_requests SET status = 'failed', error_message = {e}, \
-                 updated_at = $3 WHERE request_id = {id} AND status IN ('pending', 'provisioning')",
-                e = text("error_message", 2)
-            ),
-            insert_pending: format!(
-                "INSERT INTO provision_requests \
-                 (request_id, user_id, gpu_count, duration_hours, status, created_at, updated_at) \
-                 VALUES ({id}, {user}, $3::int8, $4::int8, 'pending', $5, $5)",
-                user = text("user_id", 2)
-            ),
-            get: format!("SELECT {row} FROM provision_requests WHERE request_id = {id}"),
-            stale: format!(
-                "SELECT {row} FROM provision_requests \
-                 WHERE status = 'provisioning' AND updated_at < $1 ORDER BY updated_at"
-            ),
+            claim: sql(CLAIM_SQL),
+            claim_insert: sql(CLAIM_INSERT_SQL),
+            status: sql(STATUS_SQL),
+            complete: sql(COMPLETE_SQL),
+            fail: sql(FAIL_SQL),
+            insert_pending: sql(INSERT_PENDING_SQL),
+            get: sql(GET_SQL),
+            stale: sql(STALE_SQL),
             typed_request_id: table.column("request_id").category != "S",
         }
     }
