@@ -968,11 +968,22 @@ impl Consumer {
             .collect();
         match self.failing.get_mut(&broker) {
             None => {
-                log::warn!(
-                    "Kafka broker {broker} failed while fetching partition(s) [{}] of {}: {error}; they wait for it or for a new leader, the others go on",
-                    waiting.join(", "),
-                    self.settings.topic
-                );
+                if error.is_security() {
+                    // Credentials or certificates refused: no other broker takes them either
+                    // and no leader move helps, so it is the operator's error, as the
+                    // group's is.
+                    log::error!(
+                        "Kafka broker {broker} refused us while fetching partition(s) [{}] of {}: {error}",
+                        waiting.join(", "),
+                        self.settings.topic
+                    );
+                } else {
+                    log::warn!(
+                        "Kafka broker {broker} failed while fetching partition(s) [{}] of {}: {error}; they wait for it or for a new leader, the others go on",
+                        waiting.join(", "),
+                        self.settings.topic
+                    );
+                }
                 self.failing.insert(
                     broker,
                     Failing {
