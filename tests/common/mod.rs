@@ -89,6 +89,24 @@ impl TempDb {
         TempDb { dir }
     }
 
+    /// Like [`TempDb::new`], on a RAM file system (`/dev/shm`) when there is one: for
+    /// timing tests that measure something else than the disk. A real SQLite file still,
+    /// but its writes are never held back by the machine's other disk traffic (dirty-page
+    /// throttling, a slow `fdatasync`), which on a shared machine stalls every writer at
+    /// once for up to a second or more.
+    pub fn in_ram() -> TempDb {
+        let shm = Path::new("/dev/shm");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("provision-db-");
+        let dir = if shm.is_dir() {
+            builder.tempdir_in(shm)
+        } else {
+            builder.tempdir()
+        }
+        .expect("create a temporary directory for the database");
+        TempDb { dir }
+    }
+
     /// The database file's absolute path.
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("poc.db")

@@ -451,6 +451,22 @@ impl Cluster {
         state.answers.get(&(id, api as i16)).copied().unwrap_or(0)
     }
 
+    /// The longest time between two answers to `api` (from any broker) since the last
+    /// [`Cluster::reset_answer_gaps`], and when it began: how long the cluster itself (the
+    /// proxy, tansu) went without answering, say Fetch, whatever its clients did.
+    pub fn longest_answer_gap(&self, api: ApiKey) -> Option<(Duration, Instant)> {
+        let state = self.shared.lock();
+        state
+            .answer_gaps
+            .get(&(api as i16))
+            .map(|(_, gap, began)| (*gap, *began))
+    }
+
+    /// Starts measuring [`Cluster::longest_answer_gap`] afresh.
+    pub fn reset_answer_gaps(&self) {
+        self.shared.lock().answer_gaps.clear();
+    }
+
     /// How often broker `id` gave error `code` for `api` in tansu's place (per partition for
     /// Fetch, ListOffsets and Produce; per request for group requests).
     pub fn injected(&self, id: BrokerId, api: ApiKey, code: i16) -> u64 {
@@ -606,6 +622,9 @@ struct State {
     /// What ApiVersions answers offer at most, if narrowed.
     caps: Option<VersionCaps>,
     answers: HashMap<(BrokerId, i16), u64>,
+    /// Per API, over every broker: when the last answer went out, and the longest time
+    /// between two answers so far (with when it began), since the last reset.
+    answer_gaps: HashMap<i16, (Instant, Duration, Instant)>,
     injected: HashMap<(BrokerId, i16, i16), u64>,
     throttled: Vec<u64>,
     accepted: Vec<u64>,
@@ -663,6 +682,7 @@ impl State {
             versions: HashSet::new(),
             caps: None,
             answers: HashMap::new(),
+            answer_gaps: HashMap::new(),
             injected: HashMap::new(),
             throttled: vec![0; n],
             accepted: vec![0; n],
@@ -1067,6 +1087,16 @@ fn write_answers(
         {
             let mut state = shared.lock();
             *state.answers.entry((id, entry.key)).or_default() += 1;
+            let now = Instant::now();
+            let gap = state
+                .answer_gaps
+                .entry(entry.key)
+                .or_insert((now, Duration::ZERO, now));
+            if now - gap.0 > gap.1 {
+                *gap = (now, now - gap.0, gap.0);
+            } else {
+                gap.0 = now;
+            }
             if throttle > 0 {
                 let i = state.index(id);
                 state.throttled[i] += 1;
