@@ -23,6 +23,7 @@ use blocking_kafka::{
 };
 use bytes::Bytes;
 use kafka_testkit::secure::{Certs, FrontSettings, Protocol, SecureBroker};
+use kafka_testkit::wait_until;
 
 const TOPIC: &str = "secured";
 /// The SASL front's user for the client (see `FrontSettings::default`).
@@ -172,15 +173,22 @@ fn every_sasl_mechanism_authenticates_over_sasl_plaintext_and_sasl_ssl() {
                 mechanism.as_str()
             )
         );
-        assert!(
-            plain
-                .front()
-                .lines()
-                .iter()
-                .any(|l| l.starts_with("AUTH ok")
-                    && l.contains(&format!("mechanism={}", mechanism.as_str()))),
-            "the front saw no {} login",
-            mechanism.as_str()
+        // The front logs a login after it has answered it, so the client can be back
+        // first: wait for the line.
+        wait_until(
+            &format!("the front to log a {} login", mechanism.as_str()),
+            Duration::from_secs(5),
+            || {
+                plain
+                    .front()
+                    .lines()
+                    .iter()
+                    .any(|l| {
+                        l.starts_with("AUTH ok")
+                            && l.contains(&format!("mechanism={}", mechanism.as_str()))
+                    })
+                    .then_some(())
+            },
         );
     }
     assert_eq!(plain.front().count("AUTH failed"), 0);
