@@ -18,7 +18,8 @@
 //! made it `provisioning` from a trigger in the database. It prints each partition's worst
 //! time, the row README's Performance section quotes beside librdkafka's. The timing tests
 //! run one at a time: a second cluster and worker on the same two cores would measure each
-//! other. Every request is provisioned exactly once in every scenario: none of them is a
+//! other; and their database is in memory-backed storage (`TempDb::in_ram`), so that a
+//! slow disk (the poller fsyncs the WAL before each commit) is not measured as a broker. Every request is provisioned exactly once in every scenario: none of them is a
 //! rebalance, and a partition that moves is fetched from where it was, never twice.
 
 mod common;
@@ -142,7 +143,7 @@ fn a_broker_bounce_during_a_rebalance_loses_nothing() {
     let _serial = serial();
     let cluster = Cluster::start(3);
     cluster.create_topic(TOPIC, PARTITIONS);
-    let db = TempDb::new();
+    let db = TempDb::in_ram();
     install_audit(&db);
     let mut producer = RequestProducer::new(&cluster);
     let mut a = worker(&cluster.bootstrap(), &db, &[]);
@@ -207,7 +208,7 @@ fn requests_in_message_formats_v0_and_v1_are_provisioned_and_committed_past() {
     let _serial = serial();
     let cluster = Cluster::start(3);
     cluster.create_topic(TOPIC, PARTITIONS);
-    let db = TempDb::new();
+    let db = TempDb::in_ram();
     // Old data, written by an old client: v0 plain messages in p0, v1 in gzip wrappers in
     // p1, v0 in snappy wrappers in p2; then a modern request after each.
     let old = |prefix: &str, n: usize| -> Vec<LegacyMessage> {
@@ -270,7 +271,7 @@ fn a_cluster_of_kafka_2_1_brokers_is_joined_served_committed_and_dead_lettered_t
     cluster.create_topic(TOPIC, PARTITIONS);
     let dlq = "requests.dlq";
     cluster.create_topic(dlq, 1);
-    let db = TempDb::new();
+    let db = TempDb::in_ram();
     let mut producer = RequestProducer::new(&cluster);
     for i in 0..9 {
         producer.send(&format!("old-broker-{i}"), i % PARTITIONS);
@@ -364,7 +365,7 @@ impl Run {
         let serial = serial();
         let cluster = Cluster::start(3);
         cluster.create_topic(TOPIC, PARTITIONS);
-        let db = TempDb::new();
+        let db = TempDb::in_ram();
         install_audit(&db);
         let mut worker = worker(&scenario.bootstrap(&cluster), &db, &[]);
         worker.wait_for_line("Partitions assigned", Duration::from_secs(60));

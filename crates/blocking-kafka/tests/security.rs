@@ -180,8 +180,8 @@ fn every_sasl_mechanism_authenticates_over_sasl_plaintext_and_sasl_ssl() {
                 mechanism.as_str()
             )
         );
-        // The front prints its line before it answers, but the line reaches the test through
-        // a pipe and a reader thread: wait for it.
+        // The client can be back before the front's line reaches the test (it is written
+        // around the answer and read through a pipe by a reader thread): wait for it.
         wait_until(
             &format!("the front to log a {} login", mechanism.as_str()),
             Duration::from_secs(5),
