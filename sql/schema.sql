@@ -1,5 +1,5 @@
 -- The one table the worker shares with the backend. Applied by `Store::open` at every start
--- (`include_str!` in src/store.rs), so it only ever creates what is missing.
+-- (`include_str!` in src/store/sqlite/schema.rs), so it only ever creates what is missing.
 --
 -- The backend (SQLAlchemy) may have created this table first, with extra columns or other
 -- declared types (VARCHAR, DATETIME); the worker needs only the columns below, and a unique key
