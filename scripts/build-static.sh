@@ -9,8 +9,8 @@
 #   scripts/build-static.sh --path   the same, but print only the binary's path on stdout
 #
 # Environment:
-#   STATIC_OPT_LEVEL  opt-level for this build (default 3: see README "Static binary" for
-#                     the measurements behind it)
+#   STATIC_OPT_LEVEL  opt-level for this build's Rust code (default: the release profile's,
+#                     see Cargo.toml and README "Static binary" for the measurements)
 #   LIBSQLITE3_FLAGS  -D/-U flags for the bundled SQLite (default: without the extensions
 #                     the worker never uses, see below)
 #
@@ -23,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 readonly TARGET=x86_64-unknown-linux-gnu
 readonly TARGET_DIR=target/static
 readonly BIN="$TARGET_DIR/$TARGET/release/provision-worker"
-OPT_LEVEL="${STATIC_OPT_LEVEL:-3}"
+OPT_LEVEL="${STATIC_OPT_LEVEL:-}"
 
 say() { echo "build-static: $*" >&2; }
 die() {
@@ -59,9 +59,9 @@ esac
 # by glibc 2.36 and later (the glibc linked in; Debian 12), so the binary stays a PIE and
 # within its 6 MB bar. lld (rustc's linker here) has the option since LLD 15.
 export LIBSQLITE3_FLAGS="${LIBSQLITE3_FLAGS:--USQLITE_ENABLE_FTS3 -USQLITE_ENABLE_FTS3_PARENTHESIS -USQLITE_ENABLE_FTS5 -USQLITE_ENABLE_RTREE -USQLITE_ENABLE_DBSTAT_VTAB -USQLITE_SOUNDEX -USQLITE_ENABLE_LOAD_EXTENSION -DSQLITE_OMIT_LOAD_EXTENSION}"
-say "building $TARGET (crt-static, opt-level $OPT_LEVEL, SQLite flags: $LIBSQLITE3_FLAGS) in $TARGET_DIR"
+say "building $TARGET (crt-static, opt-level ${OPT_LEVEL:-of the release profile}, SQLite flags: $LIBSQLITE3_FLAGS) in $TARGET_DIR"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\" -C link-arg=-Wl,-z,pack-relative-relocs" \
-    CARGO_PROFILE_RELEASE_OPT_LEVEL="$OPT_LEVEL" \
+    env ${OPT_LEVEL:+CARGO_PROFILE_RELEASE_OPT_LEVEL="$OPT_LEVEL"} \
     cargo build --release --locked --target "$TARGET" --target-dir "$TARGET_DIR" >&2
 
 [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"

@@ -7,7 +7,9 @@
 #   send      insert a pending row into /data/poc.db and publish the request
 #   run       provision it, while serving /healthz (probed from outside the root)
 #   status    show it completed
-# and exit 0 on SIGTERM. Then, over TLS (a second broker behind stunnel4, whose CA -- made
+# and exit 0 on SIGTERM. Before all that, the binary must be within its size bar: at most
+# 6,000,000 bytes (MAX_STATIC_BYTES), the bar of the edge-host issues (README "Static binary").
+# Then, over TLS (a second broker behind stunnel4, whose CA -- made
 # here with openssl -- is copied into the root): `check` must pass and report TLS 1.3 and
 # the broker's certificate, proving rustls and its ring code run in the empty root.
 #
@@ -30,6 +32,12 @@ if [[ -z "$bin" ]]; then
     bin="$(scripts/build-static.sh --path)"
 fi
 [[ -x "$bin" ]] || die "$bin is not an executable"
+readonly MAX_STATIC_BYTES="${MAX_STATIC_BYTES:-6000000}"
+size="$(stat -c %s "$bin")"
+if ((size > MAX_STATIC_BYTES)); then
+    die "$bin is $size bytes, over the bar of $MAX_STATIC_BYTES; README \"Static binary\" says what was measured to keep it within (opt-levels in Cargo.toml, SQLite flags in scripts/build-static.sh)"
+fi
+say "size $size bytes (bar $MAX_STATIC_BYTES)"
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
