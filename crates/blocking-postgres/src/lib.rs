@@ -13,7 +13,8 @@
 //! - `row.rs`: [`Statement`], [`Column`], [`Row`], [`SimpleRow`].
 //! - `auth.rs`: SCRAM-SHA-256(-PLUS) and MD5, pure, secrets zeroized.
 //! - `tls.rs`: the rustls setup per `sslmode`, verifiers, TLS errors in words, the
-//!   channel-binding hash; `Stream` (plain or TLS).
+//!   channel-binding hash; `Stream` (plain or TLS). What it shares with the Kafka client
+//!   (the chain-only verifier, PEM readers, words, `Stream`) is in `crates/tls-common`.
 //! - `wire.rs`: framing with length bounds; the start-up deadline and I/O timeout.
 //! - `client.rs`: [`Connector`] and [`Client`]: start-up, authentication, simple and
 //!   extended queries, the connection's state.

@@ -3,7 +3,6 @@
 //! or the chain and the host name), the client certificate for mutual TLS, the handshake
 //! with rustls' errors turned into sentences, and the `tls-server-end-point` hash that
 //! SCRAM-SHA-256-PLUS binds to.
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,13 +10,13 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring as provider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct,
     RootCertStore, SignatureScheme, StreamOwned,
 };
 use sha2::Digest;
+use tls_common::{ChainOnlyVerifier, presented_name};
 
 use crate::config::{Config, RootCerts, SslMode};
 use crate::error::Error;
@@ -50,11 +49,8 @@ pub(crate) struct TlsSetup {
 /// A TLS session over one TCP connection.
 pub(crate) type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
-/// The socket a connection talks through.
-pub(crate) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream>),
-}
+/// The socket a connection talks through; `tls()` gives the session's `ClientConnection`.
+pub(crate) type Stream = tls_common::Stream<TlsStream>;
 
 /// What a connection's TLS session negotiated, for an operator's `check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +124,7 @@ impl TlsSetup {
                 if verify == Verify::Full {
                     inner
                 } else {
-                    Arc::new(ChainOnlyVerifier { inner })
+                    Arc::new(ChainOnlyVerifier::new(inner))
                 }
             }
             _ => Arc::new(SignaturesOnlyVerifier { provider }),
@@ -257,17 +253,7 @@ impl TlsSetup {
 
 /// What the session negotiated.
 pub(crate) fn session_info(conn: &ClientConnection, verify: Verify) -> TlsInfo {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_owned(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_owned(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_owned(),
-    };
-    let cipher_suite = conn
-        .negotiated_cipher_suite()
-        .and_then(|s| s.suite().as_str())
-        .unwrap_or("unknown")
-        .to_owned();
+    let (version, cipher_suite) = tls_common::version_and_cipher_suite(conn);
     TlsInfo {
         version,
         cipher_suite,
@@ -396,61 +382,6 @@ fn load_roots(config: &Config) -> Result<Option<(String, RootCertStore)>, Error>
     }
 }
 
-/// Checks the chain but not the host name (`verify-ca`): the server must still prove it
-/// holds a certificate a trusted CA signed, and it must not have expired.
-#[derive(Debug)]
-struct ChainOnlyVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnlyVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // The web PKI verifier checks the chain (trust, dates, key usage) first and the
-        // name last, so a name error means everything else passed.
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// Accepts any certificate (`sslmode=require` without root certificates, as libpq), but
 /// still checks that the server signed the handshake with the certificate's key: so the
 /// session is bound to that certificate, and SCRAM-SHA-256-PLUS over it detects a man in
@@ -507,16 +438,9 @@ impl ServerCertVerifier for SignaturesOnlyVerifier {
     }
 }
 
+/// The certificates of a PEM file; a malformed section in the PEM reader's own words.
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    // Read first, so a missing file says "No such file" rather than a PEM error.
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not a PEM file of certificates ({e})"))?;
-    if certs.is_empty() {
-        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".to_owned());
-    }
-    Ok(certs)
+    tls_common::read_certificates(path, |e| e.to_string())
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
@@ -528,13 +452,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
                 .to_owned(),
         );
     }
-    // PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY") and SEC1 ("EC PRIVATE KEY").
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            "no PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) in it".to_owned()
-        }
-        other => format!("not a PEM private key ({other})"),
-    })
+    tls_common::parse_key(&bytes, |e| e.to_string())
 }
 
 /// libpq's rule for the client key file: if we own it, group and others must have no
@@ -601,95 +519,25 @@ fn certificate_problem(e: &CertificateError, host: &str, roots: &str) -> String 
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
             "the certificate of {host} has expired: the server's administrator must renew it"
         ),
-        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-            format!("the certificate of {host} is not valid yet: check this host's clock")
-        }
-        CertificateError::BadSignature => format!(
-            "the certificate of {host} carries a signature that does not verify: it is corrupt or forged"
-        ),
-        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-            format!("the certificate of {host} is not meant for a TLS server (extended key usage)")
-        }
-        other => format!("the certificate of {host} was rejected: {other}"),
+        // Not valid yet, a bad signature, the wrong key usage: nothing of sslmode's to advise.
+        other => tls_common::certificate_problem(other, host),
     }
 }
 
-/// `DnsName("db.example.com")` -> `db.example.com`; `IpAddress(10.0.0.1)` -> `10.0.0.1`.
-fn presented_name(name: &str) -> &str {
-    if let Some(inner) = name
-        .strip_prefix("DnsName(\"")
-        .and_then(|n| n.strip_suffix("\")"))
-    {
-        return inner;
-    }
-    if let Some(inner) = name
-        .strip_prefix("IpAddress(")
-        .and_then(|n| n.strip_suffix(')'))
-    {
-        return inner;
-    }
-    name
-}
-
+/// An alert in words: the shared ones, and `DecryptError` as words too (the Kafka client
+/// shows its name).
 fn alert_words(alert: AlertDescription) -> String {
     match alert {
-        AlertDescription::CertificateRequired => "certificate required".to_owned(),
-        AlertDescription::HandshakeFailure => "handshake failure".to_owned(),
-        AlertDescription::BadCertificate => "bad certificate".to_owned(),
-        AlertDescription::UnknownCA => "unknown CA".to_owned(),
-        AlertDescription::CertificateExpired => "certificate expired".to_owned(),
-        AlertDescription::CertificateRevoked => "certificate revoked".to_owned(),
-        AlertDescription::CertificateUnknown => "certificate unknown".to_owned(),
-        AlertDescription::AccessDenied => "access denied".to_owned(),
         AlertDescription::DecryptError => "decrypt error".to_owned(),
-        other => format!("{other:?}"),
-    }
-}
-
-impl Stream {
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => &s.sock,
-        }
-    }
-
-    pub(crate) fn tls(&self) -> Option<&ClientConnection> {
-        match self {
-            Stream::Plain(_) => None,
-            Stream::Tls(s) => Some(&s.conn),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
+        other => tls_common::alert_words(other),
     }
 }
 
 /// Just enough DER to find a certificate's signature algorithm. Used only to pick the
 /// channel-binding hash: every trust decision is rustls' (webpki's), on the same bytes.
 mod der {
+    use tls_common::der::tlv;
+
     /// The OID (its DER content bytes) of an X.509 certificate's signatureAlgorithm.
     pub(super) fn signature_algorithm(cert: &[u8]) -> Option<&[u8]> {
         let (tag, certificate, _) = tlv(cert)?;
@@ -704,30 +552,6 @@ mod der {
         }
         let (tag, oid, _) = tlv(algorithm)?;
         (tag == 0x06).then_some(oid)
-    }
-
-    /// One tag-length-value: (tag, value, the bytes after it).
-    fn tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = bytes.split_first()?;
-        let (&first, mut rest) = rest.split_first()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let mut len = 0usize;
-            for b in &rest[..n] {
-                len = (len << 8) | usize::from(*b);
-            }
-            rest = &rest[n..];
-            len
-        };
-        if rest.len() < len {
-            return None;
-        }
-        Some((tag, &rest[..len], &rest[len..]))
     }
 
     #[cfg(test)]
@@ -754,15 +578,6 @@ mod der {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn presented_names_lose_their_debug_wrapping() {
-        assert_eq!(
-            presented_name("DnsName(\"db.example.com\")"),
-            "db.example.com"
-        );
-        assert_eq!(presented_name("IpAddress(10.0.0.1)"), "10.0.0.1");
-    }
 
     #[test]
     fn system_roots_need_verify_full_as_in_libpq() {

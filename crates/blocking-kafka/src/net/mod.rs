@@ -2,7 +2,8 @@
 //!
 //! - `settings`: what TLS and SASL are asked to do (`TlsSettings`, `SaslSettings`,
 //!   `Password`), `SecurityError`, and `SessionInfo`; plain data.
-//! - `tls`: rustls on ring: trust roots, mutual TLS, the handshake, errors in words.
+//! - `tls`: rustls on ring: trust roots, mutual TLS, the handshake, errors in words; on
+//!   `crates/tls-common` for what it shares with the PostgreSQL client.
 //! - `security`: `Security`, the TLS context and SASL settings every connection applies.
 //! - `body`: an answer's body, held whole or read as it arrives (`Body`).
 //! - `throttle`: quotas (KIP-219): every answer's throttle time, and when to send again.

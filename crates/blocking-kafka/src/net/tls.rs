@@ -20,14 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::ring as provider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct,
-    RootCertStore, SignatureScheme, StreamOwned,
+    AlertDescription, CertificateError, ClientConfig, ClientConnection, RootCertStore, StreamOwned,
 };
+use tls_common::{ChainOnlyVerifier, Session, alert_words, presented_name};
 
 use crate::error::KafkaError;
 use crate::net::settings::{SecurityError, TlsFilesInfo, TlsSessionInfo, TlsSettings};
@@ -59,6 +57,9 @@ pub(crate) struct TlsStream {
     /// "CN=..., O=... (expires ...)" of our certificate; `None` without mutual TLS.
     client_certificate: Option<Arc<str>>,
 }
+
+/// Read and write through either stream type, so `conn` holds one of two.
+pub(crate) type Stream = tls_common::Stream<TlsStream>;
 
 /// A configuration built from the files, and the files' state it was built from.
 struct Loaded {
@@ -210,7 +211,7 @@ fn build(settings: &TlsSettings) -> Result<Built, SecurityError> {
                 path: path.clone(),
                 detail,
             };
-            let certs = read_certificates(path).map_err(fail)?;
+            let certs = tls_common::read_certificates(path, pem_problem).map_err(fail)?;
             let description = describe_cas(&certs);
             let mut roots = RootCertStore::empty();
             let (added, ignored) = roots.add_parsable_certificates(certs);
@@ -242,18 +243,17 @@ fn build(settings: &TlsSettings) -> Result<Built, SecurityError> {
             })?;
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { inner }))
+            .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier::new(inner)))
     };
     let mut client_certificate = None;
     let config = match &settings.client_identity {
         None => builder.with_no_client_auth(),
         Some(id) => {
-            let chain = read_certificates(&id.certificate_location).map_err(|detail| {
-                SecurityError::CertificateLocation {
+            let chain = tls_common::read_certificates(&id.certificate_location, pem_problem)
+                .map_err(|detail| SecurityError::CertificateLocation {
                     path: id.certificate_location.clone(),
                     detail,
-                }
-            })?;
+                })?;
             client_certificate = chain.first().map(|c| describe(c.as_ref()));
             let key = read_key(&id.key_location).map_err(|detail| SecurityError::KeyLocation {
                 path: id.key_location.clone(),
@@ -471,17 +471,7 @@ impl TlsContext {
 /// `check`.
 pub(crate) fn session_info(session: &TlsStream) -> TlsSessionInfo {
     let conn = &session.stream.conn;
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_owned(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_owned(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_owned(),
-    };
-    let cipher_suite = conn
-        .negotiated_cipher_suite()
-        .and_then(|s| s.suite().as_str())
-        .unwrap_or("unknown")
-        .to_owned();
+    let (version, cipher_suite) = tls_common::version_and_cipher_suite(conn);
     let (subject, not_after) = conn
         .peer_certificates()
         .and_then(|chain| chain.first())
@@ -547,77 +537,9 @@ fn host_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Checks the certificate chain but not the host name (`KAFKA_SSL_ENDPOINT_IDENTIFICATION=none`):
-/// the broker must still prove it holds a certificate a trusted CA signed, and it must not
-/// have expired; only "is it for this host" is skipped.
-#[derive(Debug)]
-struct ChainOnlyVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnlyVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // The web PKI verifier checks the chain (trust, validity dates, key usage) first and
-        // the name last, so a name error means everything else passed.
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-fn read_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    // Read first, so a missing file says "No such file" rather than a PEM error.
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    parse_certificates(&bytes)
-}
-
 /// The certificates of a PEM file's contents (the fuzz target's entry too).
 pub(crate) fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not a PEM file of certificates ({})", pem_problem(&e)))?;
-    if certs.is_empty() {
-        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".to_owned());
-    }
-    Ok(certs)
+    tls_common::parse_certificates(bytes, pem_problem)
 }
 
 /// Reads the key file; its bytes are wiped once the key is decoded from them. (The decoded
@@ -641,13 +563,7 @@ pub(crate) fn parse_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'stat
             "encrypted keys are not supported, decrypt it with `openssl pkey -in {p} -out {p}.dec` (which asks for its passphrase) and keep the result readable by this user only"
         ));
     }
-    // PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY") and SEC1 ("EC PRIVATE KEY").
-    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            "no PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) in it".to_owned()
-        }
-        other => format!("not a PEM private key ({})", pem_problem(&other)),
-    })
+    tls_common::parse_key(bytes, pem_problem)
 }
 
 /// A PEM reading error in words. The PEM reader's own text shows the lines it stumbled on
@@ -711,105 +627,51 @@ fn certificate_problem(e: &CertificateError, host: &str) -> String {
             der::format_unix(not_after.as_secs()),
             der::format_unix(time.as_secs())
         ),
-        CertificateError::NotValidYet => {
-            format!("the certificate of {host} is not valid yet: check this host's clock")
-        }
         CertificateError::NotValidYetContext { time, not_before } => format!(
             "the certificate of {host} is valid only from {} (now {}): check this host's clock",
             der::format_unix(not_before.as_secs()),
             der::format_unix(time.as_secs())
         ),
-        CertificateError::BadSignature => format!(
-            "the certificate of {host} carries a signature that does not verify: it is corrupt or forged"
-        ),
-        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-            format!("the certificate of {host} is not meant for a TLS server (extended key usage)")
-        }
-        other => format!("the certificate of {host} was rejected: {other}"),
+        // Not valid yet, a bad signature, the wrong key usage: nothing Kafka's to advise.
+        other => tls_common::certificate_problem(other, host),
     }
 }
 
-/// `DnsName("kafka.example.com")` -> `kafka.example.com`; `IpAddress(10.0.0.1)` -> `10.0.0.1`.
-fn presented_name(name: &str) -> &str {
-    if let Some(inner) = name
-        .strip_prefix("DnsName(\"")
-        .and_then(|n| n.strip_suffix("\")"))
-    {
-        return inner;
-    }
-    if let Some(inner) = name
-        .strip_prefix("IpAddress(")
-        .and_then(|n| n.strip_suffix(')'))
-    {
-        return inner;
-    }
-    name
-}
+/// Session for [`TlsStream`]: `Stream::tls` hands out the whole wrapper, for the client
+/// certificate `check` shows.
+impl Session for TlsStream {
+    type State = TlsStream;
 
-fn alert_words(alert: AlertDescription) -> String {
-    match alert {
-        AlertDescription::CertificateRequired => "certificate required".to_owned(),
-        AlertDescription::HandshakeFailure => "handshake failure".to_owned(),
-        AlertDescription::BadCertificate => "bad certificate".to_owned(),
-        AlertDescription::UnknownCA => "unknown CA".to_owned(),
-        AlertDescription::CertificateExpired => "certificate expired".to_owned(),
-        AlertDescription::CertificateRevoked => "certificate revoked".to_owned(),
-        AlertDescription::CertificateUnknown => "certificate unknown".to_owned(),
-        AlertDescription::AccessDenied => "access denied".to_owned(),
-        other => format!("{other:?}"),
+    fn tcp(&self) -> &TcpStream {
+        &self.stream.sock
+    }
+
+    fn state(&self) -> &TlsStream {
+        self
     }
 }
 
-/// Read and write through either stream type, so `conn` holds one of two.
-pub(crate) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream>),
-}
-
-impl Stream {
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => &s.stream.sock,
-        }
-    }
-
-    pub(crate) fn tls(&self) -> Option<&TlsStream> {
-        match self {
-            Stream::Plain(_) => None,
-            Stream::Tls(s) => Some(s),
-        }
-    }
-}
-
-impl Read for Stream {
+impl Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.stream.read(buf),
-        }
+        self.stream.read(buf)
     }
 }
 
-impl Write for Stream {
+impl Write for TlsStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.stream.write(buf),
-        }
+        self.stream.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.stream.flush(),
-        }
+        self.stream.flush()
     }
 }
 
 /// Just enough DER to show a certificate's subject and expiry in `check`. Display only:
 /// every trust decision is rustls' (webpki's), on the same bytes.
 pub(crate) mod der {
+    use tls_common::der::tlv;
+
     /// (subject, notAfter) of an X.509 certificate, or `None` if it does not parse.
     pub(crate) fn subject_and_expiry(cert: &[u8]) -> Option<(String, String)> {
         facts(cert).map(|f| (f.subject, f.not_after))
@@ -938,30 +800,6 @@ pub(crate) mod der {
             rem % 3600 / 60,
             rem % 60
         )
-    }
-
-    /// One tag-length-value: (tag, value, the bytes after it).
-    fn tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = bytes.split_first()?;
-        let (&first, mut rest) = rest.split_first()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let mut len = 0usize;
-            for b in &rest[..n] {
-                len = (len << 8) | usize::from(*b);
-            }
-            rest = &rest[n..];
-            len
-        };
-        if rest.len() < len {
-            return None;
-        }
-        Some((tag, &rest[..len], &rest[len..]))
     }
 
     /// An X.501 Name as "CN=..., O=...", in the certificate's order; unknown attributes skipped.
@@ -1264,16 +1102,6 @@ mod tests {
             Refresh::Failed(SecurityError::CaLocation { .. })
         ));
         assert!(matches!(ctx.refresh(), Refresh::Unchanged));
-    }
-
-    #[test]
-    fn presented_names_lose_their_debug_wrapping() {
-        assert_eq!(
-            presented_name("DnsName(\"kafka.example.com\")"),
-            "kafka.example.com"
-        );
-        assert_eq!(presented_name("IpAddress(10.0.0.1)"), "10.0.0.1");
-        assert_eq!(presented_name("DirectoryName"), "DirectoryName");
     }
 
     #[test]
